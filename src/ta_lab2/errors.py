@@ -1,0 +1,50 @@
+"""One hierarchy of expected failures, each carrying its process exit code.
+
+Exit-code contract (documented in docs/cli.md):
+
+* 0  success / equal
+* 1  the work ran but found differences or a child failed (``WorkFailed``)
+* 2  usage, input-data or infrastructure error detected before anything was changed
+* 130 interrupted (Ctrl-C)
+
+Commands raise these; the CLI catches them in one place, prints the message (never a
+traceback unless ``--debug``) and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class TaLabError(Exception):
+    """Base class of every expected failure. The message is shown to the user as is."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(TaLabError):
+    """A command-line argument is invalid (names the parameter, the value and the rule)."""
+
+
+class ConfigError(TaLabError):
+    """Configuration (database URL, config file, environment) is unusable."""
+
+
+class DatabaseError(TaLabError):
+    """The database is unreachable or its schema is not what this code expects."""
+
+
+class InputDataError(TaLabError):
+    """An input file is not in the expected format at all (refused before writing)."""
+
+
+class WorkFailed(TaLabError):
+    """The work ran to completion but some of it failed or was rejected."""
+
+    exit_code = 1
