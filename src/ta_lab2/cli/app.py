@@ -1,0 +1,216 @@
+"""The ``ta-lab2`` command. Each command parses its options, calls one library function,
+renders the result and maps it to an exit code (0 ok, 1 work failed / rejected rows,
+2 usage or data error, 130 interrupted). Expected failures are ``TaLabError``s, handled in
+:func:`main` only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ta_lab2 import __version__
+from ta_lab2.cli import options as opt
+from ta_lab2.db.url import redact
+from ta_lab2.errors import TaLabError, UsageError, WorkFailed
+
+log = logging.getLogger("ta_lab2")
+
+app = typer.Typer(
+    name="ta-lab2",
+    help="Daily crypto prices -> multi-timeframe bars and EMAs in PostgreSQL, and a baseline harness "
+    "that proves a rebuild computes what it computed before.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="The embedded PostgreSQL server (used when no URL is configured).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ta-lab2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    _state["debug"] = debug
+
+
+def _setup(log_level: str = "INFO") -> None:
+    from ta_lab2.logs import setup_logging
+
+    setup_logging(opt.parse_log_level(log_level))
+
+
+@app.command()
+def init(db_url: opt.DbUrl = None, schema: opt.Schema = "public", log_level: opt.LogLevel = "INFO") -> None:
+    """Create (idempotently) every table, index and seeded dimension row; record the schema version."""
+    _setup(log_level)
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.connect import connect, resolve_target
+    from ta_lab2.db.schema import SCHEMA_VERSION, ensure_schema
+
+    target = resolve_target(db_url)
+    with connect(target) as conn:
+        created = ensure_schema(conn, schema)
+    state = "created" if created else "already up to date"
+    console.print(f"schema {schema!r} version {SCHEMA_VERSION}: {state} — {target.describe()}", highlight=False)
+
+
+@app.command()
+def load(
+    files: Annotated[Optional[list[Path]], typer.Argument(help="CoinMarketCap ';' CSV, or generic CSV/Parquet files.", show_default=False)] = None,
+    asset_id: Annotated[Optional[int], typer.Option("--id", help="Asset id for CoinMarketCap files (else looked up by name in dim_assets).", show_default=False)] = None,
+    synthetic: Annotated[Optional[int], typer.Option("--synthetic", min=1, help="Generate N synthetic assets instead of reading files.", show_default=False)] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Synthetic: history length of the longest asset (calendar days).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Synthetic: random seed (same seed, same data).")] = 1,
+    end_date: Annotated[Optional[str], typer.Option("--end-date", help="Synthetic: last day (YYYY-MM-DD or 'today'; default 2025-12-31).", show_default=False)] = None,
+    gap_rate: Annotated[float, typer.Option("--gap-rate", min=0.0, max=1.0, help="Synthetic: probability a day starts a gap of 1-5 missing days.")] = 0.01,
+    defect_rate: Annotated[float, typer.Option("--defect-rate", min=0.0, max=1.0, help="Synthetic: probability per row of each defect kind.")] = 0.005,
+    db_url: opt.DbUrl = None,
+    schema: opt.Schema = "public",
+    log_level: opt.LogLevel = "INFO",
+) -> None:
+    """Load daily prices into cmc_price_histories7 (upsert; rejected rows reported and kept).
+
+    Exit code 1 when any row was rejected, 2 when an input is unusable (nothing written).
+    """
+    _setup(log_level)
+    from ta_lab2.cli.render import load_report
+    from ta_lab2.db.connect import connect, resolve_target
+    from ta_lab2.load.service import load_files, load_synthetic
+    from ta_lab2.load.synthetic import SyntheticConfig
+
+    if synthetic is None and not files:
+        raise UsageError("load: give input files, or --synthetic N (with --days, --seed)")
+    if synthetic is not None and files:
+        raise UsageError("load: give either input files or --synthetic, not both")
+    if files:
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise UsageError(f"load: no such file: {', '.join(missing)}")
+    target = resolve_target(db_url)
+    with connect(target) as conn:
+        if synthetic is not None:
+            config = SyntheticConfig(
+                n_assets=synthetic, days=days, seed=seed, end_date=_parse_end_date(end_date),
+                gap_rate=gap_rate, defect_rate=defect_rate,
+            )
+            report = load_synthetic(conn, config, schema=schema)
+        else:
+            report = load_files(conn, files or [], asset_id=asset_id, schema=schema)
+    load_report(report)
+    if not report.ok:
+        raise WorkFailed(f"{report.rejected} row(s) rejected; see above and table load_rejects")
+
+
+def _parse_end_date(value: str | None) -> dt.date:
+    if value is None:
+        return dt.date(2025, 12, 31)
+    if value.lower() == "today":
+        return dt.datetime.now(dt.timezone.utc).date()
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--end-date: {value!r} is not a date (YYYY-MM-DD or 'today')") from None
+
+
+@app.command()
+def status(
+    db_url: opt.DbUrl = None,
+    schema: opt.Schema = "public",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    log_level: opt.LogLevel = "WARNING",
+) -> None:
+    """Per table: rows, ids, first/last day, state age; and where the database lives."""
+    _setup(log_level)
+    from ta_lab2.cli.render import print_json, status_table
+    from ta_lab2.db.connect import connect, resolve_target
+    from ta_lab2.db.status import collect_status
+
+    target = resolve_target(db_url)
+    with connect(target) as conn:
+        result = collect_status(conn, target.describe(), schema)
+    print_json(result) if as_json else status_table(result)
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start the embedded server (initialising it on first use)."""
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.embedded import EmbeddedServer
+
+    server = EmbeddedServer()
+    url = server.ensure_running()
+    console.print(f"embedded PostgreSQL running: {redact(url)} (data in {server.pgdata})", highlight=False)
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server cleanly (fast shutdown with a checkpoint)."""
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.embedded import EmbeddedServer
+
+    server = EmbeddedServer()
+    stopped = server.stop()
+    console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Where the embedded server keeps its data and whether it is running."""
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.embedded import EmbeddedServer
+
+    st = EmbeddedServer().status()
+    console.print(f"home: {st.home}\npgdata: {st.pgdata}\ninitialised: {st.initialized}\nrunning: {st.running}", highlight=False)
+    if st.url:
+        console.print(f"url: {redact(st.url)}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn every outcome into the documented exit code.
+
+    Typer's own exceptions are recognised by shape (``exit_code`` / ``show``) because Typer
+    versions differ in where they define them (click, or a vendored copy).
+    """
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except TaLabError as exc:
+        if _state["debug"]:
+            log.exception("failed")
+        typer.echo(f"error: {redact(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - classified below, re-raised if unknown
+        name = type(exc).__name__
+        if name == "Abort":
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        if name == "Exit" and hasattr(exc, "exit_code"):
+            sys.exit(int(exc.exit_code))
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors: bad option, missing argument
+            exc.show()
+            sys.exit(2 if int(exc.exit_code) in (1, 2) else int(exc.exit_code))
+        if _state["debug"]:
+            raise
+        typer.echo(f"internal error: {redact(f'{name}: {exc}')} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

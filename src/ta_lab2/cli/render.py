@@ -1,0 +1,91 @@
+"""Renderings of result objects for people (Rich tables on stdout) and machines (JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ta_lab2.db.status import DatabaseStatus
+from ta_lab2.load.service import LoadReport
+
+# Not on a terminal (pipes, CI logs): wide enough that tables are not folded.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _age(ts: dt.datetime | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = (dt.datetime.now(dt.timezone.utc) - ts).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def status_table(status: DatabaseStatus) -> None:
+    console.print(f"[bold]database[/]: {status.location}")
+    console.print(f"[bold]server[/]: PostgreSQL {status.server_version}")
+    if not status.initialized:
+        console.print("[yellow]schema not initialised[/] — run [bold]ta-lab2 init[/] (or any load)")
+    else:
+        console.print(f"[bold]schema version[/]: {status.schema_version} (code: {status.code_schema_version})")
+    table = Table(show_lines=False)
+    for col, justify in (("table", "left"), ("rows", "right"), ("ids", "right"), ("first day", "left"),
+                         ("last day", "left"), ("state updated", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for t in status.tables:
+        if not t.exists:
+            table.add_row(t.table, "[dim]missing[/]", "", "", "", "")
+            continue
+        table.add_row(t.table, _fmt_int(t.rows), _fmt_int(t.ids), str(t.first_day or "-"), str(t.last_day or "-"),
+                      _age(t.state_updated_at))
+    console.print(table)
+
+
+def load_report(report: LoadReport, *, max_rejects: int = 20) -> None:
+    table = Table(title="load")
+    for col in ("input", "format", "read", "loaded", "updated", "unchanged", "rejected", "new ids"):
+        table.add_column(col, justify="left" if col in ("input", "format") else "right")
+    for f in report.files:
+        table.add_row(f.source, f.format, _fmt_int(f.rows_read), _fmt_int(f.counts.inserted),
+                      _fmt_int(f.counts.updated), _fmt_int(f.counts.unchanged),
+                      f"[red]{f.rejected:,}[/]" if f.rejected else "0", _fmt_int(f.new_assets))
+    console.print(table)
+    rejects = report.all_rejects()
+    if rejects.height:
+        err_console.print(f"[red]{rejects.height} row(s) rejected[/] (kept in table load_rejects):")
+        for row in rejects.head(max_rejects).iter_rows(named=True):
+            err_console.print(f"  {row['source_file']}:{row['line']}: {row['reason']}", markup=False, highlight=False)
+        if rejects.height > max_rejects:
+            err_console.print(f"  … and {rejects.height - max_rejects} more")
+    console.print(report.summary_line(), markup=False, highlight=False)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    console.print_json(json.dumps(to_jsonable(obj)))

@@ -1,0 +1,66 @@
+"""Opening connections: resolve the URL (spec 01), start the embedded server when that is the
+answer, and map connection failures to :class:`DatabaseError` with the URL redacted."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from ta_lab2.db.embedded import EmbeddedServer
+from ta_lab2.db.url import ENV_URL, ResolvedUrl, redact, resolve_url
+from ta_lab2.errors import DatabaseError
+
+APPLICATION_NAME = "ta_lab2"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database to work on: the concrete libpq URL plus where it came from.
+
+    ``url`` may contain a password: pass it only to libpq or to a child's environment
+    (:meth:`child_env`), never to a log, argv or report — use :meth:`describe`.
+    """
+
+    url: str
+    source: str
+    embedded_home: Path | None = None
+
+    def describe(self) -> str:
+        where = f"embedded server in {self.embedded_home}" if self.embedded_home else f"from {self.source}"
+        return f"{redact(self.url)} ({where})"
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for a child process: the URL travels here, never in argv."""
+        env = dict(os.environ if base is None else base)
+        env[ENV_URL] = self.url
+        return env
+
+
+def resolve_target(cli_url: str | None = None) -> Target:
+    """Resolve the URL; start (or reuse) the embedded server when nothing is configured."""
+    resolved: ResolvedUrl = resolve_url(cli_url)
+    if resolved.url is not None:
+        return Target(resolved.url, resolved.source)
+    server = EmbeddedServer()
+    return Target(server.ensure_running(), "embedded", server.home)
+
+
+def connect(target: Target, *, autocommit: bool = False) -> psycopg.Connection:
+    """A connection with the session settings every module relies on (UTC session time zone)."""
+    try:
+        conn = psycopg.connect(
+            target.url,
+            autocommit=autocommit,
+            application_name=APPLICATION_NAME,
+            connect_timeout=15,
+            options="-c TimeZone=UTC",
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"cannot connect to {redact(target.url)}: {redact(str(exc)).strip()}",
+            hint="check --db-url / TA_LAB2_DB_URL / TARGET_DB_URL / db_config.env, or unset them to use the embedded server",
+        ) from None
+    return conn
