@@ -336,12 +336,10 @@ def test_invariants_property(
         assert all(len(ds) == (ds[-1] - ds[0]).days + 1 for ds in per.values())
 
 
-def test_performance_100_assets_6000_days() -> None:
-    import time
-
+def test_large_universe_shape() -> None:
+    """100 assets x 6000 days (the bench's scale) generates with the expected size.
+    Speed is measured by `ta-lab2 bench`, never asserted here."""
     cfg = SyntheticConfig(n_assets=100, days=6000, seed=1)
-    t0 = time.perf_counter()
     frame = generate_universe(cfg).frame
-    elapsed = time.perf_counter() - t0
+    assert frame["id"].n_unique() == 100
     assert frame.height > 100 * 6000 * 0.35 * 0.9
-    assert elapsed < 3.0, elapsed  # typically ~0.3 s; generous bound for loaded CI machines

@@ -105,7 +105,7 @@ def normalize(url: str) -> str:
 
 _PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]*):(?P<pw>[^@/?#\s]*)@")
 _PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
-_PASSWORD_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_PASSWORD_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|[^\s&]+)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -1,0 +1,87 @@
+"""Shared fixtures: one real embedded PostgreSQL server per test session, a fresh database
+per test module (spec 06: real PostgreSQL, never a mock).
+
+The session runs hermetically: its own ``TA_LAB2_HOME`` under pytest's temp dir, no URL from
+the user's environment, durability off (``fsync``) because test data is disposable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ta_lab2.db.connect import Target, connect
+from ta_lab2.db.embedded import ENV_FAST, ENV_HOME, EmbeddedServer
+
+_USER_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
+
+
+@pytest.fixture(scope="session")
+def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in (*_USER_ENV, ENV_HOME, ENV_FAST)}
+    for key in _USER_ENV:
+        os.environ.pop(key, None)
+    os.environ[ENV_HOME] = str(home)
+    os.environ[ENV_FAST] = "1"
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_home: Path) -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer(pg_home)
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+def _db_name(request: pytest.FixtureRequest) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "_", Path(str(request.node.fspath)).stem.lower())[:30]
+    return f"t_{stem}_{uuid.uuid4().hex[:8]}"
+
+
+def make_database(server: EmbeddedServer, name: str) -> Target:
+    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return Target(server.url(name), "test", server.home)
+
+
+def drop_database(server: EmbeddedServer, name: str) -> None:
+    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def db(pg_server: EmbeddedServer, request: pytest.FixtureRequest) -> Iterator[Target]:
+    """A fresh, empty database for this test module."""
+    name = _db_name(request)
+    target = make_database(pg_server, name)
+    yield target
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
+def conn(db: Target) -> Iterator[psycopg.Connection]:
+    with connect(db) as c:
+        yield c
+
+
+@pytest.fixture
+def fresh_db(pg_server: EmbeddedServer, request: pytest.FixtureRequest) -> Iterator[Target]:
+    """A fresh database for one test (for tests that need an empty schema)."""
+    name = _db_name(request)
+    target = make_database(pg_server, name)
+    yield target
+    drop_database(pg_server, name)
