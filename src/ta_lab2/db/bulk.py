@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -181,6 +182,26 @@ def copy_frame(
             copy.write(encode_binary_copy(chunk, pg_types, header=False, trailer=False))
         copy.write(_TRAILER)
     return frame.height
+
+
+@contextmanager
+def staged(conn: psycopg.Connection, like: TableRef, frame: pl.DataFrame, name: str = "_stage") -> Iterator[sql.Identifier]:
+    """COPY ``frame`` into a temporary table shaped like ``like``'s columns of the same names
+    (no constraints, no defaults) and yield its identifier; the table is dropped afterwards,
+    also when the caller's transaction is a savepoint inside a longer one."""
+    ident = sql.Identifier(name)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(ident))
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {st} AS SELECT {cols} FROM {t} WITH NO DATA").format(
+            st=ident, t=like.ident, cols=sql.SQL(", ").join(map(sql.Identifier, frame.columns))
+        )
+    )
+    try:
+        copy_frame(conn, TableRef("pg_temp", name), frame)
+        yield ident
+    finally:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(ident))
 
 
 # --------------------------------------------------------------------------- reading

@@ -182,6 +182,11 @@ class EmbeddedServer:
 
     def _run(self, args: list[str], *, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         user = self._run_user()
+        # Drop root's group too: group bits of root-owned folders would otherwise apply
+        # instead of the "other" bits we granted.
+        ids: dict[str, object] = {}
+        if user is not None:
+            ids = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
         try:
             return subprocess.run(
                 args,
@@ -189,8 +194,8 @@ class EmbeddedServer:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                user=user,
                 cwd="/",
+                **ids,  # type: ignore[arg-type]
                 env={**os.environ, "LC_ALL": "C", "LANG": "C"},
             )
         except subprocess.CalledProcessError as exc:

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2 import __version__
-from ta_lab2.db.bulk import copy_frame, table_ref
+from ta_lab2.db.bulk import staged, table_ref
 from ta_lab2.db.tables import (
     ANCHORED_BAR_TABLES,
     BAR_TABLES,
@@ -384,17 +384,13 @@ def _seed_dimensions(conn: psycopg.Connection, schema: str) -> int:
     timeframes = pl.DataFrame([tf.as_row() for tf in seed_timeframes()])
     periods = pl.DataFrame({"period": list(DEFAULT_PERIODS), "label": [f"{p}" for p in DEFAULT_PERIODS]})
     for table, frame, key in (("dim_timeframe", timeframes, "tf"), ("dim_period", periods, "period")):
-        stage = f"_seed_{table}"
-        conn.execute(
-            sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-                sql.Identifier(stage), sql.Identifier(schema, table)
+        target = sql.Identifier(schema, table)
+        with staged(conn, table_ref(table, schema), frame) as stage:
+            cur = conn.execute(
+                sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM {st} ON CONFLICT ({k}) DO NOTHING").format(
+                    t=target, st=stage, k=sql.Identifier(key),
+                    cols=sql.SQL(", ").join(map(sql.Identifier, frame.columns)),
+                )
             )
-        )
-        copy_frame(conn, table_ref(f"pg_temp.{stage}"), frame)
-        cur = conn.execute(
-            sql.SQL("INSERT INTO {t} SELECT * FROM {st} ON CONFLICT ({k}) DO NOTHING").format(
-                t=sql.Identifier(schema, table), st=sql.Identifier(stage), k=sql.Identifier(key)
-            )
-        )
-        inserted += cur.rowcount
+            inserted += cur.rowcount
     return inserted

@@ -15,7 +15,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.db.bulk import copy_frame, table_ref
+from ta_lab2.db.bulk import copy_frame, staged, table_ref
 from ta_lab2.db.tables import LOAD_REJECTS, SOURCE_TABLE
 from ta_lab2.load.source_schema import SOURCE_SCHEMA, SYMBOL_COLUMN, VALUE_COLUMNS
 
@@ -45,15 +45,6 @@ def upsert_source(conn: psycopg.Connection, frame: pl.DataFrame, schema: str = "
     """Upsert ``frame`` (SOURCE_SCHEMA, unique on (id, timestamp)) inside the caller's transaction."""
     if frame.is_empty():
         return UpsertCounts(0, 0, 0)
-    stage = "_stage_source"
-    conn.execute(
-        sql.SQL("CREATE TEMP TABLE {st} ON COMMIT DROP AS SELECT {cols} FROM {t} WITH NO DATA").format(
-            st=sql.Identifier(stage),
-            t=sql.Identifier(schema, SOURCE_TABLE),
-            cols=sql.SQL(", ").join(map(sql.Identifier, SOURCE_SCHEMA)),
-        )
-    )
-    copy_frame(conn, table_ref(f"pg_temp.{stage}"), frame.select(list(SOURCE_SCHEMA)))
     cols = list(SOURCE_SCHEMA)
     value_cols = [sql.Identifier(c) for c in VALUE_COLUMNS]
     stmt = sql.SQL(
@@ -67,19 +58,21 @@ def upsert_source(conn: psycopg.Connection, frame: pl.DataFrame, schema: str = "
         )
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
         """
-    ).format(
-        t=sql.Identifier(schema, SOURCE_TABLE),
-        st=sql.Identifier(stage),
-        cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-        assign=sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in cols if c not in ("id", "timestamp")
-        ),
-        old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in value_cols),
-        new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in value_cols),
     )
-    row = conn.execute(stmt).fetchone()
+    with staged(conn, table_ref(SOURCE_TABLE, schema), frame.select(cols)) as stage:
+        row = conn.execute(
+            stmt.format(
+                t=sql.Identifier(schema, SOURCE_TABLE),
+                st=stage,
+                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                assign=sql.SQL(", ").join(
+                    sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in cols if c not in ("id", "timestamp")
+                ),
+                old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in value_cols),
+                new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in value_cols),
+            )
+        ).fetchone()
     inserted, updated = (int(row[0]), int(row[1])) if row else (0, 0)
-    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(stage)))
     return UpsertCounts(inserted, updated, frame.height - inserted - updated)
 
 
@@ -95,25 +88,22 @@ def upsert_assets(conn: psycopg.Connection, frame: pl.DataFrame, schema: str = "
         .agg(pl.col("symbol").drop_nulls().last(), pl.col("name").drop_nulls().last())
         .sort("id")
     )
-    stage = "_stage_assets"
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} (id integer, symbol text, name text) ON COMMIT DROP").format(sql.Identifier(stage)))
-    copy_frame(conn, table_ref(f"pg_temp.{stage}"), assets)
-    row = conn.execute(
-        sql.SQL(
-            """
-            WITH up AS (
-                INSERT INTO {t} AS a (id, symbol, name) SELECT id, symbol, name FROM {st}
-                ON CONFLICT (id) DO UPDATE
-                    SET symbol = COALESCE(a.symbol, EXCLUDED.symbol), name = COALESCE(a.name, EXCLUDED.name)
-                    WHERE (a.symbol IS NULL AND EXCLUDED.symbol IS NOT NULL)
-                       OR (a.name IS NULL AND EXCLUDED.name IS NOT NULL)
-                RETURNING (xmax = 0) AS inserted
-            )
-            SELECT count(*) FILTER (WHERE inserted) FROM up
-            """
-        ).format(t=sql.Identifier(schema, "dim_assets"), st=sql.Identifier(stage))
-    ).fetchone()
-    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(stage)))
+    with staged(conn, table_ref("dim_assets", schema), assets) as stage:
+        row = conn.execute(
+            sql.SQL(
+                """
+                WITH up AS (
+                    INSERT INTO {t} AS a (id, symbol, name) SELECT id, symbol, name FROM {st}
+                    ON CONFLICT (id) DO UPDATE
+                        SET symbol = COALESCE(a.symbol, EXCLUDED.symbol), name = COALESCE(a.name, EXCLUDED.name)
+                        WHERE (a.symbol IS NULL AND EXCLUDED.symbol IS NOT NULL)
+                           OR (a.name IS NULL AND EXCLUDED.name IS NOT NULL)
+                    RETURNING (xmax = 0) AS inserted
+                )
+                SELECT count(*) FILTER (WHERE inserted) FROM up
+                """
+            ).format(t=sql.Identifier(schema, "dim_assets"), st=stage)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
