@@ -1,0 +1,440 @@
+"""The six bar builders: full rebuild and incremental refresh, one transaction per id
+(spec 02 §1, §4). Computation is delegated to the pure modules (:mod:`.daily`,
+:mod:`.snapshot`); this module decides *what* to recompute and moves rows.
+
+Incremental contract: for each id, find the earliest input change since the last run (new or
+revised rows through ``load_ts`` / ``ingested_at``, deleted rows through an anti-join), then
+replace the id's rows from the start of the bar containing that change. A snapshot row depends
+only on its bar's rows up to its own day and the row before the bar, so everything earlier is
+unchanged and the table equals a full rebuild. A change of the id's first day (backfill) or of
+the time zone rebuilds the id from scratch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, validate_days
+from ta_lab2.bars.families import Timeframe
+from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
+from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
+from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_REJECTS, SOURCE_TABLE, state_table
+from ta_lab2.errors import UsageError
+from ta_lab2.load.source_schema import UTC_US
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BarBuilder:
+    """A bar table and which ``dim_timeframe`` rows feed it."""
+
+    name: str
+    table: str
+    family: str  # dim_timeframe family
+    scheme: str | None = None  # week calendar (US / ISO) for the calendar families
+
+    def timeframe_filter(self) -> sql.Composable:
+        if self.scheme is None:
+            return sql.SQL("family = {}").format(sql.Literal(self.family))
+        return sql.SQL("family = {f} AND (base_unit IN ('M', 'Y') OR calendar_scheme = {s})").format(
+            f=sql.Literal(self.family), s=sql.Literal(self.scheme)
+        )
+
+
+BUILDERS: dict[str, BarBuilder] = {
+    "1d": BarBuilder("1d", BAR_TABLES["1d"], "1d"),
+    "multi_tf": BarBuilder("multi_tf", BAR_TABLES["multi_tf"], "rolling"),
+    "cal_iso": BarBuilder("cal_iso", BAR_TABLES["cal_iso"], "cal", "ISO"),
+    "cal_us": BarBuilder("cal_us", BAR_TABLES["cal_us"], "cal", "US"),
+    "cal_anchor_iso": BarBuilder("cal_anchor_iso", BAR_TABLES["cal_anchor_iso"], "cal_anchor", "ISO"),
+    "cal_anchor_us": BarBuilder("cal_anchor_us", BAR_TABLES["cal_anchor_us"], "cal_anchor", "US"),
+}
+
+
+@dataclass(frozen=True)
+class IdResult:
+    id: int
+    mode: str  # "full", "incremental", "unchanged", "empty"
+    rows_inserted: int = 0
+    rows_deleted: int = 0
+    rejects: int = 0
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    builder: str
+    table: str
+    full_rebuild: bool
+    timeframes: tuple[str, ...]
+    duration_s: float
+    ids: tuple[IdResult, ...] = field(default_factory=tuple)
+
+    @property
+    def rows_inserted(self) -> int:
+        return sum(r.rows_inserted for r in self.ids)
+
+    @property
+    def rows_deleted(self) -> int:
+        return sum(r.rows_deleted for r in self.ids)
+
+    @property
+    def rejects(self) -> int:
+        return sum(r.rejects for r in self.ids)
+
+    @property
+    def ids_processed(self) -> int:
+        return sum(r.mode != "unchanged" for r in self.ids)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "builder": self.builder,
+            "table": self.table,
+            "full_rebuild": self.full_rebuild,
+            "timeframes": list(self.timeframes),
+            "duration_s": round(self.duration_s, 3),
+            "ids": len(self.ids),
+            "ids_processed": self.ids_processed,
+            "rows_inserted": self.rows_inserted,
+            "rows_deleted": self.rows_deleted,
+            "rejects": self.rejects,
+            "rows_per_s": round(self.rows_inserted / self.duration_s, 1) if self.duration_s > 0 else None,
+        }
+
+
+# --------------------------------------------------------------------------- inputs
+def resolve_ids(conn: psycopg.Connection, ids: Sequence[int] | None, schema: str = "public") -> list[int]:
+    """``None`` = every id of ``dim_assets`` that has source rows; unknown ids are a usage error."""
+    if ids is None:
+        rows = conn.execute(
+            sql.SQL("SELECT a.id FROM {a} a WHERE EXISTS (SELECT 1 FROM {s} s WHERE s.id = a.id) ORDER BY a.id").format(
+                a=sql.Identifier(schema, "dim_assets"), s=sql.Identifier(schema, SOURCE_TABLE)
+            )
+        ).fetchall()
+        return [r[0] for r in rows]
+    known = {
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, "dim_assets")), (list(ids),)
+        ).fetchall()
+    }
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise UsageError(f"--ids: unknown id(s) {', '.join(map(str, unknown))} (not in dim_assets)",
+                         hint="`ta-lab2 status` lists the loaded ids; load the asset first")
+    return list(ids)
+
+
+def load_timeframes(
+    conn: psycopg.Connection, builder: BarBuilder, include_non_canonical: bool = False, schema: str = "public"
+) -> list[Timeframe]:
+    """The builder's timeframes from ``dim_timeframe`` (never a hard-coded list)."""
+    canonical = sql.SQL("") if include_non_canonical else sql.SQL(" AND is_canonical")
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT tf, family, base_unit, tf_qty, tf_days_nominal, calendar_scheme FROM {t} "
+            "WHERE {f}{c} ORDER BY sort_order NULLS LAST, tf"
+        ).format(t=sql.Identifier(schema, "dim_timeframe"), f=builder.timeframe_filter(), c=canonical)
+    ).fetchall()
+    return [Timeframe(*r) for r in rows]
+
+
+# --------------------------------------------------------------------------- building
+ProgressFn = Callable[[int], None]
+
+
+def build(
+    conn: psycopg.Connection,
+    builder_name: str,
+    ids: Sequence[int] | None = None,
+    *,
+    full_rebuild: bool = False,
+    tz: str = "UTC",
+    include_non_canonical: bool = False,
+    schema: str = "public",
+    progress: ProgressFn | None = None,
+) -> BuildResult:
+    """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id is
+    one explicit transaction, so a crash leaves either the old or the new rows of an id."""
+    if builder_name not in BUILDERS:
+        raise UsageError(f"unknown bar builder {builder_name!r}; choose from {', '.join(BUILDERS)}")
+    if not conn.autocommit:
+        raise ValueError("build() needs an autocommit connection (one transaction per id)")
+    builder = BUILDERS[builder_name]
+    started = time.perf_counter()
+    id_list = resolve_ids(conn, ids, schema)
+    tfs = [] if builder.name == "1d" else load_timeframes(conn, builder, include_non_canonical, schema)
+    if full_rebuild:
+        _clear(conn, builder, None if ids is None else id_list, schema)
+    results = []
+    for ident in id_list:
+        if builder.name == "1d":
+            results.append(_build_1d(conn, ident, tz, full_rebuild, schema))
+        else:
+            results.append(_build_multi(conn, builder, tfs, ident, tz, full_rebuild, schema))
+        if progress:
+            progress(1)
+    return BuildResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
+                       time.perf_counter() - started, tuple(results))
+
+
+def _clear(conn: psycopg.Connection, builder: BarBuilder, ids: list[int] | None, schema: str) -> None:
+    """``--full-rebuild``: drop the selected ids' rows and state (TRUNCATE when all ids)."""
+    tables = [builder.table, state_table(builder.table)] + ([BARS_1D_REJECTS] if builder.name == "1d" else [])
+    with conn.transaction():
+        if ids is None:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
+        else:
+            for t in tables:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (ids,))
+
+
+def _ident(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+def _build_1d(conn: psycopg.Connection, ident: int, tz: str, full: bool, schema: str) -> IdResult:
+    source = read_frame(
+        conn,
+        sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, SOURCE_TABLE)),
+        SOURCE_READ_SCHEMA,
+        (ident,),
+    )
+    state = conn.execute(
+        sql.SQL("SELECT tz, watermark_load_ts FROM {} WHERE id = %s").format(_ident(schema, state_table(BARS_1D))),
+        (ident,),
+    ).fetchone()
+    cut: dt.datetime | None = None  # None: replace everything of this id
+    mode = "full"
+    if not full and state is not None and state[0] == tz:
+        changed = source.filter(pl.col("load_ts") > state[1])["timestamp"].min() if state[1] is not None else None
+        deleted = conn.execute(
+            sql.SQL(
+                """
+                SELECT min(t."timestamp") FROM (
+                    SELECT "timestamp" FROM {b} WHERE id = %(id)s
+                    UNION ALL SELECT "timestamp" FROM {r} WHERE id = %(id)s) t
+                WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.id = %(id)s AND s."timestamp" = t."timestamp")
+                """
+            ).format(b=_ident(schema, BARS_1D), r=_ident(schema, BARS_1D_REJECTS), s=_ident(schema, SOURCE_TABLE)),
+            {"id": ident},
+        ).fetchone()[0]
+        first = min((t for t in (changed, deleted) if t is not None), default=None)
+        if first is None:
+            return IdResult(ident, "unchanged")
+        # Start of the local day of the first change: a change can flip duplicate_local_day
+        # for earlier rows of the same day.
+        local = first.astimezone(_zone(tz)).date()
+        cut = dt.datetime.combine(local, dt.time(), tzinfo=_zone(tz)).astimezone(dt.timezone.utc)
+        mode = "incremental"
+    accepted, rejects = validate_days(source, tz)
+    if cut is not None:
+        accepted = accepted.filter(pl.col("timestamp") >= cut)
+        rejects = rejects.filter(pl.col("timestamp") >= cut)
+    where, params = _cut_clause(ident, cut, "timestamp")
+    with conn.transaction():
+        deleted_rows = conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D)) + where, params).rowcount
+        conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D_REJECTS)) + where, params)
+        copy_frame(conn, table_ref(BARS_1D, schema), accepted.select(list(BARS_1D_SCHEMA)))
+        copy_frame(conn, table_ref(BARS_1D_REJECTS, schema), rejects.select(list(REJECTS_1D_COLUMNS)))
+        conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO {st} (id, tz, watermark_load_ts, source_rows, first_day, last_day, last_bar_seq,
+                                  last_time_close, updated_at)
+                SELECT %(id)s, %(tz)s, max(s.load_ts), count(*),
+                       (SELECT min(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = %(id)s),
+                       (SELECT max(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = %(id)s),
+                       (SELECT max(bar_seq) FROM {b} WHERE id = %(id)s),
+                       (SELECT max(time_close) FROM {b} WHERE id = %(id)s), now()
+                FROM {s} s WHERE s.id = %(id)s
+                ON CONFLICT (id) DO UPDATE SET tz = EXCLUDED.tz, watermark_load_ts = EXCLUDED.watermark_load_ts,
+                    source_rows = EXCLUDED.source_rows, first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day,
+                    last_bar_seq = EXCLUDED.last_bar_seq, last_time_close = EXCLUDED.last_time_close,
+                    updated_at = EXCLUDED.updated_at
+                """
+            ).format(st=_ident(schema, state_table(BARS_1D)), b=_ident(schema, BARS_1D), s=_ident(schema, SOURCE_TABLE)),
+            {"id": ident, "tz": tz},
+        )
+    return IdResult(ident, mode if source.height else "empty", accepted.height, deleted_rows, rejects.height)
+
+
+def _cut_clause(ident: int, cut: dt.datetime | None, column: str) -> tuple[sql.Composable, dict[str, object]]:
+    if cut is None:
+        return sql.SQL("id = %(id)s"), {"id": ident}
+    return sql.SQL("id = %(id)s AND {} >= %(cut)s").format(sql.Identifier(column)), {"id": ident, "cut": cut}
+
+
+def _zone(tz: str) -> dt.tzinfo:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(tz)
+
+
+DAILY_READ_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.Int32(),
+    "timestamp": UTC_US,
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "market_cap": pl.Float64(),
+    "time_high": UTC_US,
+    "time_low": UTC_US,
+    "ingested_at": UTC_US,
+}
+
+
+def _build_multi(
+    conn: psycopg.Connection,
+    builder: BarBuilder,
+    tfs: Sequence[Timeframe],
+    ident: int,
+    tz: str,
+    full: bool,
+    schema: str,
+) -> IdResult:
+    table = _ident(schema, builder.table)
+    state_t = _ident(schema, state_table(builder.table))
+    daily = read_frame(
+        conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (ident,)
+    )
+    days = prepare_days(daily, tz)
+    first_day = days["day"].min() if days.height else None
+    watermark = daily["ingested_at"].max() if daily.height else None
+    states = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            sql.SQL("SELECT tf, watermark_ingested_at, first_day FROM {} WHERE id = %s").format(state_t), (ident,)
+        ).fetchall()
+    }
+    deleted_from = None
+    if not full and states:
+        deleted_from = conn.execute(
+            sql.SQL(
+                """
+                SELECT min(t.time_close) FROM (SELECT DISTINCT time_close FROM {t} WHERE id = %(id)s) t
+                WHERE NOT EXISTS (SELECT 1 FROM {d} d WHERE d.id = %(id)s AND d."timestamp" = t.time_close)
+                """
+            ).format(t=table, d=_ident(schema, BARS_1D)),
+            {"id": ident},
+        ).fetchone()[0]
+    # Per timeframe: None = replace all rows; a datetime = replace rows from the bar containing
+    # it; absent = unchanged.
+    change_at: dict[str, dt.datetime | None] = {}
+    for tf in tfs:
+        st = states.get(tf.tf)
+        if full or st is None or st[1] != first_day:
+            change_at[tf.tf] = None
+            continue
+        changed = daily.filter(pl.col("ingested_at") > st[0])["timestamp"].min() if st[0] is not None else None
+        first = min((t for t in (changed, deleted_from) if t is not None), default=None)
+        if first is not None:
+            change_at[tf.tf] = first
+    if not change_at:
+        return IdResult(ident, "unchanged")
+    work = [tf for tf in tfs if tf.tf in change_at]
+    rows = snapshot_rows(days, work, builder.family)
+    cuts = _cuts(rows, change_at)
+    new_rows = rows.join(cuts, on="tf", how="left").filter(
+        pl.col("_cut").is_null() | (pl.col("time_close") >= pl.col("_cut"))
+    ).drop("_cut")
+    full_tfs = [tf for tf, at in change_at.items() if at is None]
+    cut_tfs = cuts.filter(pl.col("_cut").is_not_null())
+    with conn.transaction():
+        deleted = 0
+        if full_tfs:
+            deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s AND tf = ANY(%s)").format(table),
+                                    (ident, full_tfs)).rowcount
+        if cut_tfs.height:
+            deleted += conn.execute(
+                sql.SQL(
+                    "DELETE FROM {} t USING unnest(%s::text[], %s::timestamptz[]) AS c(tf, cut) "
+                    "WHERE t.id = %s AND t.tf = c.tf AND t.time_close >= c.cut"
+                ).format(table),
+                (cut_tfs["tf"].to_list(), cut_tfs["_cut"].to_list(), ident),
+            ).rowcount
+        copy_frame(conn, table_ref(builder.table, schema), new_rows)
+        _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table)
+    mode = "full" if len(full_tfs) == len(work) else "incremental"
+    return IdResult(ident, mode if daily.height else "empty", new_rows.height, deleted)
+
+
+def _cuts(rows: pl.DataFrame, change_at: dict[str, dt.datetime | None]) -> pl.DataFrame:
+    """Per timeframe, the first ``time_close`` to replace: the first row of the bar that holds
+    the first row at or after the change (or the change instant itself when no row follows)."""
+    changes = pl.DataFrame(
+        {"tf": list(change_at), "_at": list(change_at.values())}, schema={"tf": pl.String, "_at": UTC_US}
+    )
+    if rows.is_empty():
+        return changes.select("tf", pl.col("_at").alias("_cut"))
+    after = (
+        rows.select("tf", "bar_seq", "time_close")
+        .join(changes.filter(pl.col("_at").is_not_null()), on="tf")
+        .filter(pl.col("time_close") >= pl.col("_at"))
+        .group_by("tf")
+        .agg(pl.col("bar_seq").sort_by("time_close").first().alias("_bar"))
+    )
+    bar_start = (
+        rows.select("tf", "bar_seq", "time_close")
+        .join(after, left_on=["tf", "bar_seq"], right_on=["tf", "_bar"])
+        .group_by("tf")
+        .agg(pl.col("time_close").min().alias("_start"))
+    )
+    return changes.join(bar_start, on="tf", how="left").select(
+        "tf",
+        pl.when(pl.col("_at").is_null()).then(None).otherwise(pl.coalesce("_start", "_at")).alias("_cut"),
+    )
+
+
+def _write_state(
+    conn: psycopg.Connection,
+    state_t: sql.Identifier,
+    ident: int,
+    rows: pl.DataFrame,
+    tfs: list[str],
+    watermark: dt.datetime | None,
+    first_day: dt.date | None,
+    schema: str,
+    table: str,
+) -> None:
+    summary = (
+        pl.DataFrame({"tf": tfs}, schema={"tf": pl.String})
+        .join(
+            rows.group_by("tf").agg(
+                last_day=pl.col("time_close").max(),
+                last_bar_seq=pl.col("bar_seq").max(),
+                last_time_close=pl.col("time_close").max(),
+            ),
+            on="tf",
+            how="left",
+        )
+        .with_columns(
+            id=pl.lit(ident, pl.Int32),
+            watermark_ingested_at=pl.lit(watermark, UTC_US),
+            first_day=pl.lit(first_day, pl.Date),
+            last_day=pl.col("last_day").dt.date(),
+        )
+        .select("id", "tf", "watermark_ingested_at", "first_day", "last_day", "last_bar_seq", "last_time_close")
+    )
+    with staged(conn, table_ref(state_table(table), schema), summary, "_stage_state") as stage:
+        conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO {st} (id, tf, watermark_ingested_at, first_day, last_day, last_bar_seq, last_time_close, updated_at)
+                SELECT id, tf, watermark_ingested_at, first_day, last_day, last_bar_seq, last_time_close, now() FROM {stage}
+                ON CONFLICT (id, tf) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
+                    first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day, last_bar_seq = EXCLUDED.last_bar_seq,
+                    last_time_close = EXCLUDED.last_time_close, updated_at = EXCLUDED.updated_at
+                """
+            ).format(st=state_t, stage=stage)
+        )

@@ -1,0 +1,184 @@
+"""The snapshot engine shared by the five multi-timeframe families (spec 02 §2.1–§2.2).
+
+Given an id's validated daily rows and a family assigner (:mod:`ta_lab2.bars.families`), it
+emits one row per (bar, observed day) describing the bar as of that day's close: running
+OHLCV with earliest-tie extremum instants, position/count columns, partial flags and the
+missing-day diagnostics. Everything is a polars window expression over ``(tf, bar_seq)``;
+nothing loops per row in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import polars as pl
+
+from ta_lab2.bars.daily import local_day
+from ta_lab2.bars.families import ASSIGNERS, Timeframe
+from ta_lab2.load.source_schema import UTC_US
+
+MAX_LISTED_MISSING = 50
+ONE_MS = pl.duration(milliseconds=1)
+ONE_DAY = pl.duration(days=1)
+
+#: Columns of the multi-timeframe bar tables (without ``ingested_at``), in table order.
+BAR_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.Int32(),
+    "tf": pl.String(),
+    "tf_days": pl.Int32(),
+    "bar_seq": pl.Int32(),
+    "time_open": UTC_US,
+    "time_close": UTC_US,
+    "time_high": UTC_US,
+    "time_low": UTC_US,
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "market_cap": pl.Float64(),
+    "timestamp": UTC_US,
+    "last_ts_half_open": UTC_US,
+    "pos_in_bar": pl.Int32(),
+    "is_partial_start": pl.Boolean(),
+    "is_partial_end": pl.Boolean(),
+    "is_missing_days": pl.Boolean(),
+    "count_days": pl.Int32(),
+    "count_days_remaining": pl.Int32(),
+    "count_missing_days": pl.Int32(),
+    "count_missing_days_start": pl.Int32(),
+    "count_missing_days_end": pl.Int32(),
+    "count_missing_days_interior": pl.Int32(),
+    "missing_days_where": pl.String(),
+    "first_missing_day": pl.Date(),
+    "last_missing_day": pl.Date(),
+}
+ANCHORED_SCHEMA: dict[str, pl.DataType] = {**BAR_SCHEMA, "bar_anchor_offset": pl.Int32()}
+
+#: Columns of the validated daily input the engine needs.
+DAILY_COLUMNS = ("id", "timestamp", "open", "high", "low", "close", "volume", "market_cap", "time_high", "time_low")
+
+
+def prepare_days(daily: pl.DataFrame, tz: str) -> pl.DataFrame:
+    """Add ``day`` (local date), ``k`` (row index) and ``day_open`` (spec 01 ``day_time_open``)
+    to ONE id's validated daily rows."""
+    d = daily.select(DAILY_COLUMNS).sort("timestamp")
+    return d.with_columns(
+        day=local_day(pl.col("timestamp"), tz),
+        k=pl.int_range(0, pl.len(), dtype=pl.Int32),
+        day_open=pl.col("timestamp").shift(1).fill_null(pl.col("timestamp").first() - ONE_DAY) + ONE_MS,
+    )
+
+
+def snapshot_rows(days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str) -> pl.DataFrame:
+    """All snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`)."""
+    anchored = family == "cal_anchor"
+    schema = ANCHORED_SCHEMA if anchored else BAR_SCHEMA
+    if days.is_empty() or not timeframes:
+        return pl.DataFrame(schema=schema)
+    assign: Callable[[pl.DataFrame, Timeframe], pl.DataFrame] = ASSIGNERS[family]
+    parts = [assign(days, tf).with_columns(tf=pl.lit(tf.tf)) for tf in timeframes]
+    rows = pl.concat(parts, how="diagonal_relaxed")
+    if rows.is_empty():
+        return pl.DataFrame(schema=schema)
+    return _aggregate(rows).select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+def _aggregate(rows: pl.DataFrame) -> pl.DataFrame:
+    bar = ("tf", "bar_seq")
+    rows = rows.sort("tf", "bar_seq", "timestamp")
+    vol_known = pl.col("volume").is_not_null().cum_sum().over(bar)
+    # Extremum instants: the running max/min only moves on a strictly better value, so the
+    # earliest row attaining it keeps its instant (earliest-tie rule).
+    run_high = pl.col("high").cum_max().over(bar)
+    run_low = pl.col("low").cum_min().over(bar)
+    new_high = pl.col("high") > pl.col("high").cum_max().shift(1).over(bar).fill_null(float("-inf"))
+    new_low = pl.col("low") < pl.col("low").cum_min().shift(1).over(bar).fill_null(float("inf"))
+    out = rows.with_columns(
+        first_day=pl.col("day").first().over(bar),
+        time_open=pl.col("day_open").first().over(bar),
+        open=pl.col("open").first().over(bar),
+        high=run_high,
+        low=run_low,
+        time_high=pl.when(new_high).then("time_high").otherwise(None).forward_fill().over(bar),
+        time_low=pl.when(new_low).then("time_low").otherwise(None).forward_fill().over(bar),
+        volume=pl.when(vol_known > 0).then(pl.col("volume").fill_null(0.0).cum_sum().over(bar)).otherwise(None),
+        pos_in_bar=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(bar),
+        prev_day=pl.col("day").shift(1).over(bar),
+    )
+    out = out.with_columns(eff_start=pl.coalesce("eff_start", "first_day"))
+    # Missing dates revealed by each row: the run between the previous observed day of the bar
+    # (or the effective start) and this day.
+    gap_start = pl.coalesce(pl.col("prev_day") + pl.duration(days=1), pl.col("eff_start"))
+    out = out.with_columns(
+        _gap_from=gap_start,
+        _gap=(pl.col("day").cast(pl.Int32) - gap_start.cast(pl.Int32)).cast(pl.Int32),
+    )
+    out = out.with_columns(
+        count_missing_days=pl.col("_gap").cum_sum().over(bar).cast(pl.Int32),
+        count_missing_days_start=(pl.col("first_day").cast(pl.Int32) - pl.col("eff_start").cast(pl.Int32)).cast(pl.Int32),
+    )
+    out = _missing_lists(out)
+    return out.with_columns(
+        time_close=pl.col("timestamp"),
+        last_ts_half_open=pl.col("timestamp") + ONE_MS,
+        is_partial_end=~pl.col("canonical"),
+        is_missing_days=pl.col("count_missing_days") > 0,
+        count_days=pl.col("pos_in_bar"),
+        count_days_remaining=pl.col("remaining"),
+        count_missing_days_end=pl.lit(0, pl.Int32),
+        count_missing_days_interior=pl.col("count_missing_days") - pl.col("count_missing_days_start"),
+    )
+
+
+def _missing_lists(out: pl.DataFrame) -> pl.DataFrame:
+    """``missing_days_where``, ``first_missing_day``, ``last_missing_day`` for every row.
+
+    Only rows that reveal a gap ("events") get a value computed; later rows of the same bar
+    carry it forward. Work is proportional to the number of listed dates, not rows.
+    """
+    bar = ["tf", "bar_seq"]
+    events = out.filter(pl.col("_gap") > 0).select(
+        *bar, "timestamp", "count_missing_days",
+        dates=pl.date_ranges("_gap_from", pl.col("day") - pl.duration(days=1)),
+    )
+    if events.is_empty():
+        return out.with_columns(
+            missing_days_where=pl.lit(None, pl.String),
+            first_missing_day=pl.lit(None, pl.Date),
+            last_missing_day=pl.lit(None, pl.Date),
+        )
+    # The bar's missing dates in order; an event lists the first min(50, count) of them.
+    listed = (
+        events.select(*bar, "dates")
+        .explode("dates")
+        .sort(*bar, "dates")
+        .with_columns(rank=pl.int_range(0, pl.len()).over(bar))
+        .filter(pl.col("rank") < MAX_LISTED_MISSING)
+    )
+    strings = (
+        events.select(*bar, "timestamp", "count_missing_days")
+        .join(listed, on=bar)
+        .filter(pl.col("rank") < pl.col("count_missing_days"))
+        .sort(*bar, "timestamp", "rank")
+        .group_by(*bar, "timestamp", maintain_order=True)
+        .agg(
+            _where=pl.col("dates").dt.to_string("%Y-%m-%d").str.join(","),
+            _first=pl.col("dates").first(),
+            _count=pl.col("count_missing_days").first(),
+        )
+        .with_columns(
+            _where=pl.when(pl.col("_count") > MAX_LISTED_MISSING)
+            .then(pl.col("_where") + pl.lit(",...(+") + (pl.col("_count") - MAX_LISTED_MISSING).cast(pl.String) + pl.lit(")"))
+            .otherwise("_where")
+        )
+    )
+    last = events.select(*bar, "timestamp", _last=pl.col("dates").list.last())
+    joined = out.join(strings.drop("_count"), on=[*bar, "timestamp"], how="left").join(
+        last, on=[*bar, "timestamp"], how="left"
+    )
+    return joined.sort(*bar, "timestamp").with_columns(
+        missing_days_where=pl.col("_where").forward_fill().over(bar),
+        first_missing_day=pl.col("_first").forward_fill().over(bar),
+        last_missing_day=pl.col("_last").forward_fill().over(bar),
+    )

@@ -1,0 +1,52 @@
+"""PostgreSQL advisory locks per table family (spec 04 "Concurrency guard").
+
+Two writers of the same tables (two refreshes, or a refresh and a baseline capture) never run
+at once: the second waits up to ``wait_s`` seconds, then fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+
+from ta_lab2.errors import DatabaseError
+
+BARS_LOCK = "ta_lab2:bars"
+EMAS_LOCK = "ta_lab2:emas"
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for a lock name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold session-level advisory lock ``name`` for the block (released on exit or disconnect).
+
+    ``conn`` must be in autocommit mode (the pipeline's convention: every unit of work is an
+    explicit ``conn.transaction()``), so taking the lock never commits someone's work.
+    """
+    if not conn.autocommit:
+        raise ValueError("advisory_lock needs an autocommit connection")
+    key = lock_key(name)
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if row and row[0]:
+            break
+        if time.monotonic() >= deadline:
+            raise DatabaseError(
+                f"another ta_lab2 process is writing the {name.split(':')[-1]} tables (advisory lock {name!r} is held)",
+                hint="wait for it to finish, or pass --wait-lock SECONDS to wait",
+            )
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

@@ -1,0 +1,265 @@
+"""The real ``ta-lab2`` console command (``python -m ta_lab2``) for init / load / status / db:
+exit codes (0 ok, 1 rejected rows, 2 usage or unusable input), messages naming file:line and
+reason, no password in any output, and the zero-configuration embedded server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ta_lab2.db.connect import Target, connect
+from ta_lab2.db.schema import ensure_schema
+
+pytestmark = pytest.mark.db
+
+URL_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
+GEN_HEADER = "id,timestamp,open,high,low,close"
+SECRET = "SuperSecret123"
+BAD_URL = f"postgresql://u:{SECRET}@127.0.0.1:1/nodb"
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The current environment without any database URL, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in URL_ENV}
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ta_lab2", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def count(target: Target, table: str = "cmc_price_histories7") -> int:
+    with connect(target) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def status_rows(stdout: str, table: str) -> int:
+    """Row count shown for ``table`` in the status table (thousands separated by commas)."""
+    match = re.search(rf"^\W*{table}\W+([\d,]+)\s", stdout, re.MULTILINE)
+    assert match, stdout
+    return int(match.group(1).replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def env(db: Target) -> dict[str, str]:
+    return base_env(TA_LAB2_DB_URL=db.url)
+
+
+@pytest.fixture(scope="module")
+def initialised(db: Target) -> Target:
+    with connect(db) as conn:
+        ensure_schema(conn)
+    return db
+
+
+def test_init_twice_load_synthetic_and_status(fresh_db: Target, tmp_path: Path) -> None:
+    db, env = fresh_db, base_env(TA_LAB2_DB_URL=fresh_db.url)
+    for _ in range(2):
+        done = run(["init"], tmp_path, env)
+        assert done.returncode == 0, done.stderr
+    with connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM ta_lab2_schema_version").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM dim_period").fetchone()[0] == 17
+
+    before = count(db)
+    done = run(["load", "--synthetic", "3", "--days", "200", "--seed", "7"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    added = count(db) - before
+    assert added >= 3 * 70  # 3 assets of at least 35 % of 200 days, minus a few gap days
+    assert f"loaded {added}, updated 0, unchanged 0, rejected 0" in done.stdout
+    with connect(db) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM dim_assets ORDER BY id").fetchall()]
+    assert {1, 52, 1027} <= set(ids)
+
+    # the same command again changes nothing
+    again = run(["load", "--synthetic", "3", "--days", "200", "--seed", "7"], tmp_path, env)
+    assert again.returncode == 0, again.stderr
+    assert f"loaded 0, updated 0, unchanged {added}, rejected 0" in again.stdout
+
+    status = run(["status"], tmp_path, env)
+    assert status.returncode == 0, status.stderr
+    assert status_rows(status.stdout, "cmc_price_histories7") == count(db)
+    assert status_rows(status.stdout, "dim_assets") == count(db, "dim_assets")
+
+    as_json = run(["status", "--json"], tmp_path, env)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    tables = {t["table"]: t for t in data["tables"]}
+    assert tables["cmc_price_histories7"]["rows"] == count(db)
+    assert tables["cmc_price_histories7"]["exists"] is True
+
+
+def test_malformed_row_exit_1_names_file_line_and_reason(
+    initialised: Target, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text(
+        f"{GEN_HEADER}\n"
+        "4242,2024-01-01T23:59:59.999Z,1,2,0.5,1.5\n"
+        "4242,2024-01-02T23:59:59.999Z,1,2,0.5,12x\n"
+        "4242,2024-01-03T23:59:59.999Z,1,2,0.5,1.75\n"
+    )
+    done = run(["load", str(path)], tmp_path, env)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "prices.csv:3" in done.stderr
+    assert "close" in done.stderr and "12x" in done.stderr
+    assert "loaded 2, updated 0, unchanged 0, rejected 1" in done.stdout
+    with connect(initialised) as conn:
+        assert conn.execute("SELECT close FROM cmc_price_histories7 WHERE id = 4242 ORDER BY 1").fetchall() == [
+            (1.5,),
+            (1.75,),
+        ]
+        assert conn.execute(
+            "SELECT line FROM load_rejects WHERE source_file = 'prices.csv'"
+        ).fetchall() == [(3,)]
+
+
+def test_wrong_header_exit_2_nothing_written(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(f"{GEN_HEADER}\n4343,2024-01-01T23:59:59.999Z,1,2,0.5,1.5\n")
+    bad = tmp_path / "wrong.csv"
+    bad.write_text("id,when,price\n4343,2024-01-02,1.5\n")
+    tables = ("cmc_price_histories7", "dim_assets", "load_rejects")
+    before = [count(initialised, t) for t in tables]
+    done = run(["load", str(good), str(bad)], tmp_path, env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "wrong.csv" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [count(initialised, t) for t in tables] == before
+
+
+def test_unknown_cmc_name_exit_2(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "cmc.csv"
+    path.write_text(
+        "timeOpen;timeClose;timeHigh;timeLow;name;open;high;low;close;volume;marketCap;timestamp\n"
+        "2024-01-01T00:00:00.000Z;2024-01-01T23:59:59.999Z;2024-01-01T10:00:00.000Z;"
+        "2024-01-01T03:00:00.000Z;Nosuchcoin;1;2;0.5;1.5;10;20;2024-01-01T23:59:59.999Z\n"
+    )
+    before = count(initialised)
+    done = run(["load", str(path)], tmp_path, env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Nosuchcoin" in done.stderr and "cmc.csv" in done.stderr
+    assert count(initialised) == before
+    # with --id the same file loads
+    done = run(["load", "--id", "4444", str(path)], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert "loaded 1, updated 0, unchanged 0, rejected 0" in done.stdout
+
+
+USAGE_ERRORS = [
+    (["load", "missing.csv"], ["missing.csv"]),
+    (["load"], ["--synthetic"]),
+    (["load", "--synthetic", "0"], ["--synthetic"]),
+    (["load", "--synthetic", "2", "--days", "abc"], ["--days"]),
+    (["load", "--synthetic", "2", "--end-date", "2024-13-45"], ["--end-date", "2024-13-45"]),
+    (["load", "--synthetic", "2", "--log-level", "LOUD"], ["--log-level", "LOUD"]),
+    (["load", "--synthetic", "2", "--no-such-option"], ["--no-such-option"]),
+    (["load", "--synthetic", "2", "gen.csv"], ["--synthetic"]),
+    (["load", "--id", "5", "gen.csv"], ["--id"]),
+    (["status", "--bogus"], ["--bogus"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_exit_2_and_change_nothing(
+    initialised: Target, env: dict[str, str], tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    (tmp_path / "gen.csv").write_text(f"{GEN_HEADER}\n4545,2024-01-01T23:59:59.999Z,1,2,0.5,1.5\n")
+    before = count(initialised), count(initialised, "dim_assets")
+    done = run(args, tmp_path, env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    for word in words:
+        assert word in done.stderr, (word, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert (count(initialised), count(initialised, "dim_assets")) == before
+
+
+# --------------------------------------------------------------------------- secrets
+def _assert_no_secret(done: subprocess.CompletedProcess[str], cwd: Path) -> None:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert SECRET not in done.stdout and SECRET not in done.stderr
+    assert "***" in done.stdout + done.stderr
+    logs = [p for p in (cwd / ".logs").rglob("*") if p.is_file()] if (cwd / ".logs").exists() else []
+    for log in logs:
+        assert SECRET not in log.read_text(errors="replace"), log
+
+
+@pytest.mark.parametrize(
+    ("where", "command"),
+    [
+        ("--db-url", ["status"]),
+        ("TA_LAB2_DB_URL", ["status"]),
+        ("TARGET_DB_URL", ["status"]),
+        ("db_config.env", ["status"]),
+        ("--db-url", ["init"]),
+        ("TA_LAB2_DB_URL", ["load", "--synthetic", "1", "--days", "5"]),
+    ],
+)
+def test_password_never_shown(tmp_path: Path, where: str, command: list[str]) -> None:
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    env = base_env(TA_LAB2_HOME=str(tmp_path / "home"))
+    args = list(command)
+    if where == "--db-url":
+        args += ["--db-url", BAD_URL]
+    elif where == "db_config.env":
+        (cwd / "db_config.env").write_text(f"TARGET_DB_URL={BAD_URL}\n")
+    else:
+        env[where] = BAD_URL
+    done = run([*args, "--log-level", "DEBUG"], cwd, env)
+    _assert_no_secret(done, cwd)
+    assert "postgresql://u:***@127.0.0.1:1/nodb" in done.stderr
+
+
+def test_password_in_query_string_never_shown(tmp_path: Path) -> None:
+    env = base_env(TA_LAB2_HOME=str(tmp_path / "home"))
+    url = f"postgresql://u@127.0.0.1:1/nodb?password={SECRET}"
+    done = run(["status", "--db-url", url], tmp_path, env)
+    _assert_no_secret(done, tmp_path)
+
+
+# --------------------------------------------------------------------------- zero configuration
+@pytest.mark.slow
+def test_no_configuration_uses_the_embedded_server(tmp_path: Path) -> None:
+    home = Path(tempfile.mkdtemp(prefix="tlh", dir="/tmp"))
+    env = base_env(TA_LAB2_HOME=str(home), TA_LAB2_EMBEDDED_NO_FSYNC="1")
+    try:
+        init = run(["init"], tmp_path, env)
+        assert init.returncode == 0, init.stderr
+        load = run(["load", "--synthetic", "5", "--days", "1000", "--seed", "1"], tmp_path, env)
+        assert load.returncode == 0, load.stderr
+        match = re.search(r"loaded (\d+), updated 0, unchanged 0, rejected 0", load.stdout)
+        assert match, load.stdout
+        loaded = int(match.group(1))
+        assert loaded >= 5 * 350  # every asset has at least 35 % of 1000 days, minus gap days
+        status = run(["status"], tmp_path, env)
+        assert status.returncode == 0, status.stderr
+        assert status_rows(status.stdout, "cmc_price_histories7") == loaded
+        assert status_rows(status.stdout, "dim_assets") == 5
+        assert (home / "pgdata" / "PG_VERSION").is_file()
+
+        stop = run(["db", "stop"], tmp_path, env)
+        assert stop.returncode == 0, stop.stderr
+        state = run(["db", "status"], tmp_path, env)
+        assert state.returncode == 0, state.stderr
+        assert re.search(r"running:\s*False", state.stdout), state.stdout
+        assert str(home) in state.stdout
+    finally:
+        run(["db", "stop"], tmp_path, env)
+        shutil.rmtree(home, ignore_errors=True)
