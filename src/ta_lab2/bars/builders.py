@@ -161,9 +161,13 @@ def build(
     include_non_canonical: bool = False,
     schema: str = "public",
     progress: ProgressFn | None = None,
+    workers: int = 1,
+    url: str | None = None,
 ) -> BuildResult:
     """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id is
-    one explicit transaction, so a crash leaves either the old or the new rows of an id."""
+    one explicit transaction, so a crash leaves either the old or the new rows of an id.
+    With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
+    that many processes."""
     if builder_name not in BUILDERS:
         raise UsageError(f"unknown bar builder {builder_name!r}; choose from {', '.join(BUILDERS)}")
     if not conn.autocommit:
@@ -174,16 +178,74 @@ def build(
     tfs = [] if builder.name == "1d" else load_timeframes(conn, builder, include_non_canonical, schema)
     if full_rebuild:
         _clear(conn, builder, None if ids is None else id_list, schema)
-    results = []
-    for ident in id_list:
-        if builder.name == "1d":
-            results.append(_build_1d(conn, ident, tz, full_rebuild, schema))
-        else:
-            results.append(_build_multi(conn, builder, tfs, ident, tz, full_rebuild, schema))
-        if progress:
-            progress(1)
+    options = BuildOptions(builder.name, tuple(tfs), tz, full_rebuild, schema)
+    if workers > 1 and len(id_list) > 1 and url is not None:
+        results = _build_parallel(url, options, id_list, workers, progress)
+    else:
+        results = []
+        for ident in id_list:
+            results.append(build_one(conn, options, ident))
+            if progress:
+                progress(1)
     return BuildResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
-                       time.perf_counter() - started, tuple(results))
+                       time.perf_counter() - started, tuple(sorted(results, key=lambda r: r.id)))
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a worker needs to build one id (picklable)."""
+
+    builder: str
+    timeframes: tuple[Timeframe, ...]
+    tz: str
+    full: bool
+    schema: str
+
+
+def build_one(conn: psycopg.Connection, options: BuildOptions, ident: int) -> IdResult:
+    """Build one id in one transaction (the per-id work unit; any executor may call it)."""
+    builder = BUILDERS[options.builder]
+    if builder.name == "1d":
+        return _build_1d(conn, ident, options.tz, options.full, options.schema)
+    return _build_multi(conn, builder, options.timeframes, ident, options.tz, options.full, options.schema)
+
+
+def _worker(url: str, options: BuildOptions, ids: list[int]) -> list[IdResult]:
+    from ta_lab2.db.connect import Target, connect
+
+    with connect(Target(url, "worker"), autocommit=True) as conn:
+        return [build_one(conn, options, ident) for ident in ids]
+
+
+def _build_parallel(
+    url: str, options: BuildOptions, ids: list[int], workers: int, progress: ProgressFn | None
+) -> list[IdResult]:
+    """Ids spread over ``workers`` processes; each id is still its own transaction.
+
+    Each worker gets a polars thread pool of one thread: the workers (and the PostgreSQL
+    backends they feed) are the parallelism; oversubscribing the cores is slower.
+    """
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list[IdResult] = []
+    saved = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, url, options, ids[i::workers]) for i in range(workers)]
+            for fut in as_completed(futures):
+                done = fut.result()
+                results.extend(done)
+                if progress:
+                    progress(len(done))
+    finally:
+        if saved is None:
+            os.environ.pop("POLARS_MAX_THREADS", None)
+        else:
+            os.environ["POLARS_MAX_THREADS"] = saved
+    return results
 
 
 def _clear(conn: psycopg.Connection, builder: BarBuilder, ids: list[int] | None, schema: str) -> None:

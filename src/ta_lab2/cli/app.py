@@ -32,6 +32,15 @@ app = typer.Typer(
 db_app = typer.Typer(help="The embedded PostgreSQL server (used when no URL is configured).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
+
+def _register_pipeline_commands() -> None:
+    from ta_lab2.cli.pipeline_cmds import bars
+
+    app.command("bars")(bars)
+
+
+_register_pipeline_commands()
+
 _state = {"debug": False}
 
 
@@ -184,13 +193,18 @@ def db_status() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app and turn every outcome into the documented exit code.
+    """The ``ta-lab2`` entry point."""
+    run_app(app, argv)
+
+
+def run_app(application: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run a Typer app and turn every outcome into the documented exit code.
 
     Typer's own exceptions are recognised by shape (``exit_code`` / ``show``) because Typer
     versions differ in where they define them (click, or a vendored copy).
     """
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = application(args=argv, standalone_mode=False)
     except TaLabError as exc:
         if _state["debug"]:
             log.exception("failed")

@@ -31,6 +31,9 @@ Tz = Annotated[str, typer.Option("--tz", help="Time zone whose calendar dates ar
 NumProcesses = Annotated[
     Optional[int], typer.Option("--num-processes", min=1, help="Ids processed at once (default: CPU count).", show_default=False)
 ]
+WaitLock = Annotated[
+    float, typer.Option("--wait-lock", min=0, help="Seconds to wait for another writer of the same tables.")
+]
 Schema = Annotated[str, typer.Option("--schema", help="Database schema holding the tables.")]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -63,3 +66,14 @@ def parse_ids(value: str | None, *, required: bool = True) -> list[int] | None:
         if ident not in ids:
             ids.append(ident)
     return ids
+
+
+def check_tz(value: str) -> str:
+    """``--tz`` must be an IANA zone name (``UTC``, ``Europe/Paris``)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"--tz: {value!r} is not a known time zone (e.g. UTC, America/New_York)") from None
+    return value

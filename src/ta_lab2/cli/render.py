@@ -6,13 +6,18 @@ import dataclasses
 import datetime as dt
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from ta_lab2.db.status import DatabaseStatus
 from ta_lab2.load.service import LoadReport
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ta_lab2.pipeline.runner import RunSummary
 
 # Not on a terminal (pipes, CI logs): wide enough that tables are not folded.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -89,3 +94,34 @@ def to_jsonable(obj: Any) -> Any:
 
 def print_json(obj: Any) -> None:
     console.print_json(json.dumps(to_jsonable(obj)))
+
+
+def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) -> None:
+    """Per child: status, duration, rows, ids, rejects; then totals and the JSON path."""
+    title = f"{summary.runner}" + (" (dry run: nothing was changed)" if summary.dry_run else "")
+    table = Table(title=title)
+    for col in ("child", "status", "seconds", "ids", "rows inserted", "rows deleted", "rejects", "rows/s"):
+        table.add_column(col, justify="left" if col in ("child", "status") else "right")
+    colors = {"ok": "green", "failed": "red", "timeout": "red", "skipped": "yellow", "planned": "cyan"}
+    for c in summary.children:
+        s = c.summary
+        table.add_row(
+            c.name, f"[{colors.get(c.status, 'white')}]{c.status}[/]", f"{c.duration_s:.1f}",
+            str(s.get("ids", "")), _fmt_int(int(s.get("rows_inserted", 0) or 0)) if s else "",
+            _fmt_int(int(s.get("rows_deleted", 0) or 0)) if s else "", str(s.get("rejects", "")) if s else "",
+            f"{s['rows_per_s']:,.0f}" if s.get("rows_per_s") else "",
+        )
+    t = summary.totals()
+    table.add_section()
+    table.add_row("total", "[green]ok[/]" if summary.ok else "[red]failed[/]", f"{summary.duration_s:.1f}", "",
+                  _fmt_int(int(t["rows_inserted"])), _fmt_int(int(t["rows_deleted"])), _fmt_int(int(t["rejects"])), "")
+    console.print(table)
+    for c in summary.children:
+        if c.status == "planned":
+            console.print(f"  {c.name}: {c.message}", markup=False, highlight=False)
+        elif not c.ok and c.status != "skipped":
+            err_console.print(f"[red]{c.name}: {c.status}[/] — {c.message}")
+            if c.output_tail:
+                err_console.print(c.output_tail, markup=False, highlight=False)
+    if json_path is not None:
+        console.print(f"summary: {json_path}", highlight=False)

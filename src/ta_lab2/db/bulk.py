@@ -94,7 +94,9 @@ def _column_payload(series: pl.Series, pg_type: str) -> tuple[np.ndarray, np.nda
     n = len(s)
     valid = ~s.is_null().to_numpy()
     if np_dtype is None:
-        arr = s.to_arrow().cast("large_string")
+        arr = s.to_arrow(compat_level=pl.CompatLevel.oldest())  # plain large_string, no view type
+        if str(arr.type) != "large_string":
+            arr = arr.cast("large_string")
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
         buf = arr.buffers()[2]
         data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.empty(0, np.uint8)
@@ -127,26 +129,48 @@ def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], *, header: 
     Row layout: int16 field count, then per field int32 length (-1 = NULL) and the big-endian
     payload. Rows are assembled in a padded ``(rows, max_row_bytes)`` matrix with whole-column
     slice assignments, and one boolean mask drops the padding (NULL payloads, short texts), so
-    the cost is a few passes over the output bytes and no Python loop per row.
+    the cost is a few passes over the output bytes and no Python loop per row. Rows are
+    grouped by the length of their longest text so that one long text does not pad every row
+    (COPY does not care about row order).
     """
+    text_cols = [c for c, t in zip(frame.columns, pg_types) if _PG_TYPES[t][1] is None]
+    parts = [_HEADER] if header else []
+    if text_cols and frame.height:
+        longest = frame.select(
+            pl.max_horizontal([pl.col(c).cast(pl.String).str.len_bytes().fill_null(0) for c in text_cols]).alias("n")
+        )["n"]
+        bucket = (longest.cast(pl.Float64).clip(16, None).log(2).ceil()).cast(pl.Int32)
+        if bucket.n_unique() > 1:
+            for _, group in frame.with_columns(_bucket=bucket).group_by("_bucket"):
+                parts.append(_encode_rows(group.drop("_bucket"), pg_types))
+        else:
+            parts.append(_encode_rows(frame, pg_types))
+    else:
+        parts.append(_encode_rows(frame, pg_types))
+    if trailer:
+        parts.append(_TRAILER)
+    return b"".join(parts)
+
+
+def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> bytes:
     n = frame.height
     cols = [_column_payload(frame.to_series(i), t) for i, t in enumerate(pg_types)]
     slot = 2 + sum(4 + m.shape[1] for _, m in cols)
     matrix = np.empty((n, slot), dtype=np.uint8)
-    keep = np.ones((n, slot), dtype=bool)
+    keep: np.ndarray | None = None
     matrix[:, 0:2] = np.array([frame.width], dtype=">i2").view(np.uint8)
     off = 2
-    for lengths, payload in cols:
+    for (lengths, payload), pg_type in zip(cols, pg_types):
         width = payload.shape[1]
         matrix[:, off : off + 4] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
         matrix[:, off + 4 : off + 4 + width] = payload
-        keep[:, off + 4 : off + 4 + width] = np.arange(width)[None, :] < lengths[:, None]
+        ragged = _PG_TYPES[pg_type][1] is None or bool((lengths < 0).any())
+        if ragged:
+            if keep is None:
+                keep = np.ones((n, slot), dtype=bool)
+            keep[:, off + 4 : off + 4 + width] = np.arange(width)[None, :] < lengths[:, None]
         off += 4 + width
-    parts = [_HEADER] if header else []
-    parts.append(matrix[keep].tobytes())
-    if trailer:
-        parts.append(_TRAILER)
-    return b"".join(parts)
+    return matrix.tobytes() if keep is None else matrix[keep].tobytes()
 
 
 def copy_frame(

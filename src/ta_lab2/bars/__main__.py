@@ -1,0 +1,3 @@
+from ta_lab2.bars.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""Shared plumbing of a runner's child process (one builder or refresher): resolve the
+database, hold the family's advisory lock, run, and write a JSON summary the runner reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg
+
+from ta_lab2.db.connect import Target, connect, resolve_target
+from ta_lab2.db.locks import advisory_lock
+from ta_lab2.db.schema import ensure_schema
+
+log = logging.getLogger(__name__)
+
+#: Set by a runner for its children: the advisory locks it holds on their behalf.
+ENV_LOCKS_HELD = "TA_LAB2_LOCKS_HELD"
+
+
+IDS_PER_WORKER = 8
+
+
+def default_workers(requested: int | None, n_ids: int) -> int:
+    """``--num-processes`` or, by default, the CPU count — but never more workers than there
+    are batches of :data:`IDS_PER_WORKER` ids: starting a worker process costs about as much
+    as building several ids, so small universes run in one process (docs/decisions.md)."""
+    if requested and requested > 0:
+        return requested
+    return max(1, min(os.cpu_count() or 1, n_ids // IDS_PER_WORKER))
+
+
+def run_locked(
+    db_url: str | None,
+    lock_name: str,
+    wait_lock: float,
+    work: Callable[[psycopg.Connection, Target], Any],
+    schema: str = "public",
+) -> Any:
+    """Connect (autocommit), make sure the schema exists, hold ``lock_name``, run ``work``."""
+    target = resolve_target(db_url)
+    with connect(target) as conn:
+        ensure_schema(conn, schema)
+    with connect(target, autocommit=True) as conn:
+        if lock_name in os.environ.get(ENV_LOCKS_HELD, "").split(","):
+            return work(conn, target)  # the parent runner holds it for the whole run
+        with advisory_lock(conn, lock_name, wait_lock):
+            return work(conn, target)
+
+
+def write_summary(path: Path | None, summary: dict[str, Any]) -> None:
+    """The runner passes ``--summary-json PATH``; a standalone run may omit it."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, default=str, indent=2))
+    tmp.replace(path)
