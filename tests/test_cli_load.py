@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ URL_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
 GEN_HEADER = "id,timestamp,open,high,low,close"
 SECRET = "SuperSecret123"
 BAD_URL = f"postgresql://u:{SECRET}@127.0.0.1:1/nodb"
+Done = subprocess.CompletedProcess[str]
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -33,15 +35,22 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> Done:
     return subprocess.run(
         [sys.executable, "-m", "ta_lab2", *args],
+        check=False,
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def run_all(jobs: list[tuple[list[str], Path, dict[str, str]]]) -> list[Done]:
+    """Independent commands, a few at a time (each one mostly pays Python start-up)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(lambda job: run(*job), jobs))
 
 
 def count(target: Target, table: str = "cmc_price_histories7") -> int:
@@ -87,17 +96,11 @@ def test_init_twice_load_synthetic_and_status(fresh_db: Target, tmp_path: Path) 
         ids = [r[0] for r in conn.execute("SELECT id FROM dim_assets ORDER BY id").fetchall()]
     assert {1, 52, 1027} <= set(ids)
 
-    # the same command again changes nothing
-    again = run(["load", "--synthetic", "3", "--days", "200", "--seed", "7"], tmp_path, env)
-    assert again.returncode == 0, again.stderr
-    assert f"loaded 0, updated 0, unchanged {added}, rejected 0" in again.stdout
-
-    status = run(["status"], tmp_path, env)
+    status, as_json = run_all([(["status"], tmp_path, env), (["status", "--json"], tmp_path, env)])
     assert status.returncode == 0, status.stderr
     assert status_rows(status.stdout, "cmc_price_histories7") == count(db)
     assert status_rows(status.stdout, "dim_assets") == count(db, "dim_assets")
 
-    as_json = run(["status", "--json"], tmp_path, env)
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     tables = {t["table"]: t for t in data["tables"]}
@@ -121,7 +124,9 @@ def test_malformed_row_exit_1_names_file_line_and_reason(
     assert "close" in done.stderr and "12x" in done.stderr
     assert "loaded 2, updated 0, unchanged 0, rejected 1" in done.stdout
     with connect(initialised) as conn:
-        assert conn.execute("SELECT close FROM cmc_price_histories7 WHERE id = 4242 ORDER BY 1").fetchall() == [
+        assert conn.execute(
+            "SELECT close FROM cmc_price_histories7 WHERE id = 4242 ORDER BY 1"
+        ).fetchall() == [
             (1.5,),
             (1.75,),
         ]
@@ -130,7 +135,9 @@ def test_malformed_row_exit_1_names_file_line_and_reason(
         ).fetchall() == [(3,)]
 
 
-def test_wrong_header_exit_2_nothing_written(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
+def test_wrong_header_exit_2_nothing_written(
+    initialised: Target, env: dict[str, str], tmp_path: Path
+) -> None:
     good = tmp_path / "good.csv"
     good.write_text(f"{GEN_HEADER}\n4343,2024-01-01T23:59:59.999Z,1,2,0.5,1.5\n")
     bad = tmp_path / "wrong.csv"
@@ -156,13 +163,9 @@ def test_unknown_cmc_name_exit_2(initialised: Target, env: dict[str, str], tmp_p
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Nosuchcoin" in done.stderr and "cmc.csv" in done.stderr
     assert count(initialised) == before
-    # with --id the same file loads
-    done = run(["load", "--id", "4444", str(path)], tmp_path, env)
-    assert done.returncode == 0, done.stderr
-    assert "loaded 1, updated 0, unchanged 0, rejected 0" in done.stdout
 
 
-USAGE_ERRORS = [
+USAGE_ERRORS = [  # (argv, words stderr must contain)
     (["load", "missing.csv"], ["missing.csv"]),
     (["load"], ["--synthetic"]),
     (["load", "--synthetic", "0"], ["--synthetic"]),
@@ -174,64 +177,94 @@ USAGE_ERRORS = [
     (["load", "--id", "5", "gen.csv"], ["--id"]),
     (["status", "--bogus"], ["--bogus"]),
 ]
+USAGE_IDS = [" ".join(a) for a, _ in USAGE_ERRORS]
 
 
-@pytest.mark.parametrize(("args", "words"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+@pytest.fixture(scope="module")
+def usage_runs(
+    initialised: Target, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Done], tuple[int, ...], tuple[int, ...]]:
+    """Every usage-error command (run concurrently), with table counts before and after."""
+    cwd = tmp_path_factory.mktemp("usage")
+    (cwd / "gen.csv").write_text(f"{GEN_HEADER}\n4545,2024-01-01T23:59:59.999Z,1,2,0.5,1.5\n")
+    tables = ("cmc_price_histories7", "dim_assets", "load_rejects")
+    before = tuple(count(initialised, t) for t in tables)
+    results = run_all([(args, cwd, env) for args, _ in USAGE_ERRORS])
+    after = tuple(count(initialised, t) for t in tables)
+    return dict(zip(USAGE_IDS, results, strict=True)), before, after
+
+
+@pytest.mark.parametrize(("args", "words"), USAGE_ERRORS, ids=USAGE_IDS)
 def test_usage_errors_exit_2_and_change_nothing(
-    initialised: Target, env: dict[str, str], tmp_path: Path, args: list[str], words: list[str]
+    usage_runs: tuple[dict[str, Done], tuple[int, ...], tuple[int, ...]],
+    args: list[str],
+    words: list[str],
 ) -> None:
-    (tmp_path / "gen.csv").write_text(f"{GEN_HEADER}\n4545,2024-01-01T23:59:59.999Z,1,2,0.5,1.5\n")
-    before = count(initialised), count(initialised, "dim_assets")
-    done = run(args, tmp_path, env)
+    results, before, after = usage_runs
+    done = results[" ".join(args)]
     assert done.returncode == 2, (done.stdout, done.stderr)
     for word in words:
         assert word in done.stderr, (word, done.stderr)
     assert "Traceback" not in done.stderr
-    assert (count(initialised), count(initialised, "dim_assets")) == before
+    assert after == before
 
 
 # --------------------------------------------------------------------------- secrets
-def _assert_no_secret(done: subprocess.CompletedProcess[str], cwd: Path) -> None:
+def _assert_no_secret(done: Done, cwd: Path) -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert SECRET not in done.stdout and SECRET not in done.stderr
     assert "***" in done.stdout + done.stderr
-    logs = [p for p in (cwd / ".logs").rglob("*") if p.is_file()] if (cwd / ".logs").exists() else []
-    for log in logs:
-        assert SECRET not in log.read_text(errors="replace"), log
+    assert (cwd / ".logs").is_dir()  # the command did set up its log file ...
+    written = [p for p in cwd.rglob("*") if p.is_file() and p.name != "db_config.env"]
+    assert any(p.parent.name == ".logs" for p in written)
+    for path in written:  # ... and nothing it wrote holds the password
+        assert SECRET not in path.read_text(errors="replace"), path
 
 
-@pytest.mark.parametrize(
-    ("where", "command"),
-    [
-        ("--db-url", ["status"]),
-        ("TA_LAB2_DB_URL", ["status"]),
-        ("TARGET_DB_URL", ["status"]),
-        ("db_config.env", ["status"]),
-        ("--db-url", ["init"]),
-        ("TA_LAB2_DB_URL", ["load", "--synthetic", "1", "--days", "5"]),
-    ],
-)
-def test_password_never_shown(tmp_path: Path, where: str, command: list[str]) -> None:
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    env = base_env(TA_LAB2_HOME=str(tmp_path / "home"))
-    args = list(command)
-    if where == "--db-url":
-        args += ["--db-url", BAD_URL]
-    elif where == "db_config.env":
-        (cwd / "db_config.env").write_text(f"TARGET_DB_URL={BAD_URL}\n")
-    else:
-        env[where] = BAD_URL
-    done = run([*args, "--log-level", "DEBUG"], cwd, env)
+SECRET_CASES = [
+    ("--db-url", ["status"]),
+    ("TA_LAB2_DB_URL", ["status"]),
+    ("TARGET_DB_URL", ["status"]),
+    ("db_config.env", ["status"]),
+    ("TA_LAB2_DB_URL", ["load", "--synthetic", "1", "--days", "5"]),
+    ("?password=", ["status"]),
+]
+SECRET_IDS = [f"{where}-{command[0]}" for where, command in SECRET_CASES]
+
+
+@pytest.fixture(scope="module")
+def secret_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Done, Path]]:
+    """Commands pointed at an unreachable server whose URL holds a password (run concurrently)."""
+    jobs, cwds = [], []
+    for case, (where, command) in zip(SECRET_IDS, SECRET_CASES, strict=True):
+        cwd = tmp_path_factory.mktemp("secret")
+        env = base_env(TA_LAB2_HOME=str(cwd / "home"))
+        args = [
+            "--debug",
+            *command,
+            "--log-level",
+            "DEBUG",
+        ]  # tracebacks and DEBUG lines logged too
+        if where == "--db-url":
+            args += ["--db-url", BAD_URL]
+        elif where == "?password=":
+            args += ["--db-url", f"postgresql://u@127.0.0.1:1/nodb?password={SECRET}"]
+        elif where == "db_config.env":
+            (cwd / "db_config.env").write_text(f"# test\nTARGET_DB_URL={BAD_URL}\n")
+        else:
+            env[where] = BAD_URL
+        jobs.append((args, cwd, env))
+        cwds.append(cwd)
+    results = run_all(jobs)
+    return dict(zip(SECRET_IDS, zip(results, cwds), strict=True))
+
+
+@pytest.mark.parametrize("case", SECRET_IDS)
+def test_password_never_shown(secret_runs: dict[str, tuple[Done, Path]], case: str) -> None:
+    done, cwd = secret_runs[case]
     _assert_no_secret(done, cwd)
-    assert "postgresql://u:***@127.0.0.1:1/nodb" in done.stderr
-
-
-def test_password_in_query_string_never_shown(tmp_path: Path) -> None:
-    env = base_env(TA_LAB2_HOME=str(tmp_path / "home"))
-    url = f"postgresql://u@127.0.0.1:1/nodb?password={SECRET}"
-    done = run(["status", "--db-url", url], tmp_path, env)
-    _assert_no_secret(done, tmp_path)
+    if not case.startswith("?"):
+        assert "postgresql://u:***@127.0.0.1:1/nodb" in done.stderr
 
 
 # --------------------------------------------------------------------------- zero configuration

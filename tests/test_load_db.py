@@ -19,7 +19,9 @@ from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
 
 pytestmark = pytest.mark.db
 
-CMC_HEADER = "timeOpen;timeClose;timeHigh;timeLow;name;open;high;low;close;volume;marketCap;timestamp"
+CMC_HEADER = (
+    "timeOpen;timeClose;timeHigh;timeLow;name;open;high;low;close;volume;marketCap;timestamp"
+)
 GEN_HEADER = "id,timestamp,open,high,low,close,volume,market_cap"
 TABLES = ("cmc_price_histories7", "dim_assets", "load_rejects")
 
@@ -58,7 +60,9 @@ def load_ts_set(target: Target) -> set[tuple]:
 def rejects(target: Target) -> list[tuple[str, int, str]]:
     return [
         tuple(r)
-        for r in query(target, "SELECT source_file, line, reason FROM load_rejects ORDER BY reject_id")
+        for r in query(
+            target, "SELECT source_file, line, reason FROM load_rejects ORDER BY reject_id"
+        )
     ]
 
 
@@ -96,7 +100,9 @@ def test_synthetic_load_reload_and_csv_revisions(target: Target, tmp_path: Path)
         (52, "SYN52", "Synthetic SYN52", "CRYPTO"),
         (1027, "SYN1027", "Synthetic SYN1027", "CRYPTO"),
     ]
-    assert query(target, "SELECT DISTINCT source_file FROM cmc_price_histories7") == [("synthetic:11",)]
+    assert query(target, "SELECT DISTINCT source_file FROM cmc_price_histories7") == [
+        ("synthetic:11",)
+    ]
     before = load_ts_set(target)
 
     # identical reload: nothing inserted or updated, no load_ts touched
@@ -154,7 +160,9 @@ def test_synthetic_load_reload_and_csv_revisions(target: Target, tmp_path: Path)
     assert changed == {(52, rows[1][1])}
     assert after[(52, rows[1][1])] > old[(52, rows[1][1])]
     stored = query(
-        target, 'SELECT close, source_file FROM cmc_price_histories7 WHERE id = 52 AND "timestamp" = %s', (rows[1][1],)
+        target,
+        'SELECT close, source_file FROM cmc_price_histories7 WHERE id = 52 AND "timestamp" = %s',
+        (rows[1][1],),
     )
     assert stored == [(new_close, "revised.csv")]
     assert counts(target)["cmc_price_histories7"] == height
@@ -187,20 +195,44 @@ def test_cmc_with_id_then_by_name(target: Target, tmp_path: Path) -> None:
     got = query(target, f'SELECT {SOURCE_COLS} FROM cmc_price_histories7 ORDER BY "timestamp"')
     assert got == [
         (
-            1, "Bitcoin", ts("2024-01-01 00:00:00"), ts("2024-01-01 23:59:59.999"),
-            ts("2024-01-01 10:00:00"), ts("2024-01-01 03:00:00"), ts("2024-01-01 23:59:59.999"),
-            42000.5, 43000.0, 41000.0, 42500.25, 1000.0, 830000000000.0, date(2024, 1, 1), "btc.csv",
+            1,
+            "Bitcoin",
+            ts("2024-01-01 00:00:00"),
+            ts("2024-01-01 23:59:59.999"),
+            ts("2024-01-01 10:00:00"),
+            ts("2024-01-01 03:00:00"),
+            ts("2024-01-01 23:59:59.999"),
+            42000.5,
+            43000.0,
+            41000.0,
+            42500.25,
+            1000.0,
+            830000000000.0,
+            date(2024, 1, 1),
+            "btc.csv",
         ),
         (
-            1, "Bitcoin", ts("2024-01-02 00:00:00"), ts("2024-01-02 23:59:59.999"),
-            ts("2024-01-02 12:00:00"), ts("2024-01-02 01:00:00"), ts("2024-01-02 23:59:59.999"),
-            42500.0, 44000.0, 42000.0, 43900.0, 2000.0, 840000000000.0, date(2024, 1, 2), "btc.csv",
+            1,
+            "Bitcoin",
+            ts("2024-01-02 00:00:00"),
+            ts("2024-01-02 23:59:59.999"),
+            ts("2024-01-02 12:00:00"),
+            ts("2024-01-02 01:00:00"),
+            ts("2024-01-02 23:59:59.999"),
+            42500.0,
+            44000.0,
+            42000.0,
+            43900.0,
+            2000.0,
+            840000000000.0,
+            date(2024, 1, 2),
+            "btc.csv",
         ),
     ]
     # the millisecond survives exactly (not rounded to the second)
-    assert query(target, "SELECT to_char(max(\"timestamp\"), 'HH24:MI:SS.MS') FROM cmc_price_histories7") == [
-        ("23:59:59.999",)
-    ]
+    assert query(
+        target, "SELECT to_char(max(\"timestamp\"), 'HH24:MI:SS.MS') FROM cmc_price_histories7"
+    ) == [("23:59:59.999",)]
     assert query(target, "SELECT id, name FROM dim_assets") == [(1, "Bitcoin")]
 
     # the file has no id: the name is looked up in dim_assets
@@ -208,7 +240,8 @@ def test_cmc_with_id_then_by_name(target: Target, tmp_path: Path) -> None:
     report = load(target, [second])
     assert report.ok and report.summary_line() == "loaded 1, updated 0, unchanged 1, rejected 0"
     assert query(
-        target, 'SELECT id, timehigh, high FROM cmc_price_histories7 WHERE "timestamp" = %s',
+        target,
+        'SELECT id, timehigh, high FROM cmc_price_histories7 WHERE "timestamp" = %s',
         (ts("2024-01-03 23:59:59.999"),),
     ) == [(1, ts("2024-01-03 09:30:00.250"), 45000.75)]
     assert counts(target) == {"cmc_price_histories7": 3, "dim_assets": 1, "load_rejects": 0}
@@ -227,7 +260,9 @@ def test_cmc_unknown_name_without_id_writes_nothing(target: Target, tmp_path: Pa
 
 def test_cmc_circulating_supply_and_lower_case_header(target: Target, tmp_path: Path) -> None:
     header = CMC_HEADER.lower() + ";circulatingsupply"
-    path = write(tmp_path, "eth.csv", header, CMC_DAY_1.replace("Bitcoin", "Ethereum") + ';"120000000.5"')
+    path = write(
+        tmp_path, "eth.csv", header, CMC_DAY_1.replace("Bitcoin", "Ethereum") + ';"120000000.5"'
+    )
     report = load(target, [path], asset_id=1027)
     assert report.ok
     assert query(target, "SELECT id, name, close, circulatingsupply FROM cmc_price_histories7") == [
@@ -246,7 +281,9 @@ def test_cmc_malformed_and_naive_rows_rejected_rest_loads(target: Target, tmp_pa
     assert [(f, line) for f, line, _ in got] == [("m.csv", 3), ("m.csv", 5)]
     assert "close" in got[0][2] and "43,900" in got[0][2]
     assert "2024-01-03T23:59:59.999" in got[1][2] and "zone" in got[1][2].lower()
-    assert query(target, 'SELECT "timestamp" FROM cmc_price_histories7') == [(ts("2024-01-01 23:59:59.999"),)]
+    assert query(target, 'SELECT "timestamp" FROM cmc_price_histories7') == [
+        (ts("2024-01-01 23:59:59.999"),)
+    ]
 
 
 # --------------------------------------------------------------------------- generic CSV / Parquet
@@ -270,13 +307,38 @@ def test_generic_csv_values_land_exactly(target: Target, tmp_path: Path) -> None
     )
     assert got == [
         (
-            825, ts("2024-03-05 23:59:59.999"), 1.0001, 1.002, 0.9985, 0.99995, 123456789.25, None,
-            "Tether", ts("2024-03-05 12:30:00.123"), ts("2024-03-05 01:02:03.004"),
-            ts("2024-03-05 00:00:00"), ts("2024-03-05 23:59:59.999"), date(2024, 3, 5), "gen.csv",
+            825,
+            ts("2024-03-05 23:59:59.999"),
+            1.0001,
+            1.002,
+            0.9985,
+            0.99995,
+            123456789.25,
+            None,
+            "Tether",
+            ts("2024-03-05 12:30:00.123"),
+            ts("2024-03-05 01:02:03.004"),
+            ts("2024-03-05 00:00:00"),
+            ts("2024-03-05 23:59:59.999"),
+            date(2024, 3, 5),
+            "gen.csv",
         ),
         (
-            5426, ts("2024-03-05 23:59:59.999"), 130.5, 135.0, 128.25, 133.125, 5e9, 6.1e10,
-            "Solana", None, None, None, None, date(2024, 3, 5), "gen.csv",
+            5426,
+            ts("2024-03-05 23:59:59.999"),
+            130.5,
+            135.0,
+            128.25,
+            133.125,
+            5e9,
+            6.1e10,
+            "Solana",
+            None,
+            None,
+            None,
+            None,
+            date(2024, 3, 5),
+            "gen.csv",
         ),
     ]
     assert query(target, "SELECT id, symbol, name FROM dim_assets ORDER BY id") == [
@@ -289,7 +351,11 @@ def test_parquet_values_land_exactly(target: Target, tmp_path: Path) -> None:
     frame = pl.DataFrame(
         {
             "id": [74, 74, 74],
-            "timestamp": [ts("2024-05-02 23:59:59.999"), ts("2024-05-01 23:59:59.999"), ts("2024-05-03 23:59:59.999")],
+            "timestamp": [
+                ts("2024-05-02 23:59:59.999"),
+                ts("2024-05-01 23:59:59.999"),
+                ts("2024-05-03 23:59:59.999"),
+            ],
             "open": [0.125, 0.12, 0.13],
             "high": [0.14, 0.13, 0.135],
             "low": [0.11, 0.115, 0.125],
@@ -312,9 +378,42 @@ def test_parquet_values_land_exactly(target: Target, tmp_path: Path) -> None:
         'FROM cmc_price_histories7 ORDER BY "timestamp"',
     )
     assert got == [
-        (74, ts("2024-05-01 23:59:59.999"), 0.12, 0.13, 0.115, 0.125, 1.25e9, None, "Dogecoin", "doge.parquet"),
-        (74, ts("2024-05-02 23:59:59.999"), 0.125, 0.14, 0.11, 0.13, 1.5e9, 1.8e10, "Dogecoin", "doge.parquet"),
-        (74, ts("2024-05-03 23:59:59.999"), 0.13, 0.135, 0.125, 0.1325, 1.75e9, 1.9e10, "Dogecoin", "doge.parquet"),
+        (
+            74,
+            ts("2024-05-01 23:59:59.999"),
+            0.12,
+            0.13,
+            0.115,
+            0.125,
+            1.25e9,
+            None,
+            "Dogecoin",
+            "doge.parquet",
+        ),
+        (
+            74,
+            ts("2024-05-02 23:59:59.999"),
+            0.125,
+            0.14,
+            0.11,
+            0.13,
+            1.5e9,
+            1.8e10,
+            "Dogecoin",
+            "doge.parquet",
+        ),
+        (
+            74,
+            ts("2024-05-03 23:59:59.999"),
+            0.13,
+            0.135,
+            0.125,
+            0.1325,
+            1.75e9,
+            1.9e10,
+            "Dogecoin",
+            "doge.parquet",
+        ),
     ]
     assert query(target, "SELECT id, symbol, name FROM dim_assets") == [(74, "DOGE", "Dogecoin")]
 
@@ -323,7 +422,11 @@ def test_parquet_non_finite_row_rejected(target: Target, tmp_path: Path) -> None
     frame = pl.DataFrame(
         {
             "id": [9, 9, 9],
-            "timestamp": [ts("2024-05-01 23:59:59.999"), ts("2024-05-02 23:59:59.999"), ts("2024-05-03 23:59:59.999")],
+            "timestamp": [
+                ts("2024-05-01 23:59:59.999"),
+                ts("2024-05-02 23:59:59.999"),
+                ts("2024-05-03 23:59:59.999"),
+            ],
             "open": [1.0, 2.0, 3.0],
             "high": [1.5, 2.5, 3.5],
             "low": [0.5, 1.5, 2.5],
@@ -337,7 +440,10 @@ def test_parquet_non_finite_row_rejected(target: Target, tmp_path: Path) -> None
     assert report.summary_line() == "loaded 2, updated 0, unchanged 0, rejected 1"
     ((source, line, reason),) = rejects(target)
     assert source == "nan.parquet" and line == 3 and "close" in reason  # row index 1 + header
-    assert query(target, 'SELECT close FROM cmc_price_histories7 ORDER BY "timestamp"') == [(1.25,), (3.25,)]
+    assert query(target, 'SELECT close FROM cmc_price_histories7 ORDER BY "timestamp"') == [
+        (1.25,),
+        (3.25,),
+    ]
 
 
 # --------------------------------------------------------------------------- bad rows (spec 06)
@@ -349,12 +455,24 @@ BAD_ROWS = [
     ("malformed number", "7,2024-01-02T23:59:59.999Z,10,12,9,abc,200,2000", ["close", "abc"]),
     ("two decimal points", "7,2024-01-02T23:59:59.999Z,1.2.3,12,9,11,200,2000", ["open", "1.2.3"]),
     ("malformed volume", "7,2024-01-02T23:59:59.999Z,10,12,9,11,lots,2000", ["volume", "lots"]),
-    ("malformed instant", "7,2024-02-30T23:59:59.999Z,10,12,9,11,200,2000", ["timestamp", "2024-02-30"]),
+    (
+        "malformed instant",
+        "7,2024-02-30T23:59:59.999Z,10,12,9,11,200,2000",
+        ["timestamp", "2024-02-30"],
+    ),
     ("date only instant", "7,2024-01-02,10,12,9,11,200,2000", ["timestamp", "2024-01-02"]),
-    ("naive timestamp", "7,2024-01-02T23:59:59.999,10,12,9,11,200,2000", ["timestamp", "2024-01-02T23:59:59.999", "zone"]),
+    (
+        "naive timestamp",
+        "7,2024-01-02T23:59:59.999,10,12,9,11,200,2000",
+        ["timestamp", "2024-01-02T23:59:59.999", "zone"],
+    ),
     ("NaN close", "7,2024-01-02T23:59:59.999Z,10,12,9,NaN,200,2000", ["close", "NaN"]),
     ("inf high", "7,2024-01-02T23:59:59.999Z,10,inf,9,11,200,2000", ["high", "inf"]),
-    ("-Infinity low", "7,2024-01-02T23:59:59.999Z,10,12,-Infinity,11,200,2000", ["low", "-Infinity"]),
+    (
+        "-Infinity low",
+        "7,2024-01-02T23:59:59.999Z,10,12,-Infinity,11,200,2000",
+        ["low", "-Infinity"],
+    ),
     ("nan optional volume", "7,2024-01-02T23:59:59.999Z,10,12,9,11,nan,2000", ["volume", "nan"]),
     ("overflow to inf", "7,2024-01-02T23:59:59.999Z,10,12,9,11,200,1e400", ["market", "1e400"]),
     ("missing close", "7,2024-01-02T23:59:59.999Z,10,12,9,,200,2000", ["close", "missing"]),
@@ -362,7 +480,11 @@ BAD_ROWS = [
     ("missing timestamp", "7,,10,12,9,11,200,2000", ["timestamp", "missing"]),
     ("missing id", ",2024-01-02T23:59:59.999Z,10,12,9,11,200,2000", ["id", "missing"]),
     ("non-integer id", "7.5,2024-01-02T23:59:59.999Z,10,12,9,11,200,2000", ["id", "7.5"]),
-    ("id out of range", "3000000000,2024-01-02T23:59:59.999Z,10,12,9,11,200,2000", ["id", "3000000000"]),
+    (
+        "id out of range",
+        "3000000000,2024-01-02T23:59:59.999Z,10,12,9,11,200,2000",
+        ["id", "3000000000"],
+    ),
     ("too few fields", "7,2024-01-02T23:59:59.999Z,10,12,9,11,200", ["8", "7", "field"]),
     ("too many fields", "7,2024-01-02T23:59:59.999Z,10,12,9,11,200,2000,x", ["8", "9", "field"]),
 ]
@@ -382,13 +504,17 @@ def test_bad_row_is_rejected_with_file_line_reason_and_rest_loads(
     for word in words:
         assert word.lower() in reason.lower(), (word, reason)
     assert query(target, "SELECT raw FROM load_rejects") == [(bad,)]
-    assert query(target, 'SELECT id, "timestamp", close FROM cmc_price_histories7 ORDER BY "timestamp"') == [
+    assert query(
+        target, 'SELECT id, "timestamp", close FROM cmc_price_histories7 ORDER BY "timestamp"'
+    ) == [
         (7, ts("2024-01-01 23:59:59.999"), 11.0),
         (7, ts("2024-01-03 23:59:59.999"), 12.0),
     ]
 
 
-def test_several_bad_rows_counted_and_blank_lines_kept_in_numbering(target: Target, tmp_path: Path) -> None:
+def test_several_bad_rows_counted_and_blank_lines_kept_in_numbering(
+    target: Target, tmp_path: Path
+) -> None:
     path = write(
         tmp_path,
         "many.csv",
@@ -404,7 +530,9 @@ def test_several_bad_rows_counted_and_blank_lines_kept_in_numbering(target: Targ
     assert report.rejected == 2
     assert report.summary_line() == "loaded 3, updated 0, unchanged 0, rejected 2"
     assert [(s, line) for s, line, _ in rejects(target)] == [("many.csv", 4), ("many.csv", 5)]
-    assert query(target, "SELECT id, count(*) FROM cmc_price_histories7 GROUP BY id ORDER BY id") == [(7, 2), (8, 1)]
+    assert query(
+        target, "SELECT id, count(*) FROM cmc_price_histories7 GROUP BY id ORDER BY id"
+    ) == [(7, 2), (8, 1)]
     # re-loading the same file: the good rows are unchanged, the bad ones rejected (and recorded) again
     again = load(target, [path])
     assert again.summary_line() == "loaded 0, updated 0, unchanged 3, rejected 2"
@@ -423,7 +551,9 @@ def test_out_of_order_rows_are_accepted_and_stored_by_key(target: Target, tmp_pa
     )
     report = load(target, [path])
     assert report.ok and report.summary_line() == "loaded 4, updated 0, unchanged 0, rejected 0"
-    assert query(target, 'SELECT id, date, close, volume FROM cmc_price_histories7 ORDER BY id, "timestamp"') == [
+    assert query(
+        target, 'SELECT id, date, close, volume FROM cmc_price_histories7 ORDER BY id, "timestamp"'
+    ) == [
         (7, date(2024, 1, 1), 11.0, 100.0),
         (7, date(2024, 1, 2), 11.5, 200.0),
         (7, date(2024, 1, 3), 12.0, 300.0),
@@ -441,9 +571,11 @@ def test_duplicate_key_in_one_file_rejects_one_row(target: Target, tmp_path: Pat
     ((source, line, reason),) = rejects(target)
     assert source == "dup.csv" and line in (2, 4) and "duplicate" in reason.lower()
     kept_close = 11.75 if line == 2 else 11.0
-    assert query(target, 'SELECT close FROM cmc_price_histories7 WHERE "timestamp" = %s', (ts("2024-01-01 23:59:59.999"),)) == [
-        (kept_close,)
-    ]
+    assert query(
+        target,
+        'SELECT close FROM cmc_price_histories7 WHERE "timestamp" = %s',
+        (ts("2024-01-01 23:59:59.999"),),
+    ) == [(kept_close,)]
 
 
 def test_semantically_odd_rows_are_accepted(target: Target, tmp_path: Path) -> None:
@@ -457,17 +589,70 @@ def test_semantically_odd_rows_are_accepted(target: Target, tmp_path: Path) -> N
     )
     report = load(target, [path])
     assert report.ok and report.summary_line() == "loaded 3, updated 0, unchanged 0, rejected 0"
-    assert query(target, 'SELECT open, high, low, close FROM cmc_price_histories7 ORDER BY "timestamp"') == [
+    assert query(
+        target, 'SELECT open, high, low, close FROM cmc_price_histories7 ORDER BY "timestamp"'
+    ) == [
         (-5.0, -1.0, -8.0, -2.5),
         (10.0, 8.0, 12.0, 11.0),
         (0.0, 0.0, 0.0, 0.0),
     ]
 
 
+def test_several_files_in_one_call_and_null_transitions(target: Target, tmp_path: Path) -> None:
+    a = write(
+        tmp_path,
+        "a.csv",
+        GEN_HEADER,
+        "7,2024-01-01T23:59:59.999Z,10,12,9,11,100,1000",
+        "7,2024-01-02T23:59:59.999Z,11,13,10,12,,",
+    )
+    b = write(
+        tmp_path,
+        "b.csv",
+        GEN_HEADER,
+        "7,2024-01-02T23:59:59.999Z,11,13,10,12,,",  # identical, NULLs included
+        "7,2024-01-01T23:59:59.999Z,10,12,9,11,100,1000",  # identical
+        "7,2024-01-03T23:59:59.999Z,12,14,11,13,300,3000",  # new
+    )
+    report = load(target, [a, b])
+    assert report.ok and report.summary_line() == "loaded 3, updated 0, unchanged 2, rejected 0"
+    per_file = [
+        (Path(f.source).name, f.counts.inserted, f.counts.updated, f.counts.unchanged)
+        for f in report.files
+    ]
+    assert per_file == [("a.csv", 2, 0, 0), ("b.csv", 1, 0, 2)]
+    stamps = {(i, t): lt for i, t, lt in load_ts_set(target)}
+
+    c = write(
+        tmp_path,
+        "c.csv",
+        GEN_HEADER,
+        "7,2024-01-01T23:59:59.999Z,10,12,9,11,100,",  # market cap value -> NULL
+        "7,2024-01-02T23:59:59.999Z,11,13,10,12,,5",  # market cap NULL -> value
+        "7,2024-01-03T23:59:59.999Z,12,14,11,13,300,3000",  # identical
+    )
+    report = load(target, [c])
+    assert report.summary_line() == "loaded 0, updated 2, unchanged 1, rejected 0"
+    assert query(
+        target, 'SELECT date, marketcap FROM cmc_price_histories7 ORDER BY "timestamp"'
+    ) == [
+        (date(2024, 1, 1), None),
+        (date(2024, 1, 2), 5.0),
+        (date(2024, 1, 3), 3000.0),
+    ]
+    after = {(i, t): lt for i, t, lt in load_ts_set(target)}
+    day = {t.date(): (i, t) for i, t in stamps}
+    assert after[day[date(2024, 1, 1)]] > stamps[day[date(2024, 1, 1)]]
+    assert after[day[date(2024, 1, 2)]] > stamps[day[date(2024, 1, 2)]]
+    assert after[day[date(2024, 1, 3)]] == stamps[day[date(2024, 1, 3)]]
+
+
 # --------------------------------------------------------------------------- unusable files
 def _unusable(tmp_path: Path, kind: str) -> Path:
     if kind == "wrong generic header":
-        return write(tmp_path, "bad.csv", "id,timestamp,open,high,low", "7,2024-01-05T23:59:59.999Z,1,2,0.5")
+        return write(
+            tmp_path, "bad.csv", "id,timestamp,open,high,low", "7,2024-01-05T23:59:59.999Z,1,2,0.5"
+        )
     if kind == "unknown header":
         return write(tmp_path, "bad.csv", "date,price", "2024-01-05,1.5")
     if kind == "wrong cmc header":
@@ -493,24 +678,46 @@ def _unusable(tmp_path: Path, kind: str) -> Path:
     if kind == "naive parquet instants":
         path = tmp_path / "bad.parquet"
         pl.DataFrame(
-            {"id": [7], "timestamp": [datetime(2024, 1, 5, 23, 59, 59, 999000)], "open": [1.0],
-             "high": [2.0], "low": [0.5], "close": [1.5]}
+            {
+                "id": [7],
+                "timestamp": [datetime(2024, 1, 5, 23, 59, 59, 999000)],
+                "open": [1.0],
+                "high": [2.0],
+                "low": [0.5],
+                "close": [1.5],
+            }
         ).write_parquet(path)
         return path
     if kind == "empty parquet":
         path = tmp_path / "bad.parquet"
         pl.DataFrame(
-            schema={"id": pl.Int32, "timestamp": pl.Datetime("us", "UTC"), "open": pl.Float64,
-                    "high": pl.Float64, "low": pl.Float64, "close": pl.Float64}
+            schema={
+                "id": pl.Int32,
+                "timestamp": pl.Datetime("us", "UTC"),
+                "open": pl.Float64,
+                "high": pl.Float64,
+                "low": pl.Float64,
+                "close": pl.Float64,
+            }
         ).write_parquet(path)
         return path
     raise AssertionError(kind)
 
 
 UNUSABLE = [
-    "wrong generic header", "unknown header", "wrong cmc header", "empty file", "blank lines only",
-    "header only", "cmc header only", "unknown cmc name", "missing file", "unsupported suffix",
-    "corrupt parquet", "naive parquet instants", "empty parquet",
+    "wrong generic header",
+    "unknown header",
+    "wrong cmc header",
+    "empty file",
+    "blank lines only",
+    "header only",
+    "cmc header only",
+    "unknown cmc name",
+    "missing file",
+    "unsupported suffix",
+    "corrupt parquet",
+    "naive parquet instants",
+    "empty parquet",
 ]
 
 
@@ -518,7 +725,9 @@ UNUSABLE = [
 def test_unusable_file_refused_and_nothing_written_even_with_a_valid_file(
     target: Target, tmp_path: Path, kind: str
 ) -> None:
-    load(target, [write(tmp_path, "btc.csv", CMC_HEADER, CMC_DAY_1)], asset_id=1)  # pre-existing data
+    load(
+        target, [write(tmp_path, "btc.csv", CMC_HEADER, CMC_DAY_1)], asset_id=1
+    )  # pre-existing data
     before, stamps = counts(target), load_ts_set(target)
     valid = write(tmp_path, "valid.csv", GEN_HEADER, GOOD_1, GOOD_3)  # given first: parse-all-first
     bad = _unusable(tmp_path, kind)
@@ -531,17 +740,14 @@ def test_unusable_file_refused_and_nothing_written_even_with_a_valid_file(
 
 
 # --------------------------------------------------------------------------- transactions
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_files leaves its work in an open transaction (name_to_id starts an implicit "
-    "transaction, so each file's conn.transaction() is only a savepoint); nothing is committed "
-    "when it returns, and closing the connection discards the load",
-)
 def test_load_files_commits_before_returning(target: Target, tmp_path: Path) -> None:
     path = write(tmp_path, "g.csv", GEN_HEADER, GOOD_1)
     conn = connect(target)
     try:
-        assert load_files(conn, [path]).summary_line() == "loaded 1, updated 0, unchanged 0, rejected 0"
+        assert (
+            load_files(conn, [path]).summary_line()
+            == "loaded 1, updated 0, unchanged 0, rejected 0"
+        )
         # another session sees the rows as soon as load_files has returned
         assert counts(target)["cmc_price_histories7"] == 1
     finally:
@@ -568,4 +774,3 @@ def test_connection_usable_after_refused_file(target: Target, tmp_path: Path) ->
             load_files(conn, [bad])
         assert load_files(conn, [good]).ok
     assert counts(target)["cmc_price_histories7"] == 1
-

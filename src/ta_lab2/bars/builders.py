@@ -432,8 +432,9 @@ def _build_multi(
 
 
 def _cuts(rows: pl.DataFrame, change_at: dict[str, dt.datetime | None]) -> pl.DataFrame:
-    """Per timeframe, the first ``time_close`` to replace: the first row of the bar that holds
-    the first row at or after the change (or the change instant itself when no row follows)."""
+    """Per timeframe, the first ``time_close`` to replace: the start of the bar that holds the
+    first row at or after the change, or the change instant itself if that is earlier (a
+    deleted day) or no row follows."""
     changes = pl.DataFrame(
         {"tf": list(change_at), "_at": list(change_at.values())}, schema={"tf": pl.String, "_at": UTC_US}
     )
@@ -454,7 +455,9 @@ def _cuts(rows: pl.DataFrame, change_at: dict[str, dt.datetime | None]) -> pl.Da
     )
     return changes.join(bar_start, on="tf", how="left").select(
         "tf",
-        pl.when(pl.col("_at").is_null()).then(None).otherwise(pl.coalesce("_start", "_at")).alias("_cut"),
+        # min(): when the change is a deleted day, the new bar holding the next row may start
+        # after it, and the old rows on the deleted day must go too.
+        pl.when(pl.col("_at").is_null()).then(None).otherwise(pl.min_horizontal("_start", "_at")).alias("_cut"),
     )
 
 

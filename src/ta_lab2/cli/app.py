@@ -114,7 +114,7 @@ def load(
         if missing:
             raise UsageError(f"load: no such file: {', '.join(missing)}")
     target = resolve_target(db_url)
-    with connect(target) as conn:
+    with connect(target, autocommit=True) as conn:
         if synthetic is not None:
             config = SyntheticConfig(
                 n_assets=synthetic, days=days, seed=seed, end_date=_parse_end_date(end_date),

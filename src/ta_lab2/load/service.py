@@ -78,6 +78,8 @@ def load_files(
     then upsert each file in its own transaction."""
     ensure_schema(conn, schema)
     mapping = name_to_id(conn, schema)
+    if not conn.autocommit:
+        conn.commit()  # end the read's implicit transaction: each file's write is its own transaction
     parsed = [(path, parse_file(path, asset_id=asset_id, name_to_id=mapping)) for path in paths]
     return LoadReport(tuple(_write(conn, result, str(path), schema) for path, result in parsed))
 

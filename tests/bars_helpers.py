@@ -1,0 +1,56 @@
+"""Shared helpers for bar tests: run the builders, copy a source into a scratch schema,
+compare two schemas' tables column by column (everything but ``ingested_at``)."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from ta_lab2.bars.builders import BUILDERS, build
+from ta_lab2.db.schema import ensure_schema
+
+BAR_TABLES = [b.table for b in BUILDERS.values()]
+VOLATILE = {"ingested_at", "rejected_at", "updated_at"}
+
+
+def build_all(conn: psycopg.Connection, *, full: bool, schema: str = "public", tz: str = "UTC") -> None:
+    for name in BUILDERS:
+        build(conn, name, None, full_rebuild=full, tz=tz, schema=schema)
+
+
+def clone_source(conn: psycopg.Connection, src: str, dst: str) -> None:
+    """A fresh schema ``dst`` holding the same source rows and assets as ``src``."""
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(dst)))
+    ensure_schema(conn, dst)
+    for table in ("dim_assets", "cmc_price_histories7"):
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(sql.Identifier(dst, table), sql.Identifier(src, table)))
+
+
+def table_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    return [r[0] for r in rows if r[0] not in VOLATILE]
+
+
+def diff_tables(conn: psycopg.Connection, a: str, b: str, table: str, limit: int = 5) -> list[str]:
+    """Rows of ``a.table`` missing from ``b.table`` and vice versa (multiset difference)."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, table_columns(conn, a, table)))
+    problems = []
+    for x, y in ((a, b), (b, a)):
+        rows = conn.execute(
+            sql.SQL("SELECT {c} FROM {x} EXCEPT ALL SELECT {c} FROM {y} LIMIT {n}").format(
+                c=cols, x=sql.Identifier(x, table), y=sql.Identifier(y, table), n=sql.Literal(limit)
+            )
+        ).fetchall()
+        problems += [f"{table}: only in {x}: {r}" for r in rows]
+    return problems
+
+
+def diff_schemas(conn: psycopg.Connection, a: str, b: str, tables: list[str] | None = None) -> list[str]:
+    out: list[str] = []
+    for table in tables or [*BAR_TABLES, "cmc_price_bars_1d_rejects"]:
+        out += diff_tables(conn, a, b, table)
+    return out
