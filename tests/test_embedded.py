@@ -1,0 +1,46 @@
+"""The embedded server: one server per home, shared by concurrent processes, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ta_lab2.db.embedded import EmbeddedServer
+
+pytestmark = pytest.mark.slow
+
+_START = "from ta_lab2.db.embedded import EmbeddedServer; print(EmbeddedServer().ensure_running())"
+
+
+def test_concurrent_starts_share_one_server() -> None:
+    home = Path(tempfile.mkdtemp(prefix="tlhe", dir="/tmp"))
+    env = {**os.environ, "TA_LAB2_HOME": str(home), "TA_LAB2_EMBEDDED_NO_FSYNC": "1"}
+    server = EmbeddedServer(home)
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", _START], env=env, stdout=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        urls = {p.communicate(timeout=120)[0].strip() for p in procs}
+        assert all(p.returncode == 0 for p in procs)
+        assert urls == {server.url()}
+        with psycopg.connect(server.url()) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'postmaster'").fetchone()
+        pid_file = (home / "pgdata" / "postmaster.pid").read_text().splitlines()[0]
+        # A later start finds the same postmaster running.
+        again = subprocess.run([sys.executable, "-c", _START], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0
+        assert (home / "pgdata" / "postmaster.pid").read_text().splitlines()[0] == pid_file
+        assert server.status().running
+        assert server.stop() is True
+        assert not server.status().running
+        assert not (home / "pgdata" / "postmaster.pid").exists()  # clean shutdown removes it
+        assert server.stop() is False
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
