@@ -10,11 +10,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any
 
 import pandas as pd
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +25,6 @@ from oracles.bars_oracle import (
     oracle_bars,
 )
 
-UTC = dt.timezone.utc
 SOURCE_COLUMNS = (
     "id", "name", "timeopen", "timeclose", "timehigh", "timelow", "timestamp", "open", "high",
     "low", "close", "volume", "marketcap", "circulatingsupply", "date", "source_file", "load_ts",

@@ -76,6 +76,9 @@ INTERPRETATIONS: tuple[str, ...] = (
     "repaired_high is set only by step 4 or step 6 (likewise for low).",
     "1D: the candle interval of step 5 is closed: time_open <= timehigh <= time_close is inside.",
     "1D: step 6 changes prices only, never time_high / time_low.",
+    "1D: volume / market_cap are copied as given (NULL stays NULL); a NaN market cap is not a "
+    "reject reason and passes through as NaN.",
+    "bars: the 1D table's time_open (COALESCE(timeopen, …)) is not used; bars use day_time_open.",
     "bars: time_open = day_time_open(F), computed over the id's accepted 1D series (rows before "
     "a calendar family's anchor_start still count as 'previous accepted row').",
     "bars: volume = left-to-right float sum in time order over W, NULLs skipped.",
