@@ -49,8 +49,8 @@ def test_invariants(family: str, seed: int, days: int, gap_rate: float, end: dt.
     rows = snapshot_rows(prepare_days(daily, "UTC"), FAMILIES[family], family)
     if rows.is_empty():
         return
-    assert (rows["high"] >= pl.max_horizontal(rows["open"], rows["close"])).all()
-    assert (rows["low"] <= pl.min_horizontal(rows["open"], rows["close"])).all()
+    assert rows.select((pl.col("high") >= pl.max_horizontal("open", "close")).all()).item()
+    assert rows.select((pl.col("low") <= pl.min_horizontal("open", "close")).all()).item()
     assert (rows["time_open"] <= rows["time_low"]).all() and (rows["time_open"] <= rows["time_high"]).all()
     assert (rows["time_low"] <= rows["time_close"]).all() and (rows["time_high"] <= rows["time_close"]).all()
     assert (rows["timestamp"] == rows["time_close"]).all()

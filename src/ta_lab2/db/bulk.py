@@ -94,13 +94,12 @@ def _column_payload(series: pl.Series, pg_type: str) -> tuple[np.ndarray, np.nda
     n = len(s)
     valid = ~s.is_null().to_numpy()
     if np_dtype is None:
-        arr = s.to_arrow(compat_level=pl.CompatLevel.oldest())  # plain large_string, no view type
-        if str(arr.type) != "large_string":
-            arr = arr.cast("large_string")
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
-        buf = arr.buffers()[2]
-        data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.empty(0, np.uint8)
-        lengths = np.diff(offsets)
+        # Text: byte lengths, and every value concatenated once (in Rust) into one buffer.
+        lengths = s.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
+        joined = s.str.join("").item() if n else ""
+        data = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         width = int(lengths.max()) if n else 0
         k = np.arange(width)
         inside = k[None, :] < lengths[:, None]
