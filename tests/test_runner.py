@@ -1,0 +1,177 @@
+"""Runner behaviour shared by every runner (spec 04): subprocess per child, stop or continue,
+exit codes, timeouts killing the process group, dry run, URL never in argv or output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ta_lab2.db.connect import Target, connect
+from ta_lab2.load.service import load_synthetic
+from ta_lab2.load.synthetic import SyntheticConfig
+from ta_lab2.pipeline.runner import ChildSpec, run_children
+
+pytestmark = pytest.mark.db
+
+BAR_TABLES = [
+    "cmc_price_bars_1d", "cmc_price_bars_multi_tf", "cmc_price_bars_multi_tf_cal_iso",
+    "cmc_price_bars_multi_tf_cal_us", "cmc_price_bars_multi_tf_cal_anchor_iso", "cmc_price_bars_multi_tf_cal_anchor_us",
+]
+
+
+def _py(code: str) -> tuple[str, ...]:
+    return (sys.executable, "-c", code, "--")  # the runner appends --summary-json PATH
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen(['sleep', '300']); open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    started = time.monotonic()
+    summary = run_children("t", [ChildSpec("sleeper", _py(code))], env=dict(os.environ), timeout_s=2)
+    assert time.monotonic() - started < 30
+    (child,) = summary.children
+    assert child.status == "timeout" and "process group was killed" in child.message
+    assert summary.exit_code == 1
+    grandchild = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
+
+
+def test_stop_at_first_failure_or_continue() -> None:
+    specs = [
+        ChildSpec("a", _py("print('a ran')")),
+        ChildSpec("b", _py("import sys; print('b broke'); sys.exit(3)")),
+        ChildSpec("c", _py("print('c ran')")),
+    ]
+    stop = run_children("t", specs, env=dict(os.environ))
+    assert [c.status for c in stop.children] == ["ok", "failed", "skipped"]
+    assert stop.children[1].exit_code == 3 and "b broke" in stop.children[1].output_tail
+    assert stop.exit_code == 1
+    cont = run_children("t", specs, env=dict(os.environ), continue_on_error=True)
+    assert [c.status for c in cont.children] == ["ok", "failed", "ok"]
+    assert cont.exit_code == 1
+    ok = run_children("t", [specs[0], specs[2]], env=dict(os.environ))
+    assert ok.exit_code == 0
+
+
+def test_child_summary_is_read() -> None:
+    code = "import json, sys; json.dump({'rows_inserted': 7}, open(sys.argv[-1], 'w'))"
+    summary = run_children("t", [ChildSpec("w", _py(code))], env=dict(os.environ))
+    assert summary.children[0].summary == {"rows_inserted": 7}
+    assert summary.totals()["rows_inserted"] == 7
+
+
+# ---------------------------------------------------------------- the bars runner, end to end
+SECRET = "Sup3rSecretPw"
+
+
+@pytest.fixture(scope="module")
+def loaded(db: Target) -> Target:
+    with connect(db, autocommit=True) as conn:
+        load_synthetic(conn, SyntheticConfig(n_assets=2, days=150, seed=3))
+    # trust authentication ignores the password, so a URL carrying one still connects
+    return Target(db.url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@"), "test")
+
+
+def _cli(target: Target, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TA_LAB2_DB_URL": target.url}
+    return subprocess.run([sys.executable, "-m", "ta_lab2", *args, "--output-dir", str(tmp_path / "logs")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def _counts(target: Target) -> dict[str, int]:
+    with psycopg.connect(target.url) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in BAR_TABLES}
+
+
+def _no_secret_anywhere(result: subprocess.CompletedProcess[str], folder: Path) -> None:
+    assert SECRET not in result.stdout and SECRET not in result.stderr
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_dry_run_changes_nothing(loaded: Target, tmp_path: Path) -> None:
+    before = _counts(loaded)
+    result = _cli(loaded, tmp_path, "bars", "--ids", "all", "--full-rebuild", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "ta_lab2.bars 1d --ids all" in result.stdout and "dry run" in result.stdout
+    assert _counts(loaded) == before
+    _no_secret_anywhere(result, tmp_path)
+
+
+def test_full_run_summary_matches_tables(loaded: Target, tmp_path: Path) -> None:
+    result = _cli(loaded, tmp_path, "bars", "--ids", "all", "--full-rebuild")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "logs" / "run_all_bar_builders-latest.json").read_text())
+    counts = _counts(loaded)
+    assert [c["name"] for c in summary["children"]] == ["1d", "multi_tf", "cal_iso", "cal_us", "cal_anchor_iso", "cal_anchor_us"]
+    for child, table in zip(summary["children"], BAR_TABLES):
+        assert child["status"] == "ok"
+        assert child["summary"]["rows_inserted"] == counts[table], table
+    _no_secret_anywhere(result, tmp_path)
+    again = _cli(loaded, tmp_path, "bars", "--ids", "all")
+    assert again.returncode == 0 and _counts(loaded) == counts
+
+
+def test_failed_builder_stops_the_run_unless_continue(loaded: Target, tmp_path: Path) -> None:
+    with psycopg.connect(loaded.url, autocommit=True) as conn:
+        # every insert into this table now fails: the builder child errors out
+        conn.execute("ALTER TABLE cmc_price_bars_multi_tf_cal_iso ADD CONSTRAINT boom CHECK (false) NOT VALID")
+    try:
+        stop = _cli(loaded, tmp_path, "bars", "--ids", "all", "--full-rebuild")
+        assert stop.returncode == 1
+        summary = json.loads((tmp_path / "logs" / "run_all_bar_builders-latest.json").read_text())
+        assert [c["status"] for c in summary["children"]] == ["ok", "ok", "failed", "skipped", "skipped", "skipped"]
+        assert "cal_iso: failed" in stop.stderr and "boom" in stop.stderr  # the child's output is shown
+        go_on = _cli(loaded, tmp_path, "bars", "--ids", "all", "--full-rebuild", "--continue-on-error",
+                     "--builders", "cal_iso,cal_us")
+        assert go_on.returncode == 1
+        summary = json.loads((tmp_path / "logs" / "run_all_bar_builders-latest.json").read_text())
+        assert [c["status"] for c in summary["children"]] == ["failed", "ok"]
+        _no_secret_anywhere(go_on, tmp_path)
+    finally:
+        with psycopg.connect(loaded.url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cmc_price_bars_multi_tf_cal_iso DROP CONSTRAINT boom")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--ids", "999999"), "unknown id"),
+        (("--ids", "abc"), "'abc' is not an integer id"),
+        (("--ids", "all", "--builders", "weekly"), "unknown builder"),
+        (("--ids", "all", "--tz", "Mars/Base"), "not a known time zone"),
+        ((), "--ids is required"),
+    ],
+)
+def test_usage_errors_exit_2(loaded: Target, tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
+    result = _cli(loaded, tmp_path, "bars", *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert needle in result.stderr
+
+
+def test_script_path_runs(loaded: Target, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "src/ta_lab2/scripts/bars/run_all_bar_builders.py"
+    env = {**os.environ, "TA_LAB2_DB_URL": loaded.url}
+    result = subprocess.run([sys.executable, str(script), "--ids", "all", "--dry-run", "--output-dir", str(tmp_path)],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "planned" in result.stdout
+    wide = {**os.environ, "COLUMNS": "200", "TERMINAL_WIDTH": "200"}
+    help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60,
+                               env=wide).stdout
+    for flag in ("--ids", "--db-url", "--builders", "--skip", "--full-rebuild", "--include-non-canonical",
+                 "--num-processes", "--tz", "--continue-on-error", "--verbose", "--dry-run"):
+        assert flag in help_text, flag
