@@ -1,0 +1,37 @@
+"""Docs kept true: every option each command's --help lists appears in docs/cli.md, and the
+shared options are spelled the same on every command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = [["init"], ["load"], ["status"], ["bars"], ["db", "start"], ["db", "stop"], ["db", "status"]]
+
+
+def _help(args: list[str]) -> str:
+    env = {**os.environ, "COLUMNS": "220", "TERMINAL_WIDTH": "220", "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-m", "ta_lab2", *args, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_every_option_is_documented(args: list[str]) -> None:
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    assert f"ta-lab2 {' '.join(args[:1])}" in doc
+    options = set(re.findall(r"(--[a-z][a-z0-9-]+)", _help(args))) - {"--help"}
+    missing = sorted(o for o in options if o not in doc)
+    assert not missing, f"{' '.join(args)}: undocumented options {missing}"
+
+
+def test_shared_options_have_one_spelling() -> None:
+    text = _help(["bars"]) + _help(["load"]) + _help(["status"])
+    for bad in ("--db_url", "--dburl", "--log_level", "--dry_run", "--num_processes"):
+        assert bad not in text
