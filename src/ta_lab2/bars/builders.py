@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import polars as pl
 import psycopg
@@ -28,6 +28,7 @@ from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
 from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
+from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, resolve_ids, run_units
 from ta_lab2.load.source_schema import UTC_US
 
 log = logging.getLogger(__name__)
@@ -60,79 +61,7 @@ BUILDERS: dict[str, BarBuilder] = {
 }
 
 
-@dataclass(frozen=True)
-class IdResult:
-    id: int
-    mode: str  # "full", "incremental", "unchanged", "empty"
-    rows_inserted: int = 0
-    rows_deleted: int = 0
-    rejects: int = 0
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    builder: str
-    table: str
-    full_rebuild: bool
-    timeframes: tuple[str, ...]
-    duration_s: float
-    ids: tuple[IdResult, ...] = field(default_factory=tuple)
-
-    @property
-    def rows_inserted(self) -> int:
-        return sum(r.rows_inserted for r in self.ids)
-
-    @property
-    def rows_deleted(self) -> int:
-        return sum(r.rows_deleted for r in self.ids)
-
-    @property
-    def rejects(self) -> int:
-        return sum(r.rejects for r in self.ids)
-
-    @property
-    def ids_processed(self) -> int:
-        return sum(r.mode != "unchanged" for r in self.ids)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "builder": self.builder,
-            "table": self.table,
-            "full_rebuild": self.full_rebuild,
-            "timeframes": list(self.timeframes),
-            "duration_s": round(self.duration_s, 3),
-            "ids": len(self.ids),
-            "ids_processed": self.ids_processed,
-            "rows_inserted": self.rows_inserted,
-            "rows_deleted": self.rows_deleted,
-            "rejects": self.rejects,
-            "rows_per_s": round(self.rows_inserted / self.duration_s, 1) if self.duration_s > 0 else None,
-        }
-
-
 # --------------------------------------------------------------------------- inputs
-def resolve_ids(conn: psycopg.Connection, ids: Sequence[int] | None, schema: str = "public") -> list[int]:
-    """``None`` = every id of ``dim_assets`` that has source rows; unknown ids are a usage error."""
-    if ids is None:
-        rows = conn.execute(
-            sql.SQL("SELECT a.id FROM {a} a WHERE EXISTS (SELECT 1 FROM {s} s WHERE s.id = a.id) ORDER BY a.id").format(
-                a=sql.Identifier(schema, "dim_assets"), s=sql.Identifier(schema, SOURCE_TABLE)
-            )
-        ).fetchall()
-        return [r[0] for r in rows]
-    known = {
-        r[0]
-        for r in conn.execute(
-            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, "dim_assets")), (list(ids),)
-        ).fetchall()
-    }
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise UsageError(f"--ids: unknown id(s) {', '.join(map(str, unknown))} (not in dim_assets)",
-                         hint="`ta-lab2 status` lists the loaded ids; load the asset first")
-    return list(ids)
-
-
 def load_timeframes(
     conn: psycopg.Connection, builder: BarBuilder, include_non_canonical: bool = False, schema: str = "public"
 ) -> list[Timeframe]:
@@ -148,9 +77,6 @@ def load_timeframes(
 
 
 # --------------------------------------------------------------------------- building
-ProgressFn = Callable[[int], None]
-
-
 def build(
     conn: psycopg.Connection,
     builder_name: str,
@@ -163,7 +89,7 @@ def build(
     progress: ProgressFn | None = None,
     workers: int = 1,
     url: str | None = None,
-) -> BuildResult:
+) -> TableResult:
     """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id is
     one explicit transaction, so a crash leaves either the old or the new rows of an id.
     With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
@@ -179,16 +105,9 @@ def build(
     if full_rebuild:
         _clear(conn, builder, None if ids is None else id_list, schema)
     options = BuildOptions(builder.name, tuple(tfs), tz, full_rebuild, schema)
-    if workers > 1 and len(id_list) > 1 and url is not None:
-        results = _build_parallel(url, options, id_list, workers, progress)
-    else:
-        results = []
-        for ident in id_list:
-            results.append(build_one(conn, options, ident))
-            if progress:
-                progress(1)
-    return BuildResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
-                       time.perf_counter() - started, tuple(sorted(results, key=lambda r: r.id)))
+    results = run_units(conn, build_one, options, id_list, workers=workers, url=url, progress=progress)
+    return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
+                       time.perf_counter() - started, tuple(results))
 
 
 @dataclass(frozen=True)
@@ -208,44 +127,6 @@ def build_one(conn: psycopg.Connection, options: BuildOptions, ident: int) -> Id
     if builder.name == "1d":
         return _build_1d(conn, ident, options.tz, options.full, options.schema)
     return _build_multi(conn, builder, options.timeframes, ident, options.tz, options.full, options.schema)
-
-
-def _worker(url: str, options: BuildOptions, ids: list[int]) -> list[IdResult]:
-    from ta_lab2.db.connect import Target, connect
-
-    with connect(Target(url, "worker"), autocommit=True) as conn:
-        return [build_one(conn, options, ident) for ident in ids]
-
-
-def _build_parallel(
-    url: str, options: BuildOptions, ids: list[int], workers: int, progress: ProgressFn | None
-) -> list[IdResult]:
-    """Ids spread over ``workers`` processes; each id is still its own transaction.
-
-    Each worker gets a polars thread pool of one thread: the workers (and the PostgreSQL
-    backends they feed) are the parallelism; oversubscribing the cores is slower.
-    """
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    results: list[IdResult] = []
-    saved = os.environ.get("POLARS_MAX_THREADS")
-    os.environ["POLARS_MAX_THREADS"] = "1"
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, url, options, ids[i::workers]) for i in range(workers)]
-            for fut in as_completed(futures):
-                done = fut.result()
-                results.extend(done)
-                if progress:
-                    progress(len(done))
-    finally:
-        if saved is None:
-            os.environ.pop("POLARS_MAX_THREADS", None)
-        else:
-            os.environ["POLARS_MAX_THREADS"] = saved
-    return results
 
 
 def _clear(conn: psycopg.Connection, builder: BarBuilder, ids: list[int] | None, schema: str) -> None:

@@ -31,7 +31,6 @@ def build_command(
 ) -> None:
     """Build one bar table (incremental by default)."""
     from ta_lab2.bars.builders import BUILDERS, build, resolve_ids
-    from ta_lab2.db.locks import BARS_LOCK
     from ta_lab2.logs import setup_logging
     from ta_lab2.pipeline.child import default_workers, run_locked, write_summary
     from ta_lab2.pipeline.progress import progress
@@ -49,7 +48,7 @@ def build_command(
                          include_non_canonical=include_non_canonical, progress=advance,
                          workers=default_workers(num_processes, n), url=target.url)
 
-    result = run_locked(db_url, BARS_LOCK, wait_lock, work)
+    result = run_locked(db_url, "bars", wait_lock, work)
     summary = result.as_dict()
     log.info("%s: %d ids, %d rows inserted, %d deleted, %d rejects in %.2fs", result.table, len(result.ids),
              result.rows_inserted, result.rows_deleted, result.rejects, result.duration_s)

@@ -15,8 +15,17 @@ import psycopg
 
 from ta_lab2.errors import DatabaseError
 
+SOURCE_LOCK = "ta_lab2:source"
 BARS_LOCK = "ta_lab2:bars"
 EMAS_LOCK = "ta_lab2:emas"
+
+#: What each writer holds: exclusive on the tables it writes, shared on the tables it reads
+#: through a watermark (a writer committing under a reader could slip below its watermark).
+WRITER_LOCKS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "load": ((SOURCE_LOCK, False),),
+    "bars": ((BARS_LOCK, False), (SOURCE_LOCK, True)),
+    "emas": ((EMAS_LOCK, False), (BARS_LOCK, True)),
+}
 
 
 def lock_key(name: str) -> int:
@@ -25,7 +34,7 @@ def lock_key(name: str) -> int:
 
 
 @contextmanager
-def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0) -> Iterator[None]:
+def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0, *, shared: bool = False) -> Iterator[None]:
     """Hold session-level advisory lock ``name`` for the block (released on exit or disconnect).
 
     ``conn`` must be in autocommit mode (the pipeline's convention: every unit of work is an
@@ -36,7 +45,8 @@ def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0) -> I
     key = lock_key(name)
     deadline = time.monotonic() + max(wait_s, 0.0)
     while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        try_fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        row = conn.execute(f"SELECT {try_fn}(%s)", (key,)).fetchone()
         if row and row[0]:
             break
         if time.monotonic() >= deadline:
@@ -49,4 +59,16 @@ def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0) -> I
         yield
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)" if shared else "SELECT pg_advisory_unlock(%s)", (key,))
+
+
+@contextmanager
+def writer_locks(conn: psycopg.Connection, role: str, wait_s: float = 0.0, skip: tuple[str, ...] = ()) -> Iterator[None]:
+    """Take every lock of :data:`WRITER_LOCKS` for ``role`` (those in ``skip`` are held by a parent)."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for name, shared in WRITER_LOCKS[role]:
+            if name not in skip:
+                stack.enter_context(advisory_lock(conn, name, wait_s, shared=shared))
+        yield

@@ -12,6 +12,7 @@ from typing import Sequence
 import polars as pl
 import psycopg
 
+from ta_lab2.db.locks import SOURCE_LOCK, lock_key
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.load.parse import ParseResult, parse_file
 from ta_lab2.load.source_schema import REJECT_SCHEMA
@@ -64,6 +65,9 @@ class LoadReport:
 
 def _write(conn: psycopg.Connection, result: ParseResult, source: str, schema: str) -> FileLoad:
     with conn.transaction():
+        # Exclusive on the source: a bar build reading it (shared lock) never sees a load
+        # commit below its load_ts watermark. Waits for a running bar build to finish.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(SOURCE_LOCK),))
         new_assets = upsert_assets(conn, result.frame, schema)
         counts = upsert_source(conn, result.frame, schema)
         record_rejects(conn, result.rejects, schema)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ta_lab2.bars.builders import BUILDERS, resolve_ids
+from ta_lab2.bars.builders import BUILDERS
+from ta_lab2.pipeline.work import resolve_ids
 from ta_lab2.db.connect import Target, connect
-from ta_lab2.db.locks import BARS_LOCK, advisory_lock
+from ta_lab2.db.locks import WRITER_LOCKS, writer_locks
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.child import ENV_LOCKS_HELD
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, python_module_argv, run_children
@@ -78,10 +79,10 @@ def run_bar_builders(target: Target, options: BarRunOptions, output_dir: Path) -
             resolve_ids(conn, options.ids)
         specs = plan(options)
         env = target.child_env()
-        env[ENV_LOCKS_HELD] = BARS_LOCK
+        env[ENV_LOCKS_HELD] = ",".join(name for name, _ in WRITER_LOCKS["bars"])
         if options.dry_run:
             return run_children("run_all_bar_builders", specs, env=env, dry_run=True)
-        with advisory_lock(conn, BARS_LOCK, options.wait_lock):
+        with writer_locks(conn, "bars", options.wait_lock):
             return run_children(
                 "run_all_bar_builders", specs, env=env, timeout_s=options.timeout_s,
                 continue_on_error=options.continue_on_error, verbose=options.verbose, work_dir=None,

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import psycopg
 
 from ta_lab2.db.connect import Target, connect, resolve_target
-from ta_lab2.db.locks import advisory_lock
+from ta_lab2.db.locks import writer_locks
 from ta_lab2.db.schema import ensure_schema
 
 log = logging.getLogger(__name__)
@@ -35,19 +35,19 @@ def default_workers(requested: int | None, n_ids: int) -> int:
 
 def run_locked(
     db_url: str | None,
-    lock_name: str,
+    role: str,
     wait_lock: float,
     work: Callable[[psycopg.Connection, Target], Any],
     schema: str = "public",
 ) -> Any:
-    """Connect (autocommit), make sure the schema exists, hold ``lock_name``, run ``work``."""
+    """Connect (autocommit), make sure the schema exists, hold ``role``'s locks, run ``work``."""
     target = resolve_target(db_url)
     with connect(target) as conn:
         ensure_schema(conn, schema)
+    held = tuple(n for n in os.environ.get(ENV_LOCKS_HELD, "").split(",") if n)
     with connect(target, autocommit=True) as conn:
-        if lock_name in os.environ.get(ENV_LOCKS_HELD, "").split(","):
-            return work(conn, target)  # the parent runner holds it for the whole run
-        with advisory_lock(conn, lock_name, wait_lock):
+        # locks a parent runner holds for the whole run are not taken again
+        with writer_locks(conn, role, wait_lock, skip=held):
             return work(conn, target)
 
 

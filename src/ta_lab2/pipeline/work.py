@@ -1,0 +1,156 @@
+"""Per-id work units shared by the bar builders and EMA refreshers: id resolution, the
+result objects, and running units sequentially or spread over worker processes.
+
+A unit is ``fn(conn, options, id) -> IdResult`` — a module-level function and a picklable
+options object — so the same builder code runs in-process, in a process pool, or in any other
+executor that can hand it a connection.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from ta_lab2.db.tables import SOURCE_TABLE
+from ta_lab2.errors import UsageError
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class IdResult:
+    id: int
+    mode: str  # "full", "incremental", "unchanged", "empty"
+    rows_inserted: int = 0
+    rows_deleted: int = 0
+    rejects: int = 0
+
+
+@dataclass(frozen=True)
+class TableResult:
+    """What one builder/refresher did to its table."""
+
+    name: str
+    table: str
+    full: bool
+    timeframes: tuple[str, ...]
+    duration_s: float
+    ids: tuple[IdResult, ...] = field(default_factory=tuple)
+    periods: tuple[int, ...] = ()
+
+    @property
+    def rows_inserted(self) -> int:
+        return sum(r.rows_inserted for r in self.ids)
+
+    @property
+    def rows_deleted(self) -> int:
+        return sum(r.rows_deleted for r in self.ids)
+
+    @property
+    def rejects(self) -> int:
+        return sum(r.rejects for r in self.ids)
+
+    @property
+    def ids_processed(self) -> int:
+        return sum(r.mode != "unchanged" for r in self.ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "table": self.table,
+            "full": self.full,
+            "timeframes": list(self.timeframes),
+            "periods": list(self.periods),
+            "duration_s": round(self.duration_s, 3),
+            "ids": len(self.ids),
+            "ids_processed": self.ids_processed,
+            "rows_inserted": self.rows_inserted,
+            "rows_deleted": self.rows_deleted,
+            "rejects": self.rejects,
+            "rows_per_s": round(self.rows_inserted / self.duration_s, 1) if self.duration_s > 0 else None,
+        }
+
+
+def resolve_ids(conn: psycopg.Connection, ids: Sequence[int] | None, schema: str = "public") -> list[int]:
+    """``None`` = every id of ``dim_assets`` that has source rows; unknown ids are a usage error."""
+    if ids is None:
+        rows = conn.execute(
+            sql.SQL("SELECT a.id FROM {a} a WHERE EXISTS (SELECT 1 FROM {s} s WHERE s.id = a.id) ORDER BY a.id").format(
+                a=sql.Identifier(schema, "dim_assets"), s=sql.Identifier(schema, SOURCE_TABLE)
+            )
+        ).fetchall()
+        return [r[0] for r in rows]
+    known = {
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, "dim_assets")), (list(ids),)
+        ).fetchall()
+    }
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise UsageError(
+            f"--ids: unknown id(s) {', '.join(map(str, unknown))} (not in dim_assets)",
+            hint="`ta-lab2 status` lists the loaded ids; load the asset first",
+        )
+    return list(ids)
+
+
+UnitFn = Callable[[psycopg.Connection, Any, int], IdResult]
+
+
+def run_units(
+    conn: psycopg.Connection,
+    fn: UnitFn,
+    options: Any,
+    ids: Sequence[int],
+    *,
+    workers: int = 1,
+    url: str | None = None,
+    progress: ProgressFn | None = None,
+) -> list[IdResult]:
+    """Run ``fn`` for every id, in this process or over ``workers`` processes, sorted by id."""
+    if workers <= 1 or len(ids) <= 1 or url is None:
+        results = []
+        for ident in ids:
+            results.append(fn(conn, options, ident))
+            if progress:
+                progress(1)
+        return results
+    return sorted(_parallel(url, fn, options, list(ids), workers, progress), key=lambda r: r.id)
+
+
+def _worker(url: str, fn: UnitFn, options: Any, ids: list[int]) -> list[IdResult]:
+    from ta_lab2.db.connect import Target, connect
+
+    with connect(Target(url, "worker"), autocommit=True) as conn:
+        return [fn(conn, options, ident) for ident in ids]
+
+
+def _parallel(url: str, fn: UnitFn, options: Any, ids: list[int], workers: int,
+              progress: ProgressFn | None) -> list[IdResult]:
+    """Each worker gets a polars pool of one thread: the workers (and the PostgreSQL backends
+    they feed) are the parallelism; oversubscribing the cores is slower."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list[IdResult] = []
+    saved = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, url, fn, options, ids[i::workers]) for i in range(workers)]
+            for fut in as_completed(futures):
+                done = fut.result()
+                results.extend(done)
+                if progress:
+                    progress(len(done))
+    finally:
+        if saved is None:
+            os.environ.pop("POLARS_MAX_THREADS", None)
+        else:
+            os.environ["POLARS_MAX_THREADS"] = saved
+    return results
