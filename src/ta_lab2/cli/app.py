@@ -34,9 +34,11 @@ app.add_typer(db_app, name="db")
 
 
 def _register_pipeline_commands() -> None:
-    from ta_lab2.cli.pipeline_cmds import bars
+    from ta_lab2.cli.pipeline_cmds import bars, emas, refresh
 
     app.command("bars")(bars)
+    app.command("emas")(emas)
+    app.command("refresh")(refresh)
 
 
 _register_pipeline_commands()

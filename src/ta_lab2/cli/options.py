@@ -34,6 +34,11 @@ NumProcesses = Annotated[
 WaitLock = Annotated[
     float, typer.Option("--wait-lock", min=0, help="Seconds to wait for another writer of the same tables.")
 ]
+Periods = Annotated[
+    Optional[str],
+    typer.Option("--periods", help="EMA periods: a comma list, or 'lut' for every dim_period row. "
+                 "Default: dim_period (v2: 9,10,21,50,100,200).", show_default=False),
+]
 Schema = Annotated[str, typer.Option("--schema", help="Database schema holding the tables.")]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

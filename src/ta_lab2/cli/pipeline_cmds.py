@@ -1,4 +1,5 @@
-"""The runner commands: ``ta-lab2 bars`` (= ``run_all_bar_builders.py``)."""
+"""The runner commands: ``ta-lab2 bars`` (= ``run_all_bar_builders.py``), ``ta-lab2 emas``
+(= ``run_all_ema_refreshes.py``) and ``ta-lab2 refresh`` (= ``run_daily_refresh.py``)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,30 @@ from typing import Annotated, Optional
 import typer
 
 from ta_lab2.cli import options as opt
-from ta_lab2.errors import WorkFailed
+from ta_lab2.errors import UsageError, WorkFailed
 
 log = logging.getLogger("ta_lab2")
 
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where the JSON summary and logs go.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds each child may run before its process group is killed.")]
 ContinueOnError = Annotated[bool, typer.Option("--continue-on-error", help="Run the remaining children after a failure.")]
+IncludeNonCanonical = Annotated[bool, typer.Option("--include-non-canonical", help="Also the non-canonical timeframes of dim_timeframe.")]
+
+
+def _finish(summary, output_dir: Path, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+    from ta_lab2.cli.render import run_summary_table
+    from ta_lab2.pipeline.runner import write_run_summary
+
+    path = None if dry_run else write_run_summary(summary, output_dir)
+    run_summary_table(summary, path)
+    if not summary.ok:
+        raise WorkFailed(f"{sum(c.status in ('failed', 'timeout') for c in summary.children)} child process(es) did not succeed")
+
+
+def _options(ids: list[int] | None, **kw):  # type: ignore[no-untyped-def]
+    from ta_lab2.pipeline.runners import RunOptions
+
+    return RunOptions(ids=ids, **kw)
 
 
 def bars(
@@ -24,7 +42,7 @@ def bars(
     builders: Annotated[Optional[str], typer.Option("--builders", help="Comma subset of 1d,multi_tf,cal_iso,cal_us,cal_anchor_iso,cal_anchor_us.", show_default=False)] = None,
     skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of builders to leave out.", show_default=False)] = None,
     full_rebuild: Annotated[bool, typer.Option("--full-rebuild", help="Delete the selected ids' rows and state, then rebuild.")] = False,
-    include_non_canonical: Annotated[bool, typer.Option("--include-non-canonical", help="Also build non-canonical timeframes.")] = False,
+    include_non_canonical: IncludeNonCanonical = False,
     num_processes: opt.NumProcesses = None,
     tz: opt.Tz = "UTC",
     continue_on_error: ContinueOnError = False,
@@ -36,26 +54,98 @@ def bars(
     log_level: opt.LogLevel = "INFO",
 ) -> None:
     """Run the six bar builders in dependency order (1d first), each in its own process."""
-    from ta_lab2.cli.render import run_summary_table
     from ta_lab2.db.connect import resolve_target
     from ta_lab2.logs import setup_logging
-    from ta_lab2.pipeline.bars_runner import BarRunOptions, run_bar_builders, select_builders
-    from ta_lab2.pipeline.runner import write_run_summary
+    from ta_lab2.pipeline.runners import BUILDER_ORDER, run_bar_builders, select
 
-    setup_logging(opt.parse_log_level(log_level), log_dir=output_dir)
-    options = BarRunOptions(
-        ids=opt.parse_ids(ids), builders=select_builders(builders, skip), full_rebuild=full_rebuild,
-        include_non_canonical=include_non_canonical, num_processes=num_processes, tz=opt.check_tz(tz),
-        continue_on_error=continue_on_error, verbose=verbose, dry_run=dry_run, timeout_s=timeout,
-        log_level=opt.parse_log_level(log_level), wait_lock=wait_lock,
-    )
-    target = resolve_target(db_url)
-    summary = run_bar_builders(target, options, output_dir)
-    path = None if dry_run else write_run_summary(summary, output_dir)
-    run_summary_table(summary, path)
-    if not summary.ok:
-        raise WorkFailed(f"{sum(not c.ok for c in summary.children)} builder(s) did not succeed")
+    level = opt.parse_log_level(log_level)
+    setup_logging(level, log_dir=output_dir)
+    chosen = select(BUILDER_ORDER, builders, skip, "--builders")
+    options = _options(opt.parse_ids(ids), full=full_rebuild, include_non_canonical=include_non_canonical,
+                       num_processes=num_processes, tz=opt.check_tz(tz), continue_on_error=continue_on_error,
+                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock)
+    _finish(run_bar_builders(resolve_target(db_url), options, chosen), output_dir, dry_run)
 
 
-bars_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Run the six bar builders.")
-bars_app.command()(bars)
+def emas(
+    ids: opt.Ids = "all",
+    db_url: opt.DbUrl = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Comma subset of multi_tf,v2,cal_us,cal_iso,cal_anchor_us,cal_anchor_iso.", show_default=False)] = None,
+    skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of refreshers to leave out.", show_default=False)] = None,
+    periods: opt.Periods = None,
+    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Delete the selected ids' rows and state, then recompute.")] = False,
+    include_non_canonical: IncludeNonCanonical = False,
+    num_processes: opt.NumProcesses = None,
+    continue_on_error: ContinueOnError = False,
+    verbose: opt.Verbose = False,
+    dry_run: opt.DryRun = False,
+    timeout: Timeout = 6 * 3600.0,
+    wait_lock: opt.WaitLock = 0.0,
+    output_dir: OutputDir = Path(".logs"),
+    log_level: opt.LogLevel = "INFO",
+) -> None:
+    """Run the six EMA refreshers, each in its own process."""
+    from ta_lab2.db.connect import resolve_target
+    from ta_lab2.emas.refreshers import parse_periods
+    from ta_lab2.logs import setup_logging
+    from ta_lab2.pipeline.runners import REFRESHER_ORDER, run_ema_refreshes, select
+
+    level = opt.parse_log_level(log_level)
+    setup_logging(level, log_dir=output_dir)
+    chosen = select(REFRESHER_ORDER, only, skip, "--only")
+    parse_periods(periods)  # validate here: a usage error before any child starts
+    options = _options(opt.parse_ids(ids), full=full_refresh, include_non_canonical=include_non_canonical,
+                       num_processes=num_processes, periods=periods, continue_on_error=continue_on_error,
+                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock)
+    _finish(run_ema_refreshes(resolve_target(db_url), options, chosen), output_dir, dry_run)
+
+
+def refresh(
+    bars_: Annotated[bool, typer.Option("--bars", help="Refresh the bar tables.")] = False,
+    emas_: Annotated[bool, typer.Option("--emas", help="Refresh the EMA tables.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Bars, then EMAs.")] = False,
+    ids: opt.Ids = "all",
+    db_url: opt.DbUrl = None,
+    skip_stale_check: Annotated[bool, typer.Option("--skip-stale-check", help="Refresh EMAs for every id, fresh or not.")] = False,
+    staleness_hours: Annotated[float, typer.Option("--staleness-hours", min=0, help="An id is stale when its last source day is older than this.")] = 48.0,
+    tz: opt.Tz = "UTC",
+    num_processes: opt.NumProcesses = None,
+    continue_on_error: ContinueOnError = False,
+    verbose: opt.Verbose = False,
+    dry_run: opt.DryRun = False,
+    timeout: Timeout = 6 * 3600.0,
+    wait_lock: opt.WaitLock = 0.0,
+    output_dir: OutputDir = Path(".logs"),
+    log_level: opt.LogLevel = "INFO",
+) -> None:
+    """Daily refresh: bars, then EMAs for the ids whose data is fresh (stale ids are listed)."""
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.connect import resolve_target
+    from ta_lab2.logs import setup_logging
+    from ta_lab2.pipeline.runners import run_daily_refresh
+
+    if not (bars_ or emas_ or all_):
+        raise UsageError("refresh: choose --bars, --emas or --all")
+    level = opt.parse_log_level(log_level)
+    setup_logging(level, log_dir=output_dir)
+    options = _options(opt.parse_ids(ids), tz=opt.check_tz(tz), num_processes=num_processes,
+                       continue_on_error=continue_on_error, verbose=verbose, dry_run=dry_run, timeout_s=timeout,
+                       log_level=level, wait_lock=wait_lock)
+    summary = run_daily_refresh(resolve_target(db_url), options, bars=bars_ or all_, emas=emas_ or all_,
+                                skip_stale_check=skip_stale_check, staleness_hours=staleness_hours)
+    stale = summary.extra.get("stale_ids") or []
+    if stale:
+        console.print(f"[yellow]stale ids (last source day older than {staleness_hours:g} h, EMAs not refreshed):[/] "
+                      + ", ".join(map(str, stale)))
+    _finish(summary, output_dir, dry_run)
+
+
+def _single(fn, help_text: str) -> typer.Typer:  # type: ignore[no-untyped-def]
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=help_text)
+    app.command()(fn)
+    return app
+
+
+bars_app = _single(bars, "Run the six bar builders.")
+emas_app = _single(emas, "Run the six EMA refreshers.")
+refresh_app = _single(refresh, "Daily refresh: bars, then EMAs.")

@@ -1,0 +1,3 @@
+from ta_lab2.emas.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""The six EMA refreshers: full and incremental refresh, one transaction per id (spec 03).
+
+Per id: read the daily grid (1D closes) and, per timeframe, the canonical closes of the bar
+table; find the earliest input change since the last refresh (1D or bar rows with a newer
+``ingested_at``, or EMA rows whose day left the grid); recompute every series over the whole
+history in memory and replace only rows from that instant on. An EMA row depends only on
+inputs at or before its day, so the result is bit-identical to a full refresh.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from ta_lab2.bars.families import Timeframe
+from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
+from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
+from ta_lab2.emas.series import Grid, epoch_us, tf_rows
+from ta_lab2.errors import UsageError
+from ta_lab2.load.source_schema import UTC_US
+from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, resolve_ids, run_units
+from ta_lab2.timeframes import V2_DEFAULT_PERIODS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmaRefresher:
+    name: str
+    table: str
+    kind: str  # "bar" (multi_tf), "v2", "dual" (cal / cal_anchor)
+    tf_filter: str  # SQL over dim_timeframe columns
+    bar_table: str | None  # canonical closes of the non-1D timeframes
+    default_periods: tuple[int, ...] | None = None  # None: every dim_period row
+
+
+def _cal_filter(family: str, scheme: str) -> str:
+    return f"family = '{family}' AND (base_unit IN ('M', 'Y') OR calendar_scheme = '{scheme}')"
+
+
+_DAILY = "family IN ('1d', 'rolling')"
+REFRESHERS: dict[str, EmaRefresher] = {
+    "multi_tf": EmaRefresher("multi_tf", EMA_TABLES["multi_tf"], "bar", _DAILY, BAR_TABLES["multi_tf"]),
+    "v2": EmaRefresher("v2", EMA_TABLES["v2"], "v2", _DAILY, None, V2_DEFAULT_PERIODS),
+    "cal_us": EmaRefresher("cal_us", EMA_TABLES["cal_us"], "dual", _cal_filter("cal", "US"), BAR_TABLES["cal_us"]),
+    "cal_iso": EmaRefresher("cal_iso", EMA_TABLES["cal_iso"], "dual", _cal_filter("cal", "ISO"), BAR_TABLES["cal_iso"]),
+    "cal_anchor_us": EmaRefresher("cal_anchor_us", EMA_TABLES["cal_anchor_us"], "dual",
+                                  _cal_filter("cal_anchor", "US"), BAR_TABLES["cal_anchor_us"]),
+    "cal_anchor_iso": EmaRefresher("cal_anchor_iso", EMA_TABLES["cal_anchor_iso"], "dual",
+                                   _cal_filter("cal_anchor", "ISO"), BAR_TABLES["cal_anchor_iso"]),
+}
+
+
+def parse_periods(value: str | None) -> tuple[int, ...] | None:
+    """``--periods``: None (the refresher's default), ``lut`` (every dim_period row, returned
+    as an empty tuple) or a comma list of positive integers."""
+    if value is None or not value.strip():
+        return None
+    if value.strip().lower() == "lut":
+        return ()
+    out: list[int] = []
+    for token in value.replace(" ", ",").split(","):
+        if not token:
+            continue
+        try:
+            p = int(token)
+        except ValueError:
+            raise UsageError(f"--periods: {token!r} is not an integer period") from None
+        if p < 1:
+            raise UsageError(f"--periods: {p} is not a positive period")
+        if p not in out:
+            out.append(p)
+    return tuple(out)
+
+
+def load_periods(conn: psycopg.Connection, refresher: EmaRefresher, periods: tuple[int, ...] | None,
+                 schema: str = "public") -> tuple[int, ...]:
+    if periods:
+        return periods
+    if periods is None and refresher.default_periods:
+        return refresher.default_periods
+    rows = conn.execute(sql.SQL("SELECT period FROM {} ORDER BY period").format(sql.Identifier(schema, "dim_period")))
+    return tuple(r[0] for r in rows.fetchall())
+
+
+def load_ema_timeframes(conn: psycopg.Connection, refresher: EmaRefresher, include_non_canonical: bool,
+                        schema: str = "public") -> list[Timeframe]:
+    canonical = "" if include_non_canonical else " AND is_canonical"
+    rows = conn.execute(
+        sql.SQL("SELECT tf, family, base_unit, tf_qty, tf_days_nominal, calendar_scheme FROM {t} WHERE "
+                + refresher.tf_filter + canonical + " ORDER BY sort_order NULLS LAST, tf").format(
+            t=sql.Identifier(schema, "dim_timeframe"))
+    ).fetchall()
+    return [Timeframe(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class RefreshOptions:
+    refresher: str
+    timeframes: tuple[Timeframe, ...]
+    periods: tuple[int, ...]
+    full: bool
+    schema: str
+
+
+def refresh(
+    conn: psycopg.Connection,
+    name: str,
+    ids: Sequence[int] | None = None,
+    *,
+    full_refresh: bool = False,
+    periods: tuple[int, ...] | None = None,
+    include_non_canonical: bool = False,
+    schema: str = "public",
+    progress: ProgressFn | None = None,
+    workers: int = 1,
+    url: str | None = None,
+) -> TableResult:
+    """Refresh one EMA table for ``ids`` (None = all); ``conn`` must be autocommit."""
+    if name not in REFRESHERS:
+        raise UsageError(f"unknown EMA refresher {name!r}; choose from {', '.join(REFRESHERS)}")
+    if not conn.autocommit:
+        raise ValueError("refresh() needs an autocommit connection (one transaction per id)")
+    refresher = REFRESHERS[name]
+    started = time.perf_counter()
+    id_list = resolve_ids(conn, ids, schema)
+    tfs = load_ema_timeframes(conn, refresher, include_non_canonical, schema)
+    plist = load_periods(conn, refresher, periods, schema)
+    if full_refresh:
+        tables = sql.SQL(", ").join(sql.Identifier(schema, t) for t in (refresher.table, state_table(refresher.table)))
+        with conn.transaction():
+            if ids is None:
+                conn.execute(sql.SQL("TRUNCATE {}").format(tables))
+            else:
+                for t in (refresher.table, state_table(refresher.table)):
+                    conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (id_list,))
+    options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema)
+    results = run_units(conn, refresh_one, options, id_list, workers=workers, url=url, progress=progress)
+    return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
+                       tuple(results), plist)
+
+
+_GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64(), "ingested_at": UTC_US}
+_CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
+
+
+def refresh_one(conn: psycopg.Connection, options: RefreshOptions, ident: int) -> IdResult:
+    """One id in one REPEATABLE READ transaction: inputs and watermark from one snapshot."""
+    refresher = REFRESHERS[options.refresher]
+    s = options.schema
+    table = sql.Identifier(s, refresher.table)
+    state_t = sql.Identifier(s, state_table(refresher.table))
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(sql.Identifier(s, BARS_1D)),
+                                _GRID_SCHEMA, (ident,))
+        grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
+        bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
+        canon = pl.DataFrame(schema=_CANON_SCHEMA)
+        bar_changes: dict[str, dt.datetime] = {}
+        watermark = grid_frame["ingested_at"].max()
+        states = {(r[0], r[1]): r[2] for r in conn.execute(
+            sql.SQL("SELECT tf, period, watermark_ingested_at FROM {} WHERE id = %s").format(state_t), (ident,)).fetchall()}
+        since = min(states.values(), default=None) if states and not options.full else None
+        if refresher.bar_table and bar_tfs:
+            bars = sql.Identifier(s, refresher.bar_table)
+            canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
+                               _CANON_SCHEMA, (ident, bar_tfs))
+            row = conn.execute(sql.SQL("SELECT max(ingested_at) FROM {} WHERE id = %s AND tf = ANY(%s)").format(bars),
+                               (ident, bar_tfs)).fetchone()
+            if row and row[0] is not None and (watermark is None or row[0] > watermark):
+                watermark = row[0]
+            if since is not None:
+                bar_changes = dict(conn.execute(
+                    sql.SQL("SELECT tf, min(time_close) FROM {} WHERE id = %s AND tf = ANY(%s) AND ingested_at > %s "
+                            "GROUP BY tf").format(bars), (ident, bar_tfs, since)).fetchall())
+        grid_change = None
+        deleted = None
+        if since is not None:
+            grid_change = grid_frame.filter(pl.col("ingested_at") > since)["timestamp"].min()
+            deleted = conn.execute(
+                sql.SQL("SELECT min(e.ts) FROM (SELECT DISTINCT ts FROM {t} WHERE id = %(id)s) e WHERE NOT EXISTS "
+                        "(SELECT 1 FROM {d} d WHERE d.id = %(id)s AND d.\"timestamp\" = e.ts)").format(
+                    t=table, d=sql.Identifier(s, BARS_1D)), {"id": ident}).fetchone()[0]
+        inserted = deleted_rows = 0
+        any_work = False
+        for tf in options.timeframes:
+            # per period: None = all rows, an instant = from there on; absent = unchanged
+            cut: dict[int, dt.datetime | None] = {}
+            for p in options.periods:
+                if options.full or (tf.tf, p) not in states:
+                    cut[p] = None
+                    continue
+                first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
+                if first is not None:
+                    cut[p] = first
+            if not cut:
+                continue
+            any_work = True
+            mask = _canonical_mask(grid, canon, tf.tf)
+            groups: dict[dt.datetime | None, list[int]] = {}
+            for p, at in cut.items():
+                groups.setdefault(at, []).append(p)
+            for at, periods in groups.items():
+                rows = tf_rows(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
+                               None if at is None else epoch_us(at))
+                where = sql.SQL("id = %s AND tf = %s AND period = ANY(%s)")
+                params: list[object] = [ident, tf.tf, periods]
+                if at is not None:
+                    where = where + sql.SQL(" AND ts >= %s")
+                    params.append(at)
+                deleted_rows += conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(table) + where, params).rowcount
+                copy_frame(conn, table_ref(refresher.table, s), rows)
+                inserted += rows.height
+            _write_state(conn, refresher.table, s, ident, tf.tf, list(cut), watermark)
+    if not any_work:
+        return IdResult(ident, "unchanged")
+    mode = "full" if options.full or not states else "incremental"
+    return IdResult(ident, mode if grid.n else "empty", inserted, deleted_rows)
+
+
+def _canonical_mask(grid: Grid, canon: pl.DataFrame, tf: str) -> np.ndarray:
+    """Grid rows that are canonical closes of ``tf`` (every row for ``1D``)."""
+    if tf == "1D":
+        return np.ones(grid.n, dtype=bool)
+    closes = canon.filter(pl.col("tf") == tf)["time_close"].dt.epoch("us").to_numpy()
+    pos = np.searchsorted(grid.ts_us, closes)
+    ok = (pos < grid.n) & (grid.ts_us[np.minimum(pos, grid.n - 1)] == closes) if grid.n else np.zeros(0, bool)
+    if not ok.all():
+        raise ValueError(f"{tf}: canonical closes not on the daily grid of id {grid.id} (rebuild the bars first)")
+    mask = np.zeros(grid.n, dtype=bool)
+    mask[pos] = True
+    return mask
+
+
+def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, tf: str, periods: list[int],
+                 watermark: dt.datetime | None) -> None:
+    frame = pl.DataFrame(
+        {"id": [ident] * len(periods), "tf": [tf] * len(periods), "period": periods,
+         "watermark_ingested_at": [watermark] * len(periods)},
+        schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "watermark_ingested_at": UTC_US},
+    )
+    state_t = sql.Identifier(schema, state_table(table))
+    with staged(conn, table_ref(state_table(table), schema), frame, "_stage_ema_state") as stage:
+        conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
+                SELECT s.id, s.tf, s.period, s.watermark_ingested_at,
+                       (SELECT max(ts) FROM {t} e WHERE e.id = s.id AND e.tf = s.tf AND e.period = s.period), now()
+                FROM {stage} s
+                ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
+                    last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
+                """
+            ).format(st=state_t, t=sql.Identifier(schema, table), stage=stage)
+        )

@@ -1,0 +1,23 @@
+"""Run the six EMA refreshers (``ta-lab2 emas``). Usage:
+
+    python src/ta_lab2/scripts/emas/run_all_ema_refreshes.py --ids all [--full-refresh] [...]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file from a checkout: make ``ta_lab2`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from ta_lab2.cli.app import run_app  # noqa: E402
+from ta_lab2.cli.pipeline_cmds import emas_app  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_app(emas_app, argv)
+
+
+if __name__ == "__main__":
+    main()

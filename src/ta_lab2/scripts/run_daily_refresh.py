@@ -1,0 +1,23 @@
+"""Daily refresh (``ta-lab2 refresh``). Usage:
+
+    python src/ta_lab2/scripts/run_daily_refresh.py --all --ids all [...]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file from a checkout: make ``ta_lab2`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ta_lab2.cli.app import run_app  # noqa: E402
+from ta_lab2.cli.pipeline_cmds import refresh_app  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_app(refresh_app, argv)
+
+
+if __name__ == "__main__":
+    main()
