@@ -8,14 +8,23 @@ from psycopg import sql
 
 from ta_lab2.bars.builders import BUILDERS, build
 from ta_lab2.db.schema import ensure_schema
+from ta_lab2.emas.refreshers import REFRESHERS, refresh
 
 BAR_TABLES = [b.table for b in BUILDERS.values()]
+EMA_TABLES = [r.table for r in REFRESHERS.values()]
+TEST_PERIODS = (2, 3, 5, 10)  # small periods keep the tests fast and still exercise every rule
 VOLATILE = {"ingested_at", "rejected_at", "updated_at"}
 
 
 def build_all(conn: psycopg.Connection, *, full: bool, schema: str = "public", tz: str = "UTC") -> None:
     for name in BUILDERS:
         build(conn, name, None, full_rebuild=full, tz=tz, schema=schema)
+
+
+def refresh_all(conn: psycopg.Connection, *, full: bool, schema: str = "public",
+                periods: tuple[int, ...] = TEST_PERIODS) -> None:
+    for name in REFRESHERS:
+        refresh(conn, name, None, full_refresh=full, periods=periods, schema=schema)
 
 
 def clone_source(conn: psycopg.Connection, src: str, dst: str) -> None:

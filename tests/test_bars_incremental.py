@@ -1,6 +1,7 @@
-"""Incremental refresh ≡ full rebuild (spec 02 §4), over random sequences of source edits:
-appends, revisions of old days, backfills before the first day, deletions, new assets,
-rows that become rejects, and second rows on an existing local day."""
+"""Incremental refresh ≡ full rebuild for the 6 bar and 6 EMA tables (spec 02 §4, 03 §8), over
+random sequences of source edits: appends, revisions of old days, backfills before the first
+day, deletions, new assets, rows that become rejects, second rows on an existing local day,
+and bar tables rewritten by a full rebuild of one builder (the EMAs must pick that up)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bars_helpers import build_all, clone_source, diff_schemas
+from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, clone_source, diff_schemas, refresh_all
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.load.store import upsert_assets, upsert_source
@@ -22,10 +23,10 @@ from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
 pytestmark = pytest.mark.db
 
 UTC = dt.timezone.utc
-OPS = ("append", "revise", "backfill", "delete", "new_asset", "reject", "duplicate_day", "noop")
+OPS = ("append", "revise", "backfill", "delete", "new_asset", "reject", "duplicate_day", "rebuild_bars", "noop")
 
 
-def _universe(seed: int, n: int = 3, days: int = 240) -> pl.DataFrame:
+def _universe(seed: int, n: int = 3, days: int = 160) -> pl.DataFrame:
     cfg = SyntheticConfig(n_assets=n, days=days, seed=seed, gap_rate=0.03, defect_rate=0.03)
     return generate_universe(cfg).frame
 
@@ -86,6 +87,8 @@ def _apply(conn: psycopg.Connection, op: str, rng: random.Random, pool: pl.DataF
                 "(SELECT \"timestamp\" FROM cmc_price_histories7 WHERE id = %s ORDER BY \"timestamp\" OFFSET %s LIMIT 1)",
                 (ident, ident, rng.randint(0, 200)),
             )
+        elif op == "rebuild_bars":
+            pass  # done after the transaction: see _apply's caller
         elif op == "duplicate_day":
             conn.execute(
                 "INSERT INTO cmc_price_histories7 (id, name, \"timestamp\", open, high, low, close, volume, source_file, load_ts) "
@@ -96,10 +99,22 @@ def _apply(conn: psycopg.Connection, op: str, rng: random.Random, pool: pl.DataF
             )
 
 
+def _refresh(conn: psycopg.Connection, op: str, rng: random.Random) -> None:
+    """The incremental pipeline run after an edit (a full rebuild of one bar builder first,
+    for the rewritten-bars case)."""
+    from ta_lab2.bars.builders import BUILDERS, build
+
+    if op == "rebuild_bars":
+        build(conn, rng.choice(list(BUILDERS)), None, full_rebuild=True)
+    build_all(conn, full=False)
+    refresh_all(conn, full=False)
+
+
 def _check(conn: psycopg.Connection) -> list[str]:
     clone_source(conn, "public", "full_ref")
     build_all(conn, full=True, schema="full_ref")
-    return diff_schemas(conn, "public", "full_ref")
+    refresh_all(conn, full=True, schema="full_ref")
+    return diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, "cmc_price_bars_1d_rejects", *EMA_TABLES])
 
 
 @pytest.fixture
@@ -111,7 +126,7 @@ def empty_db(fresh_db: Target):
 
 # No shrinking: each example rebuilds six tables twice; the failure message names seed and ops,
 # which reproduce it exactly.
-@settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5))
 def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int, ops: list[str]) -> None:
@@ -122,10 +137,11 @@ def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int
     upsert_assets(conn, pool)
     upsert_source(conn, pool.drop("symbol"))
     build_all(conn, full=True)
+    refresh_all(conn, full=True)
     rng = random.Random(seed)
     for op in ops:
         _apply(conn, op, rng, pool)
-        build_all(conn, full=False)
+        _refresh(conn, op, rng)
     problems = _check(conn)
     assert not problems, f"ops={ops} seed={seed}:\n" + "\n".join(problems[:20])
 
@@ -137,10 +153,11 @@ def test_each_operation_alone(empty_db: psycopg.Connection) -> None:
     upsert_assets(conn, pool)
     upsert_source(conn, pool.drop("symbol"))
     build_all(conn, full=True)
+    refresh_all(conn, full=True)
     rng = random.Random(5)
     for op in OPS:
         _apply(conn, op, rng, pool)
-        build_all(conn, full=False)
+        _refresh(conn, op, rng)
         problems = _check(conn)
         assert not problems, f"after {op}:\n" + "\n".join(problems[:20])
 
@@ -153,7 +170,13 @@ def test_unchanged_source_is_a_no_op(empty_db: psycopg.Connection) -> None:
     upsert_assets(conn, pool)
     upsert_source(conn, pool.drop("symbol"))
     build_all(conn, full=True)
+    refresh_all(conn, full=True)
     for name in ("1d", "multi_tf", "cal_anchor_us"):
         result = build(conn, name, None)
         assert result.rows_inserted == 0 and result.rows_deleted == 0
         assert all(r.mode == "unchanged" for r in result.ids)
+    from ta_lab2.emas.refreshers import REFRESHERS, refresh
+
+    for name in REFRESHERS:
+        result = refresh(conn, name, None, periods=(2, 3, 5, 10))
+        assert result.rows_inserted == 0 and result.rows_deleted == 0, name

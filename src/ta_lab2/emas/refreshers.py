@@ -190,8 +190,8 @@ def refresh_one(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
                 sql.SQL("SELECT min(e.ts) FROM (SELECT DISTINCT ts FROM {t} WHERE id = %(id)s) e WHERE NOT EXISTS "
                         "(SELECT 1 FROM {d} d WHERE d.id = %(id)s AND d.\"timestamp\" = e.ts)").format(
                     t=table, d=sql.Identifier(s, BARS_1D)), {"id": ident}).fetchone()[0]
-        inserted = deleted_rows = 0
-        any_work = False
+        frames: list[pl.DataFrame] = []
+        replaced: list[tuple[str, int, dt.datetime | None]] = []  # (tf, period, from) to delete
         for tf in options.timeframes:
             # per period: None = all rows, an instant = from there on; absent = unchanged
             cut: dict[int, dt.datetime | None] = {}
@@ -204,27 +204,30 @@ def refresh_one(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
                     cut[p] = first
             if not cut:
                 continue
-            any_work = True
             mask = _canonical_mask(grid, canon, tf.tf)
             groups: dict[dt.datetime | None, list[int]] = {}
             for p, at in cut.items():
                 groups.setdefault(at, []).append(p)
+                replaced.append((tf.tf, p, at))
             for at, periods in groups.items():
-                rows = tf_rows(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
-                               None if at is None else epoch_us(at))
-                where = sql.SQL("id = %s AND tf = %s AND period = ANY(%s)")
-                params: list[object] = [ident, tf.tf, periods]
-                if at is not None:
-                    where = where + sql.SQL(" AND ts >= %s")
-                    params.append(at)
-                deleted_rows += conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(table) + where, params).rowcount
-                copy_frame(conn, table_ref(refresher.table, s), rows)
-                inserted += rows.height
-            _write_state(conn, refresher.table, s, ident, tf.tf, list(cut), watermark)
-    if not any_work:
-        return IdResult(ident, "unchanged")
+                frames.append(tf_rows(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
+                                      None if at is None else epoch_us(at)))
+        if not replaced:
+            return IdResult(ident, "unchanged")
+        # One DELETE, one COPY and one state upsert per id, whatever the number of series.
+        deleted_rows = conn.execute(
+            sql.SQL(
+                "DELETE FROM {} e USING unnest(%s::text[], %s::int[], %s::timestamptz[]) AS c(tf, period, cut) "
+                "WHERE e.id = %s AND e.tf = c.tf AND e.period = c.period AND (c.cut IS NULL OR e.ts >= c.cut)"
+            ).format(table),
+            ([r[0] for r in replaced], [r[1] for r in replaced], [r[2] for r in replaced], ident),
+        ).rowcount
+        rows = pl.concat(frames) if frames else pl.DataFrame()
+        if rows.height:
+            copy_frame(conn, table_ref(refresher.table, s), rows)
+        _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark)
     mode = "full" if options.full or not states else "incremental"
-    return IdResult(ident, mode if grid.n else "empty", inserted, deleted_rows)
+    return IdResult(ident, mode if grid.n else "empty", rows.height, deleted_rows)
 
 
 def _canonical_mask(grid: Grid, canon: pl.DataFrame, tf: str) -> np.ndarray:
@@ -241,11 +244,11 @@ def _canonical_mask(grid: Grid, canon: pl.DataFrame, tf: str) -> np.ndarray:
     return mask
 
 
-def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, tf: str, periods: list[int],
+def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, series: list[tuple[str, int]],
                  watermark: dt.datetime | None) -> None:
     frame = pl.DataFrame(
-        {"id": [ident] * len(periods), "tf": [tf] * len(periods), "period": periods,
-         "watermark_ingested_at": [watermark] * len(periods)},
+        {"id": [ident] * len(series), "tf": [t for t, _ in series], "period": [p for _, p in series],
+         "watermark_ingested_at": [watermark] * len(series)},
         schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "watermark_ingested_at": UTC_US},
     )
     state_t = sql.Identifier(schema, state_table(table))
@@ -254,11 +257,13 @@ def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, 
             sql.SQL(
                 """
                 INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
-                SELECT s.id, s.tf, s.period, s.watermark_ingested_at,
-                       (SELECT max(ts) FROM {t} e WHERE e.id = s.id AND e.tf = s.tf AND e.period = s.period), now()
+                SELECT s.id, s.tf, s.period, s.watermark_ingested_at, m.last_ts, now()
                 FROM {stage} s
+                LEFT JOIN (SELECT tf, period, max(ts) AS last_ts FROM {t} WHERE id = %s GROUP BY tf, period) m
+                       ON m.tf = s.tf AND m.period = s.period
                 ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
                     last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
                 """
-            ).format(st=state_t, t=sql.Identifier(schema, table), stage=stage)
+            ).format(st=state_t, t=sql.Identifier(schema, table), stage=stage),
+            (ident,),
         )
