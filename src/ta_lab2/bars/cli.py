@@ -27,6 +27,7 @@ def build_command(
     num_processes: opt.NumProcesses = None,
     wait_lock: opt.WaitLock = 0.0,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the JSON summary here.", show_default=False)] = None,
+    schema: opt.Schema = "public",
     log_level: opt.LogLevel = "INFO",
 ) -> None:
     """Build one bar table (incremental by default)."""
@@ -42,13 +43,13 @@ def build_command(
     id_list = opt.parse_ids(ids)
 
     def work(conn, target):  # type: ignore[no-untyped-def]
-        n = len(resolve_ids(conn, id_list))
+        n = len(resolve_ids(conn, id_list, schema))
         with progress(f"bars {builder}", n) as advance:
             return build(conn, builder, id_list, full_rebuild=full_rebuild, tz=tz,
-                         include_non_canonical=include_non_canonical, progress=advance,
+                         include_non_canonical=include_non_canonical, progress=advance, schema=schema,
                          workers=default_workers(num_processes, n), url=target.url)
 
-    result = run_locked(db_url, "bars", wait_lock, work)
+    result = run_locked(db_url, "bars", wait_lock, work, schema)
     summary = result.as_dict()
     log.info("%s: %d ids, %d rows inserted, %d deleted, %d rejects in %.2fs", result.table, len(result.ids),
              result.rows_inserted, result.rows_deleted, result.rejects, result.duration_s)

@@ -39,6 +39,9 @@ def _register_pipeline_commands() -> None:
     app.command("bars")(bars)
     app.command("emas")(emas)
     app.command("refresh")(refresh)
+    from ta_lab2.cli.baseline_cmds import baseline_app
+
+    app.add_typer(baseline_app, name="baseline")
 
 
 _register_pipeline_commands()

@@ -51,6 +51,7 @@ def bars(
     timeout: Timeout = 6 * 3600.0,
     wait_lock: opt.WaitLock = 0.0,
     output_dir: OutputDir = Path(".logs"),
+    schema: opt.Schema = "public",
     log_level: opt.LogLevel = "INFO",
 ) -> None:
     """Run the six bar builders in dependency order (1d first), each in its own process."""
@@ -63,7 +64,8 @@ def bars(
     chosen = select(BUILDER_ORDER, builders, skip, "--builders")
     options = _options(opt.parse_ids(ids), full=full_rebuild, include_non_canonical=include_non_canonical,
                        num_processes=num_processes, tz=opt.check_tz(tz), continue_on_error=continue_on_error,
-                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock)
+                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
+                       schema=schema)
     _finish(run_bar_builders(resolve_target(db_url), options, chosen), output_dir, dry_run)
 
 
@@ -82,6 +84,7 @@ def emas(
     timeout: Timeout = 6 * 3600.0,
     wait_lock: opt.WaitLock = 0.0,
     output_dir: OutputDir = Path(".logs"),
+    schema: opt.Schema = "public",
     log_level: opt.LogLevel = "INFO",
 ) -> None:
     """Run the six EMA refreshers, each in its own process."""
@@ -96,7 +99,8 @@ def emas(
     parse_periods(periods)  # validate here: a usage error before any child starts
     options = _options(opt.parse_ids(ids), full=full_refresh, include_non_canonical=include_non_canonical,
                        num_processes=num_processes, periods=periods, continue_on_error=continue_on_error,
-                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock)
+                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
+                       schema=schema)
     _finish(run_ema_refreshes(resolve_target(db_url), options, chosen), output_dir, dry_run)
 
 

@@ -125,3 +125,34 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
                 err_console.print(c.output_tail, markup=False, highlight=False)
     if json_path is not None:
         console.print(f"summary: {json_path}", highlight=False)
+
+
+def capture_summary(result: Any, paths: dict[str, Any]) -> None:
+    """Compact console summary of a baseline capture (or compare) and the report paths."""
+    colour = "green" if result.verdict == "PASS" else "red"
+    console.print(f"[bold]baseline {result.suffix}[/]: [bold {colour}]{result.verdict}[/]")
+    table = Table()
+    for col in ("table", "result", "snapshot", "rebuilt", "one-sided", "compared", "match rate", "CRIT", "WARN", "INFO"):
+        table.add_column(col, justify="left" if col in ("table", "result") else "right")
+    for t in result.comparisons:
+        sc = t.severity_counts
+        table.add_row(t.table, "[green]PASS[/]" if t.passed else "[red]FAIL[/]", _fmt_int(t.rows_snapshot),
+                      _fmt_int(t.rows_rebuilt), _fmt_int(t.only_in_snapshot + t.only_in_rebuilt), _fmt_int(t.rows_compared),
+                      f"{t.match_rate:.4%}", str(sc.get("CRITICAL", 0)), str(sc.get("WARNING", 0)), str(sc.get("INFO", 0)))
+    console.print(table)
+    for problem in result.problems:
+        err_console.print(f"[red]problem:[/] {problem}", highlight=False)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}", highlight=False)
+
+
+def captures_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="baseline captures")
+    for col in ("suffix", "status", "verdict", "ids", "rows", "size", "scratch"):
+        table.add_column(col)
+    for r in rows:
+        total = sum(int(v.get("rows", 0)) for v in (r.get("tables") or {}).values())
+        ids = "all" if r["ids"] is None else ",".join(map(str, r["ids"]))
+        table.add_row(r["suffix"], r["status"], r.get("verdict") or "-", ids, _fmt_int(total),
+                      f"{int(r.get('size_bytes') or 0) / 1e6:.1f} MB", r.get("scratch_schema") or "")
+    console.print(table)

@@ -301,6 +301,23 @@ _DUAL_EMA_EXTRA = """
     d1_roll_bar double precision,
     d2_roll_bar double precision,"""
 
+_BASELINE_DDL = """
+CREATE TABLE IF NOT EXISTS {s}.baseline_snapshots (
+    suffix text PRIMARY KEY,
+    captured_at timestamptz NOT NULL,
+    status text NOT NULL,
+    ids integer[],
+    scratch_schema text,
+    aux_schema text NOT NULL,
+    tables jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+    message text,
+    verdict text,
+    report text,
+    metadata jsonb,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
 _VERSION_DDL = f"""
 CREATE TABLE IF NOT EXISTS {{s}}.{VERSION_TABLE} (
     version integer PRIMARY KEY,
@@ -312,7 +329,8 @@ CREATE TABLE IF NOT EXISTS {{s}}.{VERSION_TABLE} (
 
 def _ddl(schema: str) -> list[str]:
     s = f'"{schema}"'
-    parts = [_VERSION_DDL.format(s=s), _SOURCE_DDL.format(s=s), _DIM_DDL.format(s=s), _BARS_1D_DDL.format(s=s)]
+    parts = [_VERSION_DDL.format(s=s), _SOURCE_DDL.format(s=s), _DIM_DDL.format(s=s), _BARS_1D_DDL.format(s=s),
+             _BASELINE_DDL.format(s=s)]
     for table in list(BAR_TABLES.values())[1:]:
         extra = "\n    bar_anchor_offset integer NOT NULL," if table in ANCHORED_BAR_TABLES else ""
         parts.append(_MULTI_TF_DDL.format(s=s, t=table, extra=extra))

@@ -27,6 +27,7 @@ def refresh_command(
     num_processes: opt.NumProcesses = None,
     wait_lock: opt.WaitLock = 0.0,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the JSON summary here.", show_default=False)] = None,
+    schema: opt.Schema = "public",
     log_level: opt.LogLevel = "INFO",
 ) -> None:
     """Refresh one EMA table (incremental by default)."""
@@ -43,13 +44,13 @@ def refresh_command(
     plist = parse_periods(periods)
 
     def work(conn, target):  # type: ignore[no-untyped-def]
-        n = len(resolve_ids(conn, id_list))
+        n = len(resolve_ids(conn, id_list, schema))
         with progress(f"emas {refresher}", n) as advance:
             return refresh(conn, refresher, id_list, full_refresh=full_refresh, periods=plist,
-                           include_non_canonical=include_non_canonical, progress=advance,
+                           include_non_canonical=include_non_canonical, progress=advance, schema=schema,
                            workers=default_workers(num_processes, n), url=target.url)
 
-    result = run_locked(db_url, "emas", wait_lock, work)
+    result = run_locked(db_url, "emas", wait_lock, work, schema)
     log.info("%s: %d ids, %d rows inserted, %d deleted in %.2fs", result.table, len(result.ids),
              result.rows_inserted, result.rows_deleted, result.duration_s)
     write_summary(summary_json, result.as_dict())

@@ -7,6 +7,7 @@ children through :func:`ta_lab2.pipeline.runner.run_children`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -40,6 +41,7 @@ class RunOptions:
     timeout_s: float = 6 * 3600
     log_level: str = "INFO"
     wait_lock: float = 0.0
+    schema: str = "public"
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -67,6 +69,8 @@ def ids_argument(ids: Sequence[int] | None) -> str:
 
 def _common(options: RunOptions) -> list[str]:
     args = ["--ids", ids_argument(options.ids), "--log-level", options.log_level]
+    if options.schema != "public":
+        args += ["--schema", options.schema]
     if options.include_non_canonical:
         args.append("--include-non-canonical")
     if options.num_processes:
@@ -99,20 +103,22 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
     """Validate ids, hold the roles' locks for the whole run, run ``specs`` in order."""
     with connect(target, autocommit=True) as conn:
         if not options.dry_run:
-            ensure_schema(conn)
+            ensure_schema(conn, options.schema)
         if options.ids is not None:
-            resolve_ids(conn, options.ids)
+            resolve_ids(conn, options.ids, options.schema)
         env = target.child_env()
-        env[ENV_LOCKS_HELD] = held_locks(*roles)
+        inherited = tuple(n for n in os.environ.get(ENV_LOCKS_HELD, "").split(",") if n)
+        env[ENV_LOCKS_HELD] = ",".join(dict.fromkeys([*inherited, *held_locks(*roles).split(",")]))
         if options.dry_run:
             return run_children(runner, specs, env=env, dry_run=True)
-        with _locks(conn, roles, options.wait_lock):
+        with _locks(conn, roles, options.wait_lock, skip=inherited):
             return run_children(runner, specs, env=env, timeout_s=options.timeout_s,
                                 continue_on_error=options.continue_on_error, verbose=options.verbose)
 
 
-def _locks(conn, roles: tuple[str, ...], wait: float):  # type: ignore[no-untyped-def]
-    """Every lock of ``roles``; a name needed exclusively by one role is taken exclusively."""
+def _locks(conn, roles: tuple[str, ...], wait: float, skip: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """Every lock of ``roles`` not held by a parent (``skip``); a name needed exclusively by
+    one role is taken exclusively."""
     from contextlib import ExitStack
 
     from ta_lab2.db.locks import advisory_lock
@@ -123,6 +129,8 @@ def _locks(conn, roles: tuple[str, ...], wait: float):  # type: ignore[no-untype
             wanted[name] = wanted.get(name, True) and shared
     stack = ExitStack()
     for name, shared in wanted.items():
+        if name in skip:
+            continue
         stack.enter_context(advisory_lock(conn, name, wait, shared=shared))
     return stack
 

@@ -1,0 +1,555 @@
+"""Snapshot-vs-rebuilt comparison, in the database (spec 05 phase 4).
+
+Semantics, stated once:
+
+* **Hybrid tolerance** (floats): ``|a − b| ≤ max(rtol · max(|a|, |b|), atol)`` — symmetric, as
+  in PEP 485 ``math.isclose`` (not ``numpy.isclose``, which is asymmetric). NULL vs NULL and
+  NaN vs NaN match; NULL vs a value never matches. Every other type compares exactly.
+* **Severity** of a differing cell: CRITICAL for NULL vs value, any non-float difference, or a
+  relative difference > 1 %; WARNING outside tolerance but ≤ 1 %; INFO inside tolerance but
+  not bit-identical, or matched by the expected-differences allow-list. A row present on one
+  side only is CRITICAL.
+* A table **passes** when it has no CRITICAL or WARNING difference and equal row counts.
+
+All work happens in SQL; Python receives aggregates, the per-series divergence summary and
+the top differences only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import psycopg
+from psycopg import sql
+
+CRITICAL, WARNING, INFO = "CRITICAL", "WARNING", "INFO"
+SEVERITIES = (CRITICAL, WARNING, INFO)
+CRITICAL_REL = 0.01  # relative difference above which a float difference is CRITICAL
+VOLATILE_COLUMNS = frozenset({"ingested_at", "rejected_at", "updated_at"})
+FLOAT_TYPES = frozenset({"float8", "float4", "numeric"})
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+#: The seed's per-column defaults: prices, EMA values and derivatives 1e-5/1e-6; volume and
+#: market cap 1e-4/1e-2.
+PRICE_TOL = Tolerance(1e-5, 1e-6)
+VOLUME_TOL = Tolerance(1e-4, 1e-2)
+VOLUME_COLUMNS = frozenset({"volume", "market_cap", "marketcap"})
+
+
+def default_tolerance(column: str) -> Tolerance:
+    return VOLUME_TOL if column in VOLUME_COLUMNS else PRICE_TOL
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Built-in defaults, overridable per column and per table.column (``--tolerances`` TOML:
+    ``[default]``, ``[columns.<column>]``, ``[tables.<table>.<column>]``, keys ``rtol``/``atol``)."""
+
+    default: Tolerance | None = None
+    columns: Mapping[str, Tolerance] = field(default_factory=dict)
+    tables: Mapping[str, Mapping[str, Tolerance]] = field(default_factory=dict)
+
+    def for_column(self, table: str, column: str) -> Tolerance:
+        if column in self.tables.get(table, {}):
+            return self.tables[table][column]
+        if column in self.columns:
+            return self.columns[column]
+        return self.default or default_tolerance(column)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "Tolerances":
+        def tol(d: Mapping[str, Any], where: str) -> Tolerance:
+            try:
+                return Tolerance(float(d["rtol"]), float(d["atol"]))
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"tolerances: {where} needs numeric 'rtol' and 'atol'") from None
+
+        default = tol(data["default"], "[default]") if "default" in data else None
+        columns = {c: tol(v, f"[columns.{c}]") for c, v in data.get("columns", {}).items()}
+        tables = {t: {c: tol(v, f"[tables.{t}.{c}]") for c, v in cols.items()} for t, cols in data.get("tables", {}).items()}
+        return cls(default, columns, tables)
+
+
+@dataclass(frozen=True)
+class ExpectedDiff:
+    """An intended difference: cells of ``table`` in ``columns`` (optionally only some ids/tfs)
+    are reported as INFO with ``reason`` instead of failing the table."""
+
+    table: str
+    columns: tuple[str, ...]
+    reason: str
+    ids: tuple[int, ...] = ()
+    tfs: tuple[str, ...] = ()
+
+
+def compare_with_hybrid_tolerance(a: float | None, b: float | None, rtol: float, atol: float) -> bool:
+    """True when ``a`` and ``b`` match under the hybrid tolerance (NULL≡NULL, NaN≡NaN)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if a == b:
+        return True
+    return abs(a - b) <= max(rtol * max(abs(a), abs(b)), atol)
+
+
+def classify_difference(a: Any, b: Any, rtol: float | None = None, atol: float | None = None) -> str | None:
+    """Severity of one cell pair (None when identical). ``rtol``/``atol`` None = exact type."""
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        return CRITICAL
+    if rtol is None or atol is None:
+        return None if a == b else CRITICAL
+    if (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
+        return None if (math.isnan(a) and math.isnan(b)) else CRITICAL
+    if a == b:
+        return None
+    if compare_with_hybrid_tolerance(a, b, rtol, atol):
+        return INFO
+    scale = max(abs(a), abs(b))
+    rel = abs(a - b) / scale if scale else math.inf
+    return CRITICAL if rel > CRITICAL_REL else WARNING
+
+
+# --------------------------------------------------------------------------- result objects
+@dataclass(frozen=True)
+class ColumnStats:
+    column: str
+    kind: str  # "float" | "exact"
+    rtol: float | None
+    atol: float | None
+    cells_compared: int
+    mismatches: int
+    null_mismatches: int
+    critical: int
+    warning: int
+    info: int
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    std_abs_diff: float | None
+    max_rel_diff: float | None
+
+
+@dataclass(frozen=True)
+class SeriesDivergence:
+    series: dict[str, Any]
+    first_ts: str
+    last_ts: str
+    count: int
+    persists_to_end: bool
+    likely_cause: str | None = None
+
+
+@dataclass(frozen=True)
+class Difference:
+    key: dict[str, Any]
+    column: str
+    snapshot: str | None
+    rebuilt: str | None
+    abs_diff: float | None
+    rel_diff: float | None
+    severity: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesCount:
+    series: dict[str, Any]
+    rows_snapshot: int
+    rows_rebuilt: int
+    first_ts_snapshot: str | None
+    last_ts_snapshot: str | None
+    first_ts_rebuilt: str | None
+    last_ts_rebuilt: str | None
+
+
+@dataclass(frozen=True)
+class TableComparison:
+    table: str
+    snapshot: str
+    rebuilt: str
+    rows_snapshot: int
+    rows_rebuilt: int
+    only_in_snapshot: int
+    only_in_rebuilt: int
+    rows_compared: int
+    cells_compared: int
+    mismatching_rows: int
+    severity_counts: dict[str, int]
+    columns: tuple[ColumnStats, ...]
+    divergences: tuple[SeriesDivergence, ...]
+    top_differences: tuple[Difference, ...]
+    series_count_mismatches: tuple[SeriesCount, ...]
+    sampled: bool
+    error: str | None = None
+
+    @property
+    def match_rate(self) -> float:
+        if self.rows_compared == 0:
+            return 1.0 if self.rows_snapshot == self.rows_rebuilt == 0 else 0.0
+        return max(0.0, min(1.0, 1.0 - self.mismatching_rows / self.rows_compared))
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and self.severity_counts.get(CRITICAL, 0) == 0
+            and self.severity_counts.get(WARNING, 0) == 0
+            and self.rows_snapshot == self.rows_rebuilt
+        )
+
+    @property
+    def worst(self) -> str:
+        if self.error:
+            return CRITICAL
+        for s in SEVERITIES:
+            if self.severity_counts.get(s):
+                return s
+        return "OK"
+
+
+def summarize_comparison(tables: Sequence[TableComparison]) -> dict[str, Any]:
+    """Overall verdict and totals: PASS iff every table passed."""
+    totals = {s: sum(t.severity_counts.get(s, 0) for t in tables) for s in SEVERITIES}
+    return {
+        "verdict": "PASS" if tables and all(t.passed for t in tables) else "FAIL",
+        "tables": len(tables),
+        "tables_passed": sum(t.passed for t in tables),
+        "tables_failed": [t.table for t in tables if not t.passed],
+        "severity_counts": totals,
+        "rows_compared": sum(t.rows_compared for t in tables),
+        "cells_compared": sum(t.cells_compared for t in tables),
+        "one_sided_rows": sum(t.only_in_snapshot + t.only_in_rebuilt for t in tables),
+    }
+
+
+# --------------------------------------------------------------------------- table metadata
+@dataclass(frozen=True)
+class TableSpec:
+    """How to compare one table: names and columns, validated against the catalog."""
+
+    table: str
+    snapshot: sql.Identifier
+    rebuilt: sql.Identifier
+    key: tuple[str, ...]
+    series: tuple[str, ...]
+    time: str
+    columns: dict[str, str]  # value column -> "float" | "exact"
+
+
+def primary_key(conn: psycopg.Connection, qualified: sql.Identifier) -> tuple[str, ...]:
+    rows = conn.execute(
+        """
+        SELECT a.attname FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
+        ORDER BY array_position(i.indkey::int2[], a.attnum)
+        """,
+        (qualified.as_string(conn),),
+    ).fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def column_kinds(conn: psycopg.Connection, qualified: sql.Identifier) -> dict[str, str]:
+    rows = conn.execute(
+        """
+        SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+        """,
+        (qualified.as_string(conn),),
+    ).fetchall()
+    return {name: ("float" if typ in FLOAT_TYPES else "exact") for name, typ in rows}
+
+
+def series_and_time(key: Sequence[str]) -> tuple[tuple[str, ...], str]:
+    """Series columns (id, tf[, period]) and the time column of a key."""
+    time_col = next(c for c in ("ts", "time_close", "timestamp") if c in key)
+    series = tuple(c for c in key if c in ("id", "tf", "period"))
+    return series, time_col
+
+
+# --------------------------------------------------------------------------- the comparison
+@dataclass(frozen=True)
+class Sampling:
+    beginning: int = 30
+    end: int = 30
+    random_pct: float = 0.05
+    seed: int = 20250205
+    full: bool = False
+
+
+def _in_ids(alias: str | None, ids: Sequence[int] | None) -> sql.Composable:
+    if ids is None:
+        return sql.SQL("TRUE")
+    col = sql.Identifier(alias, "id") if alias else sql.Identifier("id")
+    return sql.SQL("{} = ANY({})").format(col, sql.Literal(list(ids)))
+
+
+def compare_table(
+    conn: psycopg.Connection,
+    spec: TableSpec,
+    ids: Sequence[int] | None,
+    sampling: Sampling,
+    tolerances: Tolerances,
+    expected: Sequence[ExpectedDiff] = (),
+    top_n: int = 20,
+) -> TableComparison:
+    """Compare ``spec.snapshot`` with ``spec.rebuilt`` (restricted to ``ids``) entirely in SQL."""
+    key = [sql.Identifier(c) for c in spec.key]
+    key_list = sql.SQL(", ").join(key)
+    snap, reb = spec.snapshot, spec.rebuilt
+    ids_r = _in_ids(None, ids)
+    conn.execute("DROP TABLE IF EXISTS pg_temp._cmp_keys, pg_temp._cmp_diffs")
+    # --- coverage over all rows: full outer join on the key
+    cov = conn.execute(
+        sql.SQL(
+            """
+            SELECT count(*) FILTER (WHERE s_present AND r_present),
+                   count(*) FILTER (WHERE s_present AND NOT r_present),
+                   count(*) FILTER (WHERE r_present AND NOT s_present),
+                   count(*) FILTER (WHERE s_present), count(*) FILTER (WHERE r_present)
+            FROM (SELECT {k}, TRUE AS s_present FROM {s}) s
+            FULL JOIN (SELECT {k}, TRUE AS r_present FROM {r} WHERE {ids}) r USING ({k})
+            """
+        ).format(k=key_list, s=snap, r=reb, ids=ids_r)
+    ).fetchone()
+    both, only_s, only_r, n_s, n_r = (int(v or 0) for v in cov)
+    # --- which keys get their values compared: all, or per-series first/last N + interior sample
+    series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
+    tcol = sql.Identifier(spec.time)
+    if sampling.full:
+        keys_sql = sql.SQL("SELECT {k} FROM {s} JOIN {r} USING ({k})").format(
+            k=key_list, s=snap, r=sql.SQL("(SELECT {k} FROM {r} WHERE {ids})").format(k=key_list, r=reb, ids=ids_r)
+        )
+    else:
+        hash_input = sql.SQL(" || '|' || ").join(sql.SQL("{}::text").format(c) for c in key)
+        keys_sql = sql.SQL(
+            """
+            SELECT {k} FROM (
+                SELECT {k}, row_number() OVER w AS rn, count(*) OVER (PARTITION BY {series}) AS n
+                FROM {s} JOIN (SELECT {k} FROM {r} WHERE {ids}) rr USING ({k})
+                WINDOW w AS (PARTITION BY {series} ORDER BY {t})
+            ) x
+            WHERE rn <= {b} OR rn > n - {e}
+               OR (abs(hashtextextended({h} || '|' || {seed}, 0)) % 1000000) < {pct}
+            """
+        ).format(
+            k=key_list, series=series, s=snap, r=reb, ids=ids_r, t=tcol, b=sql.Literal(sampling.beginning),
+            e=sql.Literal(sampling.end), h=hash_input, seed=sql.Literal(str(sampling.seed)),
+            pct=sql.Literal(int(round(sampling.random_pct * 1_000_000))),
+        )
+    conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_keys AS ") + keys_sql)
+    rows_compared = int(conn.execute("SELECT count(*) FROM _cmp_keys").fetchone()[0])
+    # --- every differing cell of the compared keys, with its severity
+    parts = []
+    allow = [e for e in expected if e.table == spec.table]
+    for col, kind in spec.columns.items():
+        c = sql.Identifier(col)
+        a, b = sql.SQL("s.{}").format(c), sql.SQL("r.{}").format(c)
+        reason = _allow_reason(allow, col)
+        if kind == "float":
+            tol = tolerances.for_column(spec.table, col)
+            scale = sql.SQL("greatest(abs({a}), abs({b}))").format(a=a, b=b)
+            absd = sql.SQL("abs({a} - {b})").format(a=a, b=b)
+            rel = sql.SQL("({d} / NULLIF({sc}, 0))").format(d=absd, sc=scale)
+            sev = sql.SQL(
+                "CASE WHEN {a} IS NULL OR {b} IS NULL THEN 'CRITICAL' "
+                "WHEN {d} <= greatest({rt} * {sc}, {at}) THEN 'INFO' "
+                "WHEN {rel} IS NULL OR {rel} > {crit} OR {d} = 'NaN'::float8 THEN 'CRITICAL' ELSE 'WARNING' END"
+            ).format(a=a, b=b, d=absd, sc=scale, rel=rel, rt=sql.Literal(tol.rtol), at=sql.Literal(tol.atol),
+                     crit=sql.Literal(CRITICAL_REL))
+            absd_v, rel_v = absd, sql.SQL("coalesce({rel}, CASE WHEN {d} > 0 THEN 'Infinity'::float8 END)").format(rel=rel, d=absd)
+        else:
+            sev = sql.SQL("'CRITICAL'")
+            absd_v = rel_v = sql.SQL("NULL::float8")
+        if reason is not None:
+            sev = sql.SQL("CASE WHEN {m} THEN 'INFO' ELSE {sev} END").format(m=_allow_match(reason[1]), sev=sev)
+            why = sql.SQL("CASE WHEN {m} THEN {r} END").format(m=_allow_match(reason[1]), r=sql.Literal(reason[0]))
+        else:
+            why = sql.SQL("NULL::text")
+        parts.append(
+            sql.SQL(
+                "SELECT {kq}, {col} AS col, {a}::text AS s_val, {b}::text AS r_val, {d} AS abs_diff, {rel} AS rel_diff, "
+                "{sev} AS severity, ({a} IS NULL) <> ({b} IS NULL) AS null_mismatch, {why} AS reason "
+                "FROM _cmp_keys k JOIN {s} s USING ({k}) JOIN {r} r USING ({k}) WHERE {a} IS DISTINCT FROM {b}"
+            ).format(kq=sql.SQL(", ").join(sql.SQL("k.{}").format(x) for x in key), col=sql.Literal(col), a=a, b=b,
+                     d=absd_v, rel=rel_v, sev=sev, why=why, s=snap, r=reb, k=key_list)
+        )
+    conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_diffs AS ") + sql.SQL(" UNION ALL ").join(parts))
+    stats = _column_stats(conn, spec, tolerances, rows_compared)
+    mismatching_rows = int(conn.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO') d").format(k=key_list)
+    ).fetchone()[0])
+    sev_counts = dict(conn.execute("SELECT severity, count(*) FROM _cmp_diffs GROUP BY severity").fetchall())
+    sev_counts = {s: int(sev_counts.get(s, 0)) for s in SEVERITIES}
+    sev_counts[CRITICAL] += only_s + only_r
+    divergences = _divergences(conn, spec, snap, reb, ids_r)
+    top = _top(conn, spec, snap, reb, ids_r, top_n)
+    counts = _series_counts(conn, spec, snap, reb, ids_r)
+    return TableComparison(
+        table=spec.table, snapshot=snap.as_string(conn), rebuilt=reb.as_string(conn), rows_snapshot=n_s, rows_rebuilt=n_r,
+        only_in_snapshot=only_s, only_in_rebuilt=only_r, rows_compared=rows_compared,
+        cells_compared=rows_compared * len(spec.columns), mismatching_rows=mismatching_rows,
+        severity_counts=sev_counts, columns=stats, divergences=divergences, top_differences=top,
+        series_count_mismatches=counts, sampled=not sampling.full,
+    )
+
+
+def _allow_reason(allow: Sequence[ExpectedDiff], column: str) -> tuple[str, list[ExpectedDiff]] | None:
+    hits = [e for e in allow if not e.columns or column in e.columns]
+    return (hits[0].reason, hits) if hits else None
+
+
+def _allow_match(hits: Sequence[ExpectedDiff]) -> sql.Composable:
+    conds = []
+    for e in hits:
+        parts = [sql.SQL("TRUE")]
+        if e.ids:
+            parts.append(sql.SQL("s.id = ANY({})").format(sql.Literal(list(e.ids))))
+        if e.tfs:
+            parts.append(sql.SQL("s.tf = ANY({})").format(sql.Literal(list(e.tfs))))
+        conds.append(sql.SQL("(") + sql.SQL(" AND ").join(parts) + sql.SQL(")"))
+    return sql.SQL("(") + sql.SQL(" OR ").join(conds) + sql.SQL(")")
+
+
+def _column_stats(conn: psycopg.Connection, spec: TableSpec, tolerances: Tolerances, rows: int) -> tuple[ColumnStats, ...]:
+    agg = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            """
+            SELECT col, count(*), count(*) FILTER (WHERE null_mismatch),
+                   count(*) FILTER (WHERE severity = 'CRITICAL'), count(*) FILTER (WHERE severity = 'WARNING'),
+                   count(*) FILTER (WHERE severity = 'INFO'),
+                   max(abs_diff) FILTER (WHERE abs_diff < 'Infinity'),
+                   sum(abs_diff) FILTER (WHERE abs_diff < 'Infinity'),
+                   sum(abs_diff * abs_diff) FILTER (WHERE abs_diff < 'Infinity'),
+                   max(rel_diff) FILTER (WHERE rel_diff < 'Infinity')
+            FROM _cmp_diffs GROUP BY col
+            """
+        ).fetchall()
+    }
+    out = []
+    for col, kind in spec.columns.items():
+        n, nulls, crit, warn, info, mx, sm, sq, mrel = agg.get(col, (0, 0, 0, 0, 0, None, None, None, None))
+        tol = tolerances.for_column(spec.table, col) if kind == "float" else None
+        mean = std = None
+        if kind == "float" and rows:
+            mean = (sm or 0.0) / rows
+            std = math.sqrt(max((sq or 0.0) / rows - mean * mean, 0.0))
+        out.append(ColumnStats(col, kind, tol.rtol if tol else None, tol.atol if tol else None, rows, int(n), int(nulls),
+                               int(crit), int(warn), int(info), mx if kind == "float" else None, mean, std,
+                               mrel if kind == "float" else None))
+    return tuple(out)
+
+
+def _ts_text(v: Any) -> str | None:
+    return None if v is None else (v.isoformat() if hasattr(v, "isoformat") else str(v))
+
+
+def _divergences(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: sql.Identifier,
+                 ids_r: sql.Composable) -> tuple[SeriesDivergence, ...]:
+    """Per series with differences (values or one-sided rows): first/last differing instant,
+    count, and whether the divergence reaches the series' last row."""
+    series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
+    t = sql.Identifier(spec.time)
+    k = sql.SQL(", ").join(map(sql.Identifier, spec.key))
+    rows = conn.execute(
+        sql.SQL(
+            """
+            WITH d AS (
+                SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO'
+                UNION
+                SELECT {k} FROM (
+                    (SELECT {k} FROM {s} EXCEPT SELECT {k} FROM {r} WHERE {ids})
+                    UNION ALL
+                    (SELECT {k} FROM {r} WHERE {ids} EXCEPT SELECT {k} FROM {s})) o
+            ), ends AS (
+                SELECT {series}, max({t}) AS last_ts FROM (SELECT {series}, {t} FROM {s}
+                    UNION ALL SELECT {series}, {t} FROM {r} WHERE {ids}) a GROUP BY {series}
+            )
+            SELECT {series}, min(d.{t}), max(d.{t}), count(*), max(d.{t}) >= max(e.last_ts)
+            FROM d JOIN ends e USING ({series}) GROUP BY {series} ORDER BY min(d.{t}), {series} LIMIT 1000
+            """
+        ).format(k=k, s=snap, r=reb, ids=ids_r, series=series, t=t)
+    ).fetchall()
+    n = len(spec.series)
+    return tuple(
+        SeriesDivergence(dict(zip(spec.series, r[:n])), _ts_text(r[n]), _ts_text(r[n + 1]), int(r[n + 2]), bool(r[n + 3]))
+        for r in rows
+    )
+
+
+def _top(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: sql.Identifier, ids_r: sql.Composable,
+         top_n: int) -> tuple[Difference, ...]:
+    k = sql.SQL(", ").join(map(sql.Identifier, spec.key))
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT {k}, col, s_val, r_val, abs_diff, rel_diff, severity, reason FROM (
+                SELECT {k}, col, s_val, r_val, abs_diff, rel_diff, severity, reason FROM _cmp_diffs
+                UNION ALL
+                SELECT {k}, '(row)', 'present', NULL, NULL, NULL, 'CRITICAL', 'only in the snapshot'
+                FROM (SELECT {k} FROM {s} EXCEPT SELECT {k} FROM {r} WHERE {ids}) a
+                UNION ALL
+                SELECT {k}, '(row)', NULL, 'present', NULL, NULL, 'CRITICAL', 'only in the rebuilt table'
+                FROM (SELECT {k} FROM {r} WHERE {ids} EXCEPT SELECT {k} FROM {s}) b
+            ) x
+            ORDER BY CASE severity WHEN 'CRITICAL' THEN 0 WHEN 'WARNING' THEN 1 ELSE 2 END,
+                     rel_diff DESC NULLS FIRST, {k}
+            LIMIT {n}
+            """
+        ).format(k=k, s=snap, r=reb, ids=ids_r, n=sql.Literal(top_n))
+    ).fetchall()
+    n = len(spec.key)
+    return tuple(
+        Difference({c: _jsonable(v) for c, v in zip(spec.key, r[:n])}, r[n], r[n + 1], r[n + 2], r[n + 3], r[n + 4], r[n + 5], r[n + 6])
+        for r in rows
+    )
+
+
+def _series_counts(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: sql.Identifier,
+                   ids_r: sql.Composable) -> tuple[SeriesCount, ...]:
+    """Per (id, tf[, period]) row counts and first/last instants, listed where they differ."""
+    series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
+    t = sql.Identifier(spec.time)
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT {series}, coalesce(s.n, 0), coalesce(r.n, 0), s.lo, s.hi, r.lo, r.hi FROM
+              (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {s} GROUP BY {series}) s
+              FULL JOIN (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {r} WHERE {ids}
+                         GROUP BY {series}) r USING ({series})
+            WHERE s.n IS DISTINCT FROM r.n OR s.lo IS DISTINCT FROM r.lo OR s.hi IS DISTINCT FROM r.hi
+            ORDER BY {series} LIMIT 1000
+            """
+        ).format(series=series, t=t, s=snap, r=reb, ids=ids_r)
+    ).fetchall()
+    n = len(spec.series)
+    return tuple(
+        SeriesCount({c: _jsonable(v) for c, v in zip(spec.series, r[:n])}, int(r[n]), int(r[n + 1]),
+                    *(_ts_text(v) for v in r[n + 2 : n + 6]))
+        for r in rows
+    )
+
+
+def _jsonable(v: Any) -> Any:
+    return _ts_text(v) if hasattr(v, "isoformat") else v
+
+
+def first_bar_divergence(tables: Iterable[TableComparison]) -> dict[tuple[str, int, str], str]:
+    """(bar table, id, tf) -> earliest differing instant, for the EMA cause hint."""
+    out: dict[tuple[str, int, str], str] = {}
+    for t in tables:
+        for d in t.divergences:
+            key = (t.table, d.series.get("id"), d.series.get("tf", "1D"))
+            out[key] = min(out.get(key, d.first_ts), d.first_ts)
+    return out

@@ -1,0 +1,188 @@
+"""Snapshots, truncation, restore and the capture registry (spec 05 phases 1–2, restore/drop).
+
+Every step that changes data is one transaction: the snapshots are taken together under one
+REPEATABLE READ snapshot (all tables show the same instant) and verified before commit;
+truncation runs only after that commit; restore puts every table back or changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import psycopg
+from psycopg import sql
+
+from ta_lab2.baseline.comparison_utils import primary_key
+from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, snapshot_name
+from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES
+from ta_lab2.errors import DatabaseError, UsageError
+
+log = logging.getLogger(__name__)
+REGISTRY = "baseline_snapshots"
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    table: str
+    snapshot: str  # schema-qualified name
+    rows: int
+    key: tuple[str, ...]
+
+
+def _ids_clause(ids: Sequence[int] | None) -> sql.Composable:
+    return sql.SQL("") if ids is None else sql.SQL(" WHERE id = ANY({})").format(sql.Literal(list(ids)))
+
+
+def check_tables(conn: psycopg.Connection, tables: Sequence[str], schema: str = "public") -> None:
+    missing = [t for t in [*tables, *aux_tables()] if conn.execute(
+        "SELECT to_regclass(%s)", (sql.Identifier(schema, t).as_string(conn),)).fetchone()[0] is None]
+    if missing:
+        raise DatabaseError(f"missing table(s): {', '.join(missing)}", hint="run `ta-lab2 init`, then build the tables")
+
+
+def registry_insert(conn: psycopg.Connection, suffix: str, captured_at: dt.datetime, ids: Sequence[int] | None,
+                    scratch: str | None, schema: str = "public") -> None:
+    with conn.transaction():
+        try:
+            conn.execute(
+                sql.SQL("INSERT INTO {} (suffix, captured_at, status, ids, scratch_schema, aux_schema) "
+                        "VALUES (%s, %s, 'started', %s, %s, %s)").format(sql.Identifier(schema, REGISTRY)),
+                (suffix, captured_at, None if ids is None else list(ids), scratch, aux_schema(suffix)),
+            )
+        except psycopg.errors.UniqueViolation:
+            raise UsageError(f"a capture with suffix {suffix} already exists; wait a second and retry") from None
+
+
+def registry_update(conn: psycopg.Connection, suffix: str, schema: str = "public", **fields: Any) -> None:
+    """Record progress (``status`` = the phase reached) — committed at once, so a killed capture
+    leaves a registry row saying how far it got."""
+    sets = [sql.SQL("updated_at = now()")]
+    values: list[Any] = []
+    for name, value in fields.items():
+        sets.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
+        values.append(json.dumps(value, default=str) if name in ("tables", "metadata") else value)
+    with conn.transaction():
+        conn.execute(sql.SQL("UPDATE {} SET {} WHERE suffix = %s").format(
+            sql.Identifier(schema, REGISTRY), sql.SQL(", ").join(sets)), (*values, suffix))
+
+
+def registry_row(conn: psycopg.Connection, suffix: str, schema: str = "public") -> dict[str, Any]:
+    cur = conn.execute(sql.SQL("SELECT * FROM {} WHERE suffix = %s").format(sql.Identifier(schema, REGISTRY)), (suffix,))
+    row = cur.fetchone()
+    if row is None:
+        raise UsageError(f"no capture with suffix {suffix}; see `ta-lab2 baseline list`")
+    return dict(zip([d.name for d in cur.description], row))
+
+
+def take_snapshots(conn: psycopg.Connection, suffix: str, tables: Sequence[str], ids: Sequence[int] | None,
+                   schema: str = "public") -> list[SnapshotInfo]:
+    """Phase 1: copy ``tables`` (+ every state table and the 1D rejects) for ``ids`` in ONE
+    repeatable-read transaction, add the real primary keys, verify every row count against the
+    source in the same snapshot. Raises (and creates nothing) when anything fails."""
+    infos: list[SnapshotInfo] = []
+    aux = aux_schema(suffix)
+    where = _ids_clause(ids)
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(aux)))
+        copies = [(t, sql.Identifier(schema, snapshot_name(t, suffix))) for t in tables]
+        copies += [(t, sql.Identifier(aux, t)) for t in aux_tables()]
+        for n, (table, target) in enumerate(copies, start=1):
+            live = sql.Identifier(schema, table)
+            conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(target, live) + where)
+            key = primary_key(conn, live)
+            if key:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                    target, sql.Identifier(constraint_name(suffix, n)), sql.SQL(", ").join(map(sql.Identifier, key))))
+            copied = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+            expected = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live) + where).fetchone()[0]
+            if copied != expected:
+                raise DatabaseError(f"snapshot of {table} has {copied} rows, the table {expected}: not verified")
+            infos.append(SnapshotInfo(table, target.as_string(conn), int(copied), key))
+    return infos
+
+
+def truncate(conn: psycopg.Connection, tables: Sequence[str], ids: Sequence[int] | None, schema: str = "public") -> None:
+    """Phase 2: empty the selected ids of ``tables`` and their state (bars first, then EMAs);
+    other ids are never touched. Confirms zero rows remain, in the same transaction."""
+    ordered = [t for t in (*BAR_TABLES.values(), *EMA_TABLES.values()) if t in tables]
+    targets = [x for t in ordered for x in (t, f"{t}_state")]
+    if BAR_TABLES["1d"] in tables:
+        targets.append("cmc_price_bars_1d_rejects")
+    with conn.transaction():
+        if ids is None:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in targets)))
+        else:
+            for t in targets:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (list(ids),))
+        for t in targets:
+            left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, t)) + _ids_clause(ids)).fetchone()[0]
+            if left:
+                raise DatabaseError(f"{t} still has {left} rows for the selected ids after truncation")
+
+
+def restore(conn: psycopg.Connection, suffix: str, schema: str = "public") -> dict[str, int]:
+    """Put every snapshot's rows back, in ONE transaction: either every table is back or none
+    changed. Only the capture's ids are replaced (all rows when it captured every id)."""
+    row = registry_row(conn, suffix, schema)
+    ids = row["ids"]
+    tables = row["tables"] or {}
+    if not tables:
+        raise UsageError(f"capture {suffix} has no verified snapshots (status {row['status']}); nothing to restore")
+    restored: dict[str, int] = {}
+    with conn.transaction():
+        for table, info in tables.items():
+            live = sql.Identifier(schema, table)
+            snap = sql.SQL(info["snapshot"])  # recorded by this code from Identifier.as_string
+            _replace(conn, live, snap, ids)
+            restored[table] = int(info["rows"])
+        aux = row["aux_schema"]
+        for table in aux_tables():
+            if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(aux, table).as_string(conn),)).fetchone()[0]:
+                _replace(conn, sql.Identifier(schema, table), sql.Identifier(aux, table), ids)
+        conn.execute(sql.SQL("UPDATE {} SET status = 'restored', updated_at = now() WHERE suffix = %s").format(
+            sql.Identifier(schema, REGISTRY)), (suffix,))
+    return restored
+
+
+def _replace(conn: psycopg.Connection, live: sql.Composable, snap: sql.Composable, ids: Sequence[int] | None) -> None:
+    if ids is None:
+        conn.execute(sql.SQL("DELETE FROM {}").format(live))
+    else:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(live), (list(ids),))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(live, snap))
+
+
+def drop(conn: psycopg.Connection, suffix: str, schema: str = "public") -> int:
+    """Drop a capture's snapshot tables, its auxiliary schema and its registry row."""
+    row = registry_row(conn, suffix, schema)
+    dropped = 0
+    with conn.transaction():
+        for table in PIPELINE_TABLES:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, snapshot_name(table, suffix))))
+            dropped += 1
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(row["aux_schema"])))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE suffix = %s").format(sql.Identifier(schema, REGISTRY)), (suffix,))
+    return dropped
+
+
+def list_captures(conn: psycopg.Connection, schema: str = "public") -> list[dict[str, Any]]:
+    cur = conn.execute(
+        sql.SQL(
+            """
+            SELECT suffix, captured_at, status, ids, scratch_schema, verdict, report, tables, message,
+                   (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+                    JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind = 'r' AND ((n.nspname = %s AND c.relname LIKE '%%\\_snapshot\\_' || b.suffix)
+                       OR n.nspname = b.aux_schema)) AS size_bytes
+            FROM {} b ORDER BY suffix DESC
+            """
+        ).format(sql.Identifier(schema, REGISTRY)),
+        (schema,),
+    )
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]

@@ -1,0 +1,211 @@
+"""``ta-lab2 baseline capture | list | compare | restore | drop`` and ``ta-lab2 demo``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ta_lab2.cli import options as opt
+from ta_lab2.errors import UsageError, WorkFailed
+
+log = logging.getLogger("ta_lab2")
+
+baseline_app = typer.Typer(help="Snapshot → truncate → rebuild → compare: prove a rebuild computes what it computed before.",
+                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+OutputDir = Annotated[Path, typer.Option("--output-dir", help="Reports and logs go here.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def _load_toml(path: Path | None, what: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what}: {path} is not valid TOML: {exc}") from None
+
+
+def parse_tolerances(path: Path | None):  # type: ignore[no-untyped-def]
+    from ta_lab2.baseline.comparison_utils import Tolerances
+
+    try:
+        return Tolerances.from_mapping(_load_toml(path, "--tolerances"))
+    except ValueError as exc:
+        raise UsageError(f"--tolerances: {exc}") from None
+
+
+def parse_expected(path: Path | None):  # type: ignore[no-untyped-def]
+    from ta_lab2.baseline.comparison_utils import ExpectedDiff
+
+    data = _load_toml(path, "--expected-diffs")
+    out = []
+    for i, item in enumerate(data.get("expected", [])):
+        if "table" not in item or "reason" not in item:
+            raise UsageError(f"--expected-diffs: entry {i + 1} needs 'table' and 'reason'")
+        out.append(ExpectedDiff(item["table"], tuple(item.get("columns", ())), item["reason"],
+                                tuple(int(x) for x in item.get("ids", ())), tuple(item.get("tfs", ()))))
+    return tuple(out)
+
+
+def capture(
+    ids: opt.Ids = None,
+    db_url: opt.DbUrl = None,
+    dry_run: opt.DryRun = False,
+    verbose: opt.Verbose = False,
+    skip_rebuild: Annotated[bool, typer.Option("--skip-rebuild", help="Snapshot + compare only (a self-check: must PASS).")] = False,
+    output_dir: OutputDir = Path(".logs/baseline"),
+    log_level: opt.LogLevel = "INFO",
+    sample_beginning: Annotated[int, typer.Option("--sample-beginning", min=0, help="Rows at the start of every series whose values are compared.")] = 30,
+    sample_end: Annotated[int, typer.Option("--sample-end", min=0, help="Rows at the end of every series whose values are compared.")] = 30,
+    sample_random_pct: Annotated[float, typer.Option("--sample-random-pct", min=0.0, max=1.0, help="Share of the other keys compared (deterministic).")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Makes the interior sample reproducible.")] = 20250205,
+    full: Annotated[bool, typer.Option("--full", help="Compare the values of every row instead of the sample.")] = False,
+    tables: Annotated[Optional[str], typer.Option("--tables", help="Comma subset of the 12 tables (default all).", show_default=False)] = None,
+    tolerances: Annotated[Optional[Path], typer.Option("--tolerances", help="TOML file of per-column rtol/atol overrides.", show_default=False)] = None,
+    expected_diffs: Annotated[Optional[Path], typer.Option("--expected-diffs", help="TOML allow-list of intended differences.", show_default=False)] = None,
+    scratch_schema: Annotated[Optional[str], typer.Option("--scratch-schema", help="Rebuild into this schema and compare live vs it; live tables untouched.", show_default=False)] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds each rebuild child may run.")] = 6 * 3600.0,
+    wait_lock: opt.WaitLock = 0.0,
+) -> None:
+    """Snapshot → Truncate → Rebuild → Compare → Report. Exit 0 = PASS, 1 = differences or a
+    failed rebuild (report written), 2 = usage/infrastructure error before anything changed."""
+    from ta_lab2.baseline.capture import CaptureOptions, run_capture
+    from ta_lab2.baseline.comparison_utils import Sampling
+    from ta_lab2.baseline.metadata_tracker import redacted_argv
+    from ta_lab2.db.connect import resolve_target
+    from ta_lab2.db.tables import PIPELINE_TABLES
+    from ta_lab2.logs import setup_logging
+
+    level = opt.parse_log_level(log_level)
+    setup_logging(level, log_dir=output_dir)
+    table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else PIPELINE_TABLES
+    if scratch_schema is not None and not scratch_schema.isidentifier():
+        raise UsageError(f"--scratch-schema: {scratch_schema!r} is not a valid schema name")
+    options = CaptureOptions(
+        ids=opt.parse_ids(ids), tables=table_list, skip_rebuild=skip_rebuild, dry_run=dry_run, verbose=verbose,
+        sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
+        tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
+        scratch_schema=scratch_schema, output_dir=output_dir, timeout_s=timeout, wait_lock=wait_lock, log_level=level,
+    )
+    result = run_capture(resolve_target(db_url), options, redacted_argv(sys.argv))
+    _render(result, output_dir)
+
+
+def _render(result, output_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from ta_lab2.baseline.report import write_reports
+    from ta_lab2.cli.render import capture_summary, console
+
+    if result.plan:
+        console.print("[bold]baseline capture plan (dry run: nothing was changed)[/]")
+        for line in result.plan:
+            console.print("  " + line, markup=False, highlight=False)
+        return
+    paths = write_reports(result, output_dir)
+    capture_summary(result, paths)
+    if result.exit_code:
+        raise WorkFailed(f"baseline {result.suffix}: {result.verdict}")
+
+
+baseline_app.command("capture")(capture)
+capture_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Baseline capture.")
+capture_app.command()(capture)
+
+
+@baseline_app.command("list")
+def list_cmd(db_url: opt.DbUrl = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Captures with status, suffix, ids, row counts and size."""
+    from ta_lab2.baseline.snapshots import list_captures
+    from ta_lab2.cli.render import captures_table, print_json
+    from ta_lab2.db.connect import connect, resolve_target
+    from ta_lab2.db.schema import ensure_schema
+
+    target = resolve_target(db_url)
+    with connect(target, autocommit=True) as conn:
+        ensure_schema(conn)
+        rows = list_captures(conn)
+    print_json(rows) if as_json else captures_table(rows)
+
+
+@baseline_app.command("compare")
+def compare_cmd(
+    suffix: Annotated[str, typer.Argument(help="The capture to compare with the current tables.")],
+    db_url: opt.DbUrl = None,
+    full: Annotated[bool, typer.Option("--full", help="Compare every row's values.")] = False,
+    sample_beginning: Annotated[int, typer.Option("--sample-beginning", min=0, help="Rows at the start of every series.")] = 30,
+    sample_end: Annotated[int, typer.Option("--sample-end", min=0, help="Rows at the end of every series.")] = 30,
+    sample_random_pct: Annotated[float, typer.Option("--sample-random-pct", min=0.0, max=1.0, help="Share of the other keys.")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Interior sample seed.")] = 20250205,
+    tolerances: Annotated[Optional[Path], typer.Option("--tolerances", help="TOML tolerance overrides.", show_default=False)] = None,
+    expected_diffs: Annotated[Optional[Path], typer.Option("--expected-diffs", help="TOML allow-list.", show_default=False)] = None,
+    output_dir: OutputDir = Path(".logs/baseline"),
+    log_level: opt.LogLevel = "INFO",
+) -> None:
+    """Compare an existing snapshot with the current tables (no truncate, no rebuild)."""
+    from ta_lab2.baseline.capture import CaptureOptions, compare_existing
+    from ta_lab2.baseline.comparison_utils import Sampling
+    from ta_lab2.baseline.naming import check_suffix
+    from ta_lab2.db.connect import resolve_target
+    from ta_lab2.logs import setup_logging
+
+    setup_logging(opt.parse_log_level(log_level), log_dir=output_dir)
+    options = CaptureOptions(ids=None, sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
+                             tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
+                             output_dir=output_dir)
+    _render(compare_existing(resolve_target(db_url), check_suffix(suffix), options), output_dir)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("not on a terminal: pass --yes to confirm")
+    if not typer.confirm(question):
+        raise UsageError("cancelled")
+
+
+@baseline_app.command("restore")
+def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to restore.")], db_url: opt.DbUrl = None, yes: Yes = False) -> None:
+    """Put a snapshot's rows back into the live tables (one transaction: all or nothing)."""
+    from ta_lab2.baseline.naming import check_suffix
+    from ta_lab2.baseline.snapshots import restore
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.connect import connect, resolve_target
+    from ta_lab2.db.locks import WRITER_LOCKS, advisory_lock
+
+    check_suffix(suffix)
+    target = resolve_target(db_url)
+    _confirm(f"Replace the live rows of capture {suffix}'s ids with its snapshot?", yes)
+    with connect(target, autocommit=True) as conn:
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            for name in dict.fromkeys(n for locks in WRITER_LOCKS.values() for n, _ in locks):
+                stack.enter_context(advisory_lock(conn, name))
+            restored = restore(conn, suffix)
+    for table, rows in restored.items():
+        console.print(f"restored {table}: {rows:,} rows", highlight=False)
+
+
+@baseline_app.command("drop")
+def drop_cmd(suffix: Annotated[str, typer.Argument(help="The capture to drop.")], db_url: opt.DbUrl = None, yes: Yes = False) -> None:
+    """Drop a capture's snapshot tables and registry entry."""
+    from ta_lab2.baseline.naming import check_suffix
+    from ta_lab2.baseline.snapshots import drop
+    from ta_lab2.cli.render import console
+    from ta_lab2.db.connect import connect, resolve_target
+
+    check_suffix(suffix)
+    target = resolve_target(db_url)
+    _confirm(f"Drop every snapshot of capture {suffix}?", yes)
+    with connect(target, autocommit=True) as conn:
+        drop(conn, suffix)
+    console.print(f"dropped capture {suffix}")
