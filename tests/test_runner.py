@@ -151,7 +151,7 @@ def test_failed_builder_stops_the_run_unless_continue(loaded: Target, tmp_path: 
     [
         (("--ids", "999999"), "unknown id"),
         (("--ids", "abc"), "'abc' is not an integer id"),
-        (("--ids", "all", "--builders", "weekly"), "unknown builder"),
+        (("--ids", "all", "--builders", "weekly"), "--builders: unknown name(s) weekly"),
         (("--ids", "all", "--tz", "Mars/Base"), "not a known time zone"),
         ((), "--ids is required"),
     ],

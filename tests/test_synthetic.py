@@ -343,3 +343,10 @@ def test_large_universe_shape() -> None:
     frame = generate_universe(cfg).frame
     assert frame["id"].n_unique() == 100
     assert frame.height > 100 * 6000 * 0.35 * 0.9
+
+
+def test_one_day_histories_generate() -> None:
+    """A regime switch drawn on an asset's only day must not index past the volatility levels."""
+    for seed in range(200):
+        frame = generate_universe(SyntheticConfig(n_assets=2, days=1, seed=seed)).frame
+        assert frame.height == 2

@@ -37,6 +37,7 @@ from ta_lab2.db.url import redact
 from ta_lab2.emas.refreshers import REFRESHERS
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.child import ENV_LOCKS_HELD
+from ta_lab2.pipeline.runner import die_with_parent
 from ta_lab2.pipeline.work import resolve_ids
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def rebuild(target: Target, ids: list[int] | None, options: CaptureOptions,
         log.info("rebuild: %s", " ".join(meta.redacted_argv(argv)))
         try:
             proc = subprocess.run(argv, env=env, timeout=options.timeout_s * 12 + 60, capture_output=not options.verbose,
-                                  text=True, start_new_session=True)
+                                  text=True, start_new_session=True, preexec_fn=die_with_parent)
             code, message = proc.returncode, "" if proc.returncode == 0 else redact((proc.stderr or "")[-2000:])
         except subprocess.TimeoutExpired:
             code, message = None, "timed out"

@@ -175,7 +175,7 @@ def list_captures(conn: psycopg.Connection, schema: str = "public") -> list[dict
         sql.SQL(
             """
             SELECT suffix, captured_at, status, ids, scratch_schema, verdict, report, tables, message,
-                   (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+                   (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c
                     JOIN pg_namespace n ON n.oid = c.relnamespace
                     WHERE c.relkind = 'r' AND ((n.nspname = %s AND c.relname LIKE '%%\\_snapshot\\_' || b.suffix)
                        OR n.nspname = b.aux_schema)) AS size_bytes

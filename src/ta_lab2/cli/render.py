@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import datetime as dt
 import json
 import sys
@@ -89,6 +90,8 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (dt.datetime, dt.date)):
         return obj.isoformat()
+    if isinstance(obj, decimal.Decimal):
+        return float(obj)
     return obj
 
 

@@ -233,7 +233,7 @@ def _asset_columns(
     # --- close path with regime-switching volatility ---------------------------------------
     sigma_base = ann_vol / math.sqrt(365.0)
     switch = rng.random(n) < _REGIME_SWITCH_P
-    regime = np.cumsum(switch)
+    regime = np.minimum(np.cumsum(switch), n - 1)  # a switch on the last day would index past the levels
     levels = np.exp(rng.normal(-0.18, 0.6, size=n))  # E[level] ~ 1
     sigma = np.clip(sigma_base * levels[regime], 0.002, 0.25)
     z = rng.standard_t(_T_DF, size=n) * math.sqrt((_T_DF - 2.0) / _T_DF)

@@ -106,6 +106,18 @@ class RunSummary:
         }
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: on Linux, ask the kernel to SIGKILL this process when its
+    parent dies, so a killed runner or capture never leaves builders writing behind it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def python_module_argv(module: str, *args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", module, *args)
 
@@ -156,6 +168,7 @@ def _run_one(spec: ChildSpec, *, env: dict[str, str], timeout_s: float, verbose:
             stderr=None if verbose else subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # own process group: a timeout kills grandchildren too
+            preexec_fn=die_with_parent,
         )
         try:
             code = proc.wait(timeout=timeout_s)

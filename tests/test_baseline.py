@@ -1,0 +1,405 @@
+"""The baseline capture (spec 05): every defect the spec warns about must be caught.
+
+One small pipeline per module (2 assets, every bar table, EMAs with periods 3 and 5 on every
+table); captures run through the real command (subprocesses, real runners) or the library API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import psycopg
+import pytest
+
+from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, refresh_all
+from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_capture
+from ta_lab2.baseline.comparison_utils import Sampling
+from ta_lab2.baseline.naming import snapshot_name
+from ta_lab2.db.connect import Target, connect
+from ta_lab2.load.service import load_synthetic
+from ta_lab2.load.synthetic import SyntheticConfig
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "src/ta_lab2/scripts/baseline/capture_baseline.py"
+SECRET = "Bas3lineSecretPw"
+PERIODS = (3, 5)
+ALL_TABLES = [*BAR_TABLES, *EMA_TABLES]
+STATE_TABLES = [f"{t}_state" for t in ALL_TABLES]
+
+
+@pytest.fixture(scope="module")
+def pipeline(db: Target) -> Target:
+    with connect(db, autocommit=True) as conn:
+        load_synthetic(conn, SyntheticConfig(n_assets=2, days=120, seed=17, gap_rate=0.03, defect_rate=0.02))
+        build_all(conn, full=True)
+        refresh_all(conn, full=True, periods=PERIODS)
+    return db
+
+
+def _secret_target(t: Target) -> Target:
+    return Target(t.url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@"), "test")
+
+
+def _checksums(target: Target, tables: list[str], where: str = "TRUE") -> dict[str, str]:
+    with psycopg.connect(target.url) as conn:
+        return {t: conn.execute(f"SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
+                                f"FROM {t} x WHERE {where}").fetchone()[0] for t in tables}
+
+
+def _cli(target: Target, tmp_path: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TA_LAB2_DB_URL": target.url}
+    return subprocess.run([sys.executable, str(SCRIPT), *args, "--output-dir", str(tmp_path / "out")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+
+
+def _report(tmp_path: Path) -> dict:
+    (path,) = sorted((tmp_path / "out").glob("baseline-*.json"))[-1:]
+    return json.loads(path.read_text())
+
+
+def _skip_rebuild_capture(target: Target, tmp_path: Path, ids: list[int] | None = None) -> str:
+    result = run_capture(target, CaptureOptions(ids=ids, skip_rebuild=True, output_dir=tmp_path))
+    assert result.verdict == "PASS", result.summary
+    time.sleep(1.05)  # suffixes have one-second resolution
+    return result.suffix
+
+
+def _drop(target: Target, suffix: str) -> None:
+    from ta_lab2.baseline.snapshots import drop
+
+    with connect(target, autocommit=True) as conn:
+        drop(conn, suffix)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_identical_rebuild_passes_and_compares_every_table(pipeline: Target, tmp_path: Path) -> None:
+    result = _cli(_secret_target(pipeline), tmp_path, "--ids", "all", "--log-level", "DEBUG")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = _report(tmp_path)
+    jsonschema.validate(report, json.loads((ROOT / "docs/baseline-report.schema.json").read_text()))
+    assert report["verdict"] == "PASS" and report["summary"]["severity_counts"] == {"CRITICAL": 0, "WARNING": 0, "INFO": 0}
+    assert sorted(t["table"] for t in report["tables"]) == sorted(ALL_TABLES)
+    assert "cmc_price_bars_multi_tf_cal_anchor_iso" in {t["table"] for t in report["tables"]}
+    longest = snapshot_name("cmc_price_bars_multi_tf_cal_anchor_iso", report["suffix"])
+    assert len(longest.encode()) == 63
+    for t in report["tables"]:
+        assert t["rows_snapshot"] == t["rows_rebuilt"] > 0 and t["rows_compared"] > 0 and t["match_rate"] == 1.0
+    assert [r["name"] for r in report["rebuild"]] == ["bars", "emas"] and all(r["ok"] for r in report["rebuild"])
+    # no password anywhere: console, log, JSON, HTML, metadata
+    assert SECRET not in result.stdout + result.stderr
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
+    assert "postgres:***@" in (tmp_path / "out" / f"metadata-{report['suffix']}.json").read_text()
+    # the HTML renders: verdict first, the tables listed
+    html_text = (tmp_path / "out" / f"baseline-{report['suffix']}.html").read_text()
+    parser = _Collect()
+    parser.feed(html_text)
+    assert parser.ids["verdict"] == "PASS" and "tables" in parser.ids
+    assert all(t in html_text for t in ALL_TABLES)
+    listing = subprocess.run([sys.executable, "-m", "ta_lab2", "baseline", "list", "--json"],
+                             env={**os.environ, "TA_LAB2_DB_URL": pipeline.url}, capture_output=True, text=True, timeout=60)
+    assert report["suffix"] in listing.stdout and '"verdict": "PASS"' in listing.stdout
+    _drop(pipeline, report["suffix"])
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: dict[str, str] = {}
+        self._current: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        ident = dict(attrs).get("id")
+        if ident:
+            self.ids[ident] = ""
+            self._current = ident
+
+    def handle_data(self, data: str) -> None:
+        if self._current and not self.ids[self._current]:
+            self.ids[self._current] = data.strip()
+
+
+def test_dry_run_changes_nothing(pipeline: Target, tmp_path: Path) -> None:
+    before = _checksums(pipeline, ALL_TABLES)
+    result = _cli(_secret_target(pipeline), tmp_path, "--ids", "all", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "snapshot: CREATE TABLE public.cmc_price_bars_1d_snapshot_" in result.stdout
+    assert "run_all_bar_builders.py --ids all --full-rebuild" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+    assert _checksums(pipeline, ALL_TABLES) == before
+    with psycopg.connect(pipeline.url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%\\_snapshot\\_%'").fetchone()[0] == 0
+
+
+def test_ids_subset_leaves_other_ids_untouched(pipeline: Target, tmp_path: Path) -> None:
+    with psycopg.connect(pipeline.url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM dim_assets ORDER BY id").fetchall()]
+    keep, other = ids[0], ids[1]
+    before = _checksums(pipeline, ALL_TABLES + STATE_TABLES, f"id = {other}")
+    result = _cli(pipeline, tmp_path, "--ids", str(keep))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _checksums(pipeline, ALL_TABLES + STATE_TABLES, f"id = {other}") == before
+    report = _report(tmp_path)
+    assert report["ids"] == [keep] and all(t["rows_snapshot"] > 0 for t in report["tables"])
+    _drop(pipeline, report["suffix"])
+
+
+def test_scratch_schema_leaves_live_tables_untouched(pipeline: Target, tmp_path: Path) -> None:
+    before = _checksums(pipeline, ALL_TABLES + STATE_TABLES)
+    result = _cli(pipeline, tmp_path, "--ids", "all", "--scratch-schema", "scratch_rebuild", "--full")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _checksums(pipeline, ALL_TABLES + STATE_TABLES) == before
+    report = _report(tmp_path)
+    assert all(t["rebuilt"].replace('"', "").startswith("scratch_rebuild.") for t in report["tables"])
+    assert all(t["rows_compared"] == t["rows_snapshot"] for t in report["tables"])  # --full
+    _drop(pipeline, report["suffix"])
+
+
+def test_snapshot_failure_truncates_nothing(pipeline: Target, tmp_path: Path) -> None:
+    before = _checksums(pipeline, ALL_TABLES)
+    now = dt.datetime.now(dt.timezone.utc)
+    # Occupy the snapshot names of the next seconds: the capture's CREATE TABLE must fail.
+    names = [snapshot_name("cmc_ema_multi_tf_v2", (now + dt.timedelta(seconds=k)).strftime("%Y%m%d_%H%M%S")) for k in range(0, 40)]
+    with psycopg.connect(pipeline.url, autocommit=True) as conn:
+        for n in names:
+            conn.execute(f"CREATE TABLE {n} (x int)")
+    try:
+        result = _cli(pipeline, tmp_path, "--ids", "all")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "already exists" in result.stderr
+        assert _checksums(pipeline, ALL_TABLES) == before
+        with psycopg.connect(pipeline.url) as conn:
+            status = conn.execute("SELECT status FROM baseline_snapshots ORDER BY suffix DESC LIMIT 1").fetchone()[0]
+            assert status == "snapshot_failed"
+            # the failed snapshot transaction left no copies behind
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'cmc_price_bars_1d_snapshot_%'").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            for n in names:
+                conn.execute(f"DROP TABLE IF EXISTS {n}")
+            for (suffix,) in conn.execute("SELECT suffix FROM baseline_snapshots WHERE status = 'snapshot_failed'").fetchall():
+                conn.execute("DELETE FROM baseline_snapshots WHERE suffix = %s", (suffix,))
+
+
+def test_killed_capture_is_restored_exactly(pipeline: Target, tmp_path: Path) -> None:
+    tables = ALL_TABLES + STATE_TABLES + ["cmc_price_bars_1d_rejects"]
+    before = _checksums(pipeline, tables)
+    env = {**os.environ, "TA_LAB2_DB_URL": pipeline.url}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--ids", "all", "--output-dir", str(tmp_path / "out")],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    suffix = None
+    deadline = time.monotonic() + 300
+    with psycopg.connect(pipeline.url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT suffix, status FROM baseline_snapshots ORDER BY suffix DESC LIMIT 1").fetchone()
+            if row and row[1] == "rebuilding":
+                suffix = row[0]
+                break
+            time.sleep(0.05)
+    assert suffix is not None, "the capture never reached the rebuild"
+    time.sleep(1.0)  # let the rebuild write some rows
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)  # the rebuild children die with their parent
+    restore = subprocess.run([sys.executable, "-m", "ta_lab2", "baseline", "restore", suffix, "--yes"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert _checksums(pipeline, tables) == before
+    listing = subprocess.run([sys.executable, "-m", "ta_lab2", "baseline", "list"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert suffix in listing.stdout and "restored" in listing.stdout
+    _drop(pipeline, suffix)
+
+
+# ----------------------------------------------------------------------------- defects caught
+def _compare(target: Target, suffix: str, full: bool = False):  # type: ignore[no-untyped-def]
+    return compare_existing(target, suffix, CaptureOptions(ids=None, sampling=Sampling(full=full)))
+
+
+def _by_table(result) -> dict:  # type: ignore[no-untyped-def]
+    return {t.table: t for t in result.comparisons}
+
+
+def test_changed_source_price_is_critical_downstream_with_first_divergence(pipeline: Target, tmp_path: Path) -> None:
+    suffix = _skip_rebuild_capture(pipeline, tmp_path)
+    with psycopg.connect(pipeline.url, autocommit=True) as conn:
+        ident, day = conn.execute("SELECT id, \"timestamp\" FROM cmc_price_bars_1d ORDER BY id, \"timestamp\" "
+                                  "OFFSET 60 LIMIT 1").fetchone()
+        conn.execute("UPDATE cmc_price_histories7 SET close = close * 1.2, high = high * 1.3, load_ts = now() "
+                     "WHERE id = %s AND \"timestamp\" = %s", (ident, day))
+    with connect(pipeline, autocommit=True) as conn:
+        build_all(conn, full=False)
+        refresh_all(conn, full=False, periods=PERIODS)
+    try:
+        result = _compare(pipeline, suffix)
+        tables = _by_table(result)
+        assert result.verdict == "FAIL"
+        daily = tables["cmc_price_bars_1d"]
+        assert daily.severity_counts["CRITICAL"] >= 1 and not daily.passed
+        assert [d.first_ts for d in daily.divergences] == [day.isoformat()]
+        for name in ALL_TABLES:
+            t = tables[name]
+            assert not t.passed, name  # every table downstream of the change
+            for d in t.divergences:
+                assert d.series["id"] == ident and d.first_ts >= day.isoformat(), (name, d)
+        ema = tables["cmc_ema_multi_tf"]
+        series = {(d.series["tf"], d.series["period"]): d for d in ema.divergences}
+        one_day = series[("1D", 3)]
+        assert one_day.first_ts == day.isoformat() and one_day.persists_to_end
+        assert one_day.likely_cause == f"cmc_price_bars_1d differs from {day.isoformat()} for the same (id, tf)"
+        assert all(d.likely_cause and "differs from" in d.likely_cause for d in ema.divergences)
+        assert any(d.severity == "CRITICAL" and d.column == "ema" for d in ema.top_differences)
+    finally:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute("UPDATE cmc_price_histories7 SET close = close / 1.2, high = high / 1.3, load_ts = now() "
+                         "WHERE id = %s AND \"timestamp\" = %s", (ident, day))
+        from ta_lab2.baseline.snapshots import restore
+
+        with connect(pipeline, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(pipeline, suffix)
+
+
+def test_deleted_source_day_reports_rows_only_in_snapshot(pipeline: Target, tmp_path: Path) -> None:
+    suffix = _skip_rebuild_capture(pipeline, tmp_path)
+    with psycopg.connect(pipeline.url, autocommit=True) as conn:
+        row = conn.execute("SELECT * FROM cmc_price_histories7 ORDER BY id, \"timestamp\" OFFSET 30 LIMIT 1")
+        cols = [d.name for d in row.description]
+        saved = row.fetchone()
+        conn.execute("DELETE FROM cmc_price_histories7 WHERE id = %s AND \"timestamp\" = %s",
+                     (saved[cols.index("id")], saved[cols.index("timestamp")]))
+    with connect(pipeline, autocommit=True) as conn:
+        build_all(conn, full=False)
+        refresh_all(conn, full=False, periods=PERIODS)
+    try:
+        result = _compare(pipeline, suffix)
+        daily = _by_table(result)["cmc_price_bars_1d"]
+        assert result.verdict == "FAIL"
+        assert daily.only_in_snapshot == 1 and daily.rows_snapshot == daily.rows_rebuilt + 1
+        assert any(d.column == "(row)" and d.reason == "only in the snapshot" for d in daily.top_differences)
+    finally:
+        from ta_lab2.baseline.snapshots import restore
+
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute(f"INSERT INTO cmc_price_histories7 ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})", saved)
+        with connect(pipeline, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(pipeline, suffix)
+
+
+@pytest.mark.parametrize(
+    "damage, table",
+    [
+        ("DELETE FROM cmc_ema_multi_tf_cal_us", "cmc_ema_multi_tf_cal_us"),  # an empty rebuilt table
+        ("UPDATE cmc_price_bars_multi_tf SET bar_seq = bar_seq + 1", "cmc_price_bars_multi_tf"),  # bar_seq shifted
+        ("DELETE FROM cmc_ema_multi_tf_v2 WHERE ts < (SELECT max(ts) - interval '20 days' FROM cmc_ema_multi_tf_v2)",
+         "cmc_ema_multi_tf_v2"),  # only recent rows rebuilt
+        ("UPDATE cmc_price_bars_1d SET market_cap = NULL WHERE bar_seq % 7 = 0 AND market_cap IS NOT NULL",
+         "cmc_price_bars_1d"),  # NULL vs value
+    ],
+)
+def test_damaged_rebuild_never_passes(pipeline: Target, tmp_path: Path, damage: str, table: str) -> None:
+    suffix = _skip_rebuild_capture(pipeline, tmp_path)
+    try:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute(damage)
+        result = _compare(pipeline, suffix)
+        t = _by_table(result)[table]
+        assert result.verdict == "FAIL" and not t.passed
+        assert t.severity_counts["CRITICAL"] > 0
+        assert 0.0 <= t.match_rate <= 1.0
+        others = [x for x in result.comparisons if x.table != table]
+        assert all(x.passed for x in others)
+    finally:
+        from ta_lab2.baseline.snapshots import restore
+
+        with connect(pipeline, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(pipeline, suffix)
+
+
+def test_float_noise_within_tolerance_is_info_and_passes(pipeline: Target, tmp_path: Path) -> None:
+    suffix = _skip_rebuild_capture(pipeline, tmp_path)
+    try:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * (1 + 1e-9)")
+            conn.execute("UPDATE cmc_price_bars_multi_tf SET volume = volume + 1e-5")
+        result = _compare(pipeline, suffix, full=True)
+        ema = _by_table(result)["cmc_ema_multi_tf"]
+        assert result.verdict == "PASS"
+        assert ema.severity_counts["INFO"] == ema.rows_compared and ema.match_rate == 1.0
+        col = next(c for c in ema.columns if c.column == "ema")
+        assert col.mismatches == ema.rows_compared and col.max_rel_diff is not None and col.max_rel_diff < 1e-8
+        # a real change, 0.5 %: WARNING; 5 %: CRITICAL
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * 1.005 WHERE period = 3")
+            conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * 1.05 WHERE period = 5")
+        ema = _by_table(_compare(pipeline, suffix))["cmc_ema_multi_tf"]
+        assert ema.severity_counts["WARNING"] > 0 and ema.severity_counts["CRITICAL"] > 0 and not ema.passed
+    finally:
+        from ta_lab2.baseline.snapshots import restore
+
+        with connect(pipeline, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(pipeline, suffix)
+
+
+def test_all_null_column_does_not_crash(pipeline: Target, tmp_path: Path) -> None:
+    suffix = _skip_rebuild_capture(pipeline, tmp_path)
+    try:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            for t in ("cmc_price_bars_multi_tf_cal_us", snapshot_name("cmc_price_bars_multi_tf_cal_us", suffix)):
+                conn.execute(f"UPDATE {t} SET market_cap = NULL, missing_days_where = NULL")
+        result = _compare(pipeline, suffix, full=True)
+        t = _by_table(result)["cmc_price_bars_multi_tf_cal_us"]
+        assert t.passed and t.error is None
+        col = next(c for c in t.columns if c.column == "market_cap")
+        assert col.mismatches == 0 and col.max_abs_diff is None
+    finally:
+        from ta_lab2.baseline.snapshots import restore
+
+        with connect(pipeline, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(pipeline, suffix)
+
+
+def test_expected_diffs_allow_list_turns_differences_into_info(pipeline: Target, tmp_path: Path) -> None:
+    from ta_lab2.cli.baseline_cmds import parse_expected
+
+    suffix = _skip_rebuild_capture(pipeline, tmp_path)
+    allow = tmp_path / "allow.toml"
+    allow.write_text('[[expected]]\ntable = "cmc_ema_multi_tf"\ncolumns = ["ema"]\nreason = "new rounding"\n')
+    try:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * 1.05")
+        result = compare_existing(pipeline, suffix, CaptureOptions(ids=None, expected=parse_expected(allow)))
+        ema = _by_table(result)["cmc_ema_multi_tf"]
+        assert ema.passed and ema.severity_counts["INFO"] > 0
+        assert all(d.reason == "new rounding" for d in ema.top_differences)
+    finally:
+        from ta_lab2.baseline.snapshots import restore
+
+        with connect(pipeline, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(pipeline, suffix)
+
+
+def test_unknown_id_and_bad_options_exit_2(pipeline: Target, tmp_path: Path) -> None:
+    assert _cli(pipeline, tmp_path, "--ids", "987654").returncode == 2
+    assert _cli(pipeline, tmp_path, "--ids", "all", "--tables", "cmc_nope").returncode == 2
+    bad = tmp_path / "tol.toml"
+    bad.write_text("[columns.ema]\nrtol = 'x'\n")
+    result = _cli(pipeline, tmp_path, "--ids", "all", "--tolerances", str(bad))
+    assert result.returncode == 2 and "rtol" in result.stderr
