@@ -288,7 +288,10 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         snaps = take_snapshots(conn, suffix, options.tables, ids)
     except Exception as exc:  # nothing was created: the transaction rolled back
         registry_update(conn, suffix, status="snapshot_failed", message=redact(str(exc)))
-        raise
+        from ta_lab2.errors import DatabaseError
+
+        raise DatabaseError(f"snapshot failed, nothing was truncated or rebuilt: {redact(str(exc)).strip()}",
+                            hint=f"capture {suffix} is recorded as snapshot_failed in baseline_snapshots") from None
     registry_update(conn, suffix, status="snapshotted",
                     tables={s.table: {"snapshot": s.snapshot, "rows": s.rows} for s in snaps if s.table in PIPELINE_TABLES})
     phase = "snapshotted"

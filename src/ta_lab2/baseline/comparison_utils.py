@@ -314,8 +314,8 @@ def compare_table(
         sql.SQL(
             """
             SELECT count(*) FILTER (WHERE s_present AND r_present),
-                   count(*) FILTER (WHERE s_present AND NOT r_present),
-                   count(*) FILTER (WHERE r_present AND NOT s_present),
+                   count(*) FILTER (WHERE s_present AND r_present IS NULL),
+                   count(*) FILTER (WHERE r_present AND s_present IS NULL),
                    count(*) FILTER (WHERE s_present), count(*) FILTER (WHERE r_present)
             FROM (SELECT {k}, TRUE AS s_present FROM {s}) s
             FULL JOIN (SELECT {k}, TRUE AS r_present FROM {r} WHERE {ids}) r USING ({k})
@@ -384,7 +384,27 @@ def compare_table(
             ).format(kq=sql.SQL(", ").join(sql.SQL("k.{}").format(x) for x in key), col=sql.Literal(col), a=a, b=b,
                      d=absd_v, rel=rel_v, sev=sev, why=why, s=snap, r=reb, k=key_list)
         )
-    conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_diffs AS ") + sql.SQL(" UNION ALL ").join(parts))
+    diffs_sql = sql.SQL("CREATE TEMP TABLE _cmp_diffs AS ") + sql.SQL(" UNION ALL ").join(parts)
+    conn.execute(diffs_sql)
+    if not sampling.full:
+        # Drill down: every row of a series where the sample found a real difference is
+        # compared too, so "where it starts" is exact, not the first *sampled* difference.
+        series_cols = sql.SQL(", ").join(map(sql.Identifier, spec.series))
+        added = conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO _cmp_keys
+                SELECT {kk} FROM {s} s JOIN (SELECT {k} FROM {r} WHERE {ids}) rr USING ({k})
+                JOIN (SELECT DISTINCT {series} FROM _cmp_diffs WHERE severity <> 'INFO') d USING ({series})
+                EXCEPT SELECT {k} FROM _cmp_keys
+                """
+            ).format(kk=sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in key), k=key_list, s=snap, r=reb,
+                     ids=ids_r, series=series_cols)
+        ).rowcount
+        if added:
+            rows_compared += added
+            conn.execute("DROP TABLE _cmp_diffs")
+            conn.execute(diffs_sql)
     stats = _column_stats(conn, spec, tolerances, rows_compared)
     mismatching_rows = int(conn.execute(
         sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO') d").format(k=key_list)
