@@ -112,38 +112,49 @@ def table_spec(conn: psycopg.Connection, table: str, suffix: str, rebuilt_schema
                      key, series, time_col, cols)
 
 
-def rebuild_config(conn: psycopg.Connection, suffix: str, tables: Sequence[str]) -> dict[str, list[str]]:
-    """Extra runner arguments that make the rebuild reproduce what the snapshot holds: the time
-    zone the 1D table was built with, non-canonical timeframes if any were built, and the EMA
-    periods when they are not the refreshers' defaults (the same list for every EMA table)."""
+def rebuild_config(conn: psycopg.Connection, suffix: str, tables: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Runner arguments that make the rebuild reproduce what the snapshot holds, read from the
+    snapshotted state tables (they list every (id, tf[, period]) that was built, also those
+    that produced no rows): the 1D time zone, non-canonical timeframes, and the EMA periods
+    when they are not the refreshers' defaults. Returns the arguments and any warning."""
     from ta_lab2.baseline.naming import aux_schema
     from ta_lab2.timeframes import V2_DEFAULT_PERIODS
 
+    aux = aux_schema(suffix)
     bars: list[str] = []
     emas: list[str] = []
-    tz = conn.execute(sql.SQL("SELECT DISTINCT tz FROM {}").format(
-        sql.Identifier(aux_schema(suffix), "cmc_price_bars_1d_state"))).fetchall()
+    warnings: list[str] = []
+    tz = conn.execute(sql.SQL("SELECT DISTINCT tz FROM {}").format(sql.Identifier(aux, "cmc_price_bars_1d_state"))).fetchall()
     if len(tz) == 1 and tz[0][0] != "UTC":
         bars += ["--tz", tz[0][0]]
+    elif len(tz) > 1:
+        warnings.append(f"the 1D table was built with several time zones {sorted(t[0] for t in tz)}; rebuilding in UTC")
     non_canonical = False
-    periods: dict[str, tuple[int, ...]] = {}
     for table in tables:
-        snap = sql.Identifier("public", snapshot_name(table, suffix))
-        if table != BARS_1D:
-            non_canonical |= bool(conn.execute(sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM {} s JOIN dim_timeframe d USING (tf) WHERE NOT d.is_canonical)").format(snap)).fetchone()[0])
-        if table in EMA_TABLES.values():
-            periods[table] = tuple(r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT period FROM {} ORDER BY 1").format(snap)).fetchall())
+        if table == BARS_1D:
+            continue
+        state = sql.Identifier(aux, f"{table}_state")
+        non_canonical |= bool(conn.execute(sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {} s JOIN dim_timeframe d USING (tf) WHERE NOT d.is_canonical)").format(state)).fetchone()[0])
     if non_canonical:
         bars.append("--include-non-canonical")
         emas.append("--include-non-canonical")
     lut = tuple(r[0] for r in conn.execute("SELECT period FROM dim_period ORDER BY 1").fetchall())
-    defaults = {t: (V2_DEFAULT_PERIODS if t == EMA_TABLES["v2"] else lut) for t in periods}
-    built = {t: p for t, p in periods.items() if p}  # an empty table says nothing about its periods
-    if any(not set(p) <= set(defaults[t]) or set(p) != set(defaults[t]) for t, p in built.items()):
-        union = sorted({x for p in built.values() for x in p})
+    built: dict[str, tuple[int, ...]] = {}
+    for table in tables:
+        if table in EMA_TABLES.values():
+            rows = conn.execute(sql.SQL("SELECT DISTINCT period FROM {} ORDER BY 1").format(
+                sql.Identifier(aux, f"{table}_state"))).fetchall()
+            if rows:
+                built[table] = tuple(r[0] for r in rows)
+    defaults = {t: (V2_DEFAULT_PERIODS if t == EMA_TABLES["v2"] else lut) for t in built}
+    if any(set(p) != set(defaults[t]) for t, p in built.items()):
+        sets = {p for p in built.values()}
+        union = sorted({x for p in sets for x in p})
         emas += ["--periods", ",".join(map(str, union))]
-    return {"bars": bars, "emas": emas}
+        if len(sets) > 1:
+            warnings.append(f"EMA tables were built with different period lists {sorted(set(sets))}; rebuilding all with {union}")
+    return {"bars": bars, "emas": emas}, warnings
 
 
 def _runner_argv(script: str, ids: list[int] | None, flag: str, options: CaptureOptions,
@@ -284,8 +295,17 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
     }
     registry_insert(conn, suffix, now, ids, options.scratch_schema)
     problems: list[str] = []
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
     try:
         snaps = take_snapshots(conn, suffix, options.tables, ids)
+        lap("snapshot")
     except Exception as exc:  # nothing was created: the transaction rolled back
         registry_update(conn, suffix, status="snapshot_failed", message=redact(str(exc)))
         from ta_lab2.errors import DatabaseError
@@ -307,10 +327,13 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
                 truncate(conn, options.tables, ids)
                 registry_update(conn, suffix, status="truncated")
             phase = "truncated"
+            lap("truncate")
             registry_update(conn, suffix, status="rebuilding")
-            extra = rebuild_config(conn, suffix, options.tables)
+            extra, warnings = rebuild_config(conn, suffix, options.tables)
+            problems += warnings
             metadata["rebuild_arguments"] = extra
             runs = rebuild(target, ids, options, extra)
+            lap("rebuild")
             phase = "rebuilt"
             registry_update(conn, suffix, status="rebuilt" if all(r.ok for r in runs) else "rebuild_failed")
             problems += [f"rebuild {r.name} failed: {r.message or r.exit_code}" for r in runs if not r.ok]
@@ -320,6 +343,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
     comparisons: list[TableComparison] = []
     try:
         comparisons = compare_all(conn, suffix, options.tables, ids, options, rebuilt_schema)
+        lap("compare")
         phase = "compared"
     except Exception as exc:  # noqa: BLE001
         problems.append(f"compare: {redact(str(exc))}")
@@ -327,6 +351,8 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         metadata["row_counts_after"] = _counts(conn, options.tables, ids, rebuilt_schema)
     except Exception as exc:  # noqa: BLE001
         problems.append(f"row counts: {redact(str(exc))}")
+    metadata["phase_seconds"] = seconds
+    log.info("capture %s phases: %s", suffix, seconds)
     metadata["rebuild"] = [vars(r) for r in runs]
     metadata["snapshots"] = {s.table: s.snapshot for s in snaps}
     metadata["tolerances"] = {t: {c: vars(options.tolerances.for_column(t, c)) for c in ("open", "close", "volume", "market_cap", "ema")}

@@ -308,50 +308,101 @@ def compare_table(
     key_list = sql.SQL(", ").join(key)
     snap, reb = spec.snapshot, spec.rebuilt
     ids_r = _in_ids(None, ids)
-    conn.execute("DROP TABLE IF EXISTS pg_temp._cmp_keys, pg_temp._cmp_diffs")
-    # --- coverage over all rows: full outer join on the key
-    cov = conn.execute(
-        sql.SQL(
-            """
-            SELECT count(*) FILTER (WHERE s_present AND r_present),
-                   count(*) FILTER (WHERE s_present AND r_present IS NULL),
-                   count(*) FILTER (WHERE r_present AND s_present IS NULL),
-                   count(*) FILTER (WHERE s_present), count(*) FILTER (WHERE r_present)
-            FROM (SELECT {k}, TRUE AS s_present FROM {s}) s
-            FULL JOIN (SELECT {k}, TRUE AS r_present FROM {r} WHERE {ids}) r USING ({k})
-            """
-        ).format(k=key_list, s=snap, r=reb, ids=ids_r)
-    ).fetchone()
-    both, only_s, only_r, n_s, n_r = (int(v or 0) for v in cov)
-    # --- which keys get their values compared: all, or per-series first/last N + interior sample
+    rebuilt_rows = sql.SQL("(SELECT * FROM {r} WHERE {ids})").format(r=reb, ids=ids_r)
     series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
     tcol = sql.Identifier(spec.time)
+    conn.execute("DROP TABLE IF EXISTS pg_temp._cmp_keys, pg_temp._cmp_diffs, pg_temp._cmp_onesided, pg_temp._cmp_series")
+    # --- coverage over all rows: the one-sided keys of a full outer join, and per-series counts
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TEMP TABLE _cmp_onesided AS
+            SELECT {k}, s_present IS NOT NULL AS in_snapshot
+            FROM (SELECT {k}, TRUE AS s_present FROM {s}) s
+            FULL JOIN (SELECT {k}, TRUE AS r_present FROM {r} WHERE {ids}) r USING ({k})
+            WHERE s_present IS NULL OR r_present IS NULL
+            """
+        ).format(k=key_list, s=snap, r=reb, ids=ids_r)
+    )
+    only_s, only_r = (int(v or 0) for v in conn.execute(
+        "SELECT count(*) FILTER (WHERE in_snapshot), count(*) FILTER (WHERE NOT in_snapshot) FROM _cmp_onesided").fetchone())
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TEMP TABLE _cmp_series AS
+            SELECT {series}, coalesce(s.n, 0) AS n_s, coalesce(r.n, 0) AS n_r, s.lo AS lo_s, s.hi AS hi_s,
+                   r.lo AS lo_r, r.hi AS hi_r
+            FROM (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {s} GROUP BY {series}) s
+            FULL JOIN (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {r} WHERE {ids}
+                       GROUP BY {series}) r USING ({series})
+            """
+        ).format(series=series, t=tcol, s=snap, r=reb, ids=ids_r)
+    )
+    n_s, n_r = (int(v or 0) for v in conn.execute("SELECT sum(n_s), sum(n_r) FROM _cmp_series").fetchone())
+    # --- which keys get their values compared: all, or per-series first/last N + interior sample
     if sampling.full:
-        keys_sql = sql.SQL("SELECT {k} FROM {s} JOIN {r} USING ({k})").format(
-            k=key_list, s=snap, r=sql.SQL("(SELECT {k} FROM {r} WHERE {ids})").format(k=key_list, r=reb, ids=ids_r)
-        )
+        compared = sql.SQL("{s} s JOIN {rr} r USING ({k})").format(s=snap, rr=rebuilt_rows, k=key_list)
     else:
         hash_input = sql.SQL(" || '|' || ").join(sql.SQL("{}::text").format(c) for c in key)
-        keys_sql = sql.SQL(
+        conn.execute(sql.SQL(
             """
+            CREATE TEMP TABLE _cmp_keys AS
             SELECT {k} FROM (
-                SELECT {k}, row_number() OVER w AS rn, count(*) OVER (PARTITION BY {series}) AS n
-                FROM {s} JOIN (SELECT {k} FROM {r} WHERE {ids}) rr USING ({k})
-                WINDOW w AS (PARTITION BY {series} ORDER BY {t})
+                SELECT {k}, row_number() OVER (PARTITION BY {series} ORDER BY {t}) AS rn, c.n_s AS n
+                FROM {s} JOIN _cmp_series c USING ({series})
             ) x
             WHERE rn <= {b} OR rn > n - {e}
                OR (abs(hashtextextended({h} || '|' || {seed}, 0)) % 1000000) < {pct}
+            EXCEPT SELECT {k} FROM _cmp_onesided
             """
         ).format(
-            k=key_list, series=series, s=snap, r=reb, ids=ids_r, t=tcol, b=sql.Literal(sampling.beginning),
+            k=key_list, series=series, s=snap, t=tcol, b=sql.Literal(sampling.beginning),
             e=sql.Literal(sampling.end), h=hash_input, seed=sql.Literal(str(sampling.seed)),
             pct=sql.Literal(int(round(sampling.random_pct * 1_000_000))),
-        )
-    conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_keys AS ") + keys_sql)
-    rows_compared = int(conn.execute("SELECT count(*) FROM _cmp_keys").fetchone()[0])
-    # --- every differing cell of the compared keys, with its severity
-    parts = []
-    allow = [e for e in expected if e.table == spec.table]
+        ))
+        compared = sql.SQL("_cmp_keys k JOIN {s} s USING ({k}) JOIN {rr} r USING ({k})").format(
+            s=snap, rr=rebuilt_rows, k=key_list)
+    # --- every differing cell: rows are filtered with one row comparison, then unpivoted
+    diff_sql = _diff_statement(spec, compared, tolerances, [e for e in expected if e.table == spec.table])
+    conn.execute(diff_sql)
+    if not sampling.full:
+        # Drill down: every row of a series where the sample found a real difference is
+        # compared too, so "where it starts" is exact, not the first *sampled* difference.
+        added = conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO _cmp_keys
+                SELECT {kk} FROM {s} s
+                JOIN (SELECT DISTINCT {series} FROM _cmp_diffs WHERE severity <> 'INFO') d USING ({series})
+                EXCEPT (SELECT {k} FROM _cmp_keys UNION ALL SELECT {k} FROM _cmp_onesided)
+                """
+            ).format(kk=sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in key), k=key_list, s=snap, series=series)
+        ).rowcount
+        if added:
+            conn.execute("DROP TABLE _cmp_diffs")
+            conn.execute(diff_sql)
+    rows_compared = n_s - only_s if sampling.full else int(conn.execute("SELECT count(*) FROM _cmp_keys").fetchone()[0])
+    stats = _column_stats(conn, spec, tolerances, rows_compared)
+    mismatching_rows = int(conn.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO') d").format(k=key_list)
+    ).fetchone()[0])
+    sev_counts = dict(conn.execute("SELECT severity, count(*) FROM _cmp_diffs GROUP BY severity").fetchall())
+    sev_counts = {sv: int(sev_counts.get(sv, 0)) for sv in SEVERITIES}
+    sev_counts[CRITICAL] += only_s + only_r
+    return TableComparison(
+        table=spec.table, snapshot=snap.as_string(conn), rebuilt=reb.as_string(conn), rows_snapshot=n_s, rows_rebuilt=n_r,
+        only_in_snapshot=only_s, only_in_rebuilt=only_r, rows_compared=rows_compared,
+        cells_compared=rows_compared * len(spec.columns), mismatching_rows=mismatching_rows,
+        severity_counts=sev_counts, columns=stats, divergences=_divergences(conn, spec), top_differences=_top(conn, spec, top_n),
+        series_count_mismatches=_series_counts(conn, spec), sampled=not sampling.full,
+    )
+
+
+def _diff_statement(spec: TableSpec, compared: sql.Composable, tolerances: Tolerances,
+                    allow: Sequence[ExpectedDiff]) -> sql.Composable:
+    """``CREATE TEMP TABLE _cmp_diffs``: one row per differing cell of the compared rows, with
+    its severity (the rules of the module docstring, written in SQL)."""
+    cells = []
     for col, kind in spec.columns.items():
         c = sql.Identifier(col)
         a, b = sql.SQL("s.{}").format(c), sql.SQL("r.{}").format(c)
@@ -367,61 +418,32 @@ def compare_table(
                 "WHEN {rel} IS NULL OR {rel} > {crit} OR {d} = 'NaN'::float8 THEN 'CRITICAL' ELSE 'WARNING' END"
             ).format(a=a, b=b, d=absd, sc=scale, rel=rel, rt=sql.Literal(tol.rtol), at=sql.Literal(tol.atol),
                      crit=sql.Literal(CRITICAL_REL))
-            absd_v, rel_v = absd, sql.SQL("coalesce({rel}, CASE WHEN {d} > 0 THEN 'Infinity'::float8 END)").format(rel=rel, d=absd)
+            absd_v = absd
+            rel_v = sql.SQL("coalesce({rel}, CASE WHEN {d} > 0 THEN 'Infinity'::float8 END)").format(rel=rel, d=absd)
         else:
             sev = sql.SQL("'CRITICAL'")
             absd_v = rel_v = sql.SQL("NULL::float8")
         if reason is not None:
-            sev = sql.SQL("CASE WHEN {m} THEN 'INFO' ELSE {sev} END").format(m=_allow_match(reason[1]), sev=sev)
-            why = sql.SQL("CASE WHEN {m} THEN {r} END").format(m=_allow_match(reason[1]), r=sql.Literal(reason[0]))
+            match = _allow_match(reason[1])
+            sev = sql.SQL("CASE WHEN {m} THEN 'INFO' ELSE {sev} END").format(m=match, sev=sev)
+            why: sql.Composable = sql.SQL("CASE WHEN {m} THEN {r} END").format(m=match, r=sql.Literal(reason[0]))
         else:
             why = sql.SQL("NULL::text")
-        parts.append(
-            sql.SQL(
-                "SELECT {kq}, {col} AS col, {a}::text AS s_val, {b}::text AS r_val, {d} AS abs_diff, {rel} AS rel_diff, "
-                "{sev} AS severity, ({a} IS NULL) <> ({b} IS NULL) AS null_mismatch, {why} AS reason "
-                "FROM _cmp_keys k JOIN {s} s USING ({k}) JOIN {r} r USING ({k}) WHERE {a} IS DISTINCT FROM {b}"
-            ).format(kq=sql.SQL(", ").join(sql.SQL("k.{}").format(x) for x in key), col=sql.Literal(col), a=a, b=b,
-                     d=absd_v, rel=rel_v, sev=sev, why=why, s=snap, r=reb, k=key_list)
-        )
-    diffs_sql = sql.SQL("CREATE TEMP TABLE _cmp_diffs AS ") + sql.SQL(" UNION ALL ").join(parts)
-    conn.execute(diffs_sql)
-    if not sampling.full:
-        # Drill down: every row of a series where the sample found a real difference is
-        # compared too, so "where it starts" is exact, not the first *sampled* difference.
-        series_cols = sql.SQL(", ").join(map(sql.Identifier, spec.series))
-        added = conn.execute(
-            sql.SQL(
-                """
-                INSERT INTO _cmp_keys
-                SELECT {kk} FROM {s} s JOIN (SELECT {k} FROM {r} WHERE {ids}) rr USING ({k})
-                JOIN (SELECT DISTINCT {series} FROM _cmp_diffs WHERE severity <> 'INFO') d USING ({series})
-                EXCEPT SELECT {k} FROM _cmp_keys
-                """
-            ).format(kk=sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in key), k=key_list, s=snap, r=reb,
-                     ids=ids_r, series=series_cols)
-        ).rowcount
-        if added:
-            rows_compared += added
-            conn.execute("DROP TABLE _cmp_diffs")
-            conn.execute(diffs_sql)
-    stats = _column_stats(conn, spec, tolerances, rows_compared)
-    mismatching_rows = int(conn.execute(
-        sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO') d").format(k=key_list)
-    ).fetchone()[0])
-    sev_counts = dict(conn.execute("SELECT severity, count(*) FROM _cmp_diffs GROUP BY severity").fetchall())
-    sev_counts = {s: int(sev_counts.get(s, 0)) for s in SEVERITIES}
-    sev_counts[CRITICAL] += only_s + only_r
-    divergences = _divergences(conn, spec, snap, reb, ids_r)
-    top = _top(conn, spec, snap, reb, ids_r, top_n)
-    counts = _series_counts(conn, spec, snap, reb, ids_r)
-    return TableComparison(
-        table=spec.table, snapshot=snap.as_string(conn), rebuilt=reb.as_string(conn), rows_snapshot=n_s, rows_rebuilt=n_r,
-        only_in_snapshot=only_s, only_in_rebuilt=only_r, rows_compared=rows_compared,
-        cells_compared=rows_compared * len(spec.columns), mismatching_rows=mismatching_rows,
-        severity_counts=sev_counts, columns=stats, divergences=divergences, top_differences=top,
-        series_count_mismatches=counts, sampled=not sampling.full,
-    )
+        cells.append(sql.SQL("({col}, {a} IS DISTINCT FROM {b}, {a}::text, {b}::text, {d}, {rel}, {sev}, "
+                             "({a} IS NULL) <> ({b} IS NULL), {why})").format(
+            col=sql.Literal(col), a=a, b=b, d=absd_v, rel=rel_v, sev=sev, why=why))
+    s_row = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in spec.columns)
+    r_row = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in spec.columns)
+    return sql.SQL(
+        """
+        CREATE TEMP TABLE _cmp_diffs AS
+        SELECT {kq}, v.col, v.s_val, v.r_val, v.abs_diff, v.rel_diff, v.severity, v.null_mismatch, v.reason
+        FROM {compared}
+        CROSS JOIN LATERAL (VALUES {cells}) AS v(col, differs, s_val, r_val, abs_diff, rel_diff, severity, null_mismatch, reason)
+        WHERE ROW({s_row}) IS DISTINCT FROM ROW({r_row}) AND v.differs
+        """
+    ).format(kq=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in spec.key), compared=compared,
+             cells=sql.SQL(", ").join(cells), s_row=s_row, r_row=r_row)
 
 
 def _allow_reason(allow: Sequence[ExpectedDiff], column: str) -> tuple[str, list[ExpectedDiff]] | None:
@@ -475,8 +497,7 @@ def _ts_text(v: Any) -> str | None:
     return None if v is None else (v.isoformat() if hasattr(v, "isoformat") else str(v))
 
 
-def _divergences(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: sql.Identifier,
-                 ids_r: sql.Composable) -> tuple[SeriesDivergence, ...]:
+def _divergences(conn: psycopg.Connection, spec: TableSpec) -> tuple[SeriesDivergence, ...]:
     """Per series with differences (values or one-sided rows): first/last differing instant,
     count, and whether the divergence reaches the series' last row."""
     series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
@@ -487,29 +508,23 @@ def _divergences(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier
             """
             WITH d AS (
                 SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO'
-                UNION
-                SELECT {k} FROM (
-                    (SELECT {k} FROM {s} EXCEPT SELECT {k} FROM {r} WHERE {ids})
-                    UNION ALL
-                    (SELECT {k} FROM {r} WHERE {ids} EXCEPT SELECT {k} FROM {s})) o
-            ), ends AS (
-                SELECT {series}, max({t}) AS last_ts FROM (SELECT {series}, {t} FROM {s}
-                    UNION ALL SELECT {series}, {t} FROM {r} WHERE {ids}) a GROUP BY {series}
+                UNION SELECT {k} FROM _cmp_onesided
             )
-            SELECT {series}, min(d.{t}), max(d.{t}), count(*), max(d.{t}) >= max(e.last_ts)
-            FROM d JOIN ends e USING ({series}) GROUP BY {series} ORDER BY min(d.{t}), {series} LIMIT 1000
+            SELECT {series}, min(d.{t}), max(d.{t}), count(*),
+                   max(d.{t}) >= max(greatest(e.hi_s, e.hi_r))
+            FROM d JOIN _cmp_series e USING ({series}) GROUP BY {series} ORDER BY min(d.{t}), {series} LIMIT 1000
             """
-        ).format(k=k, s=snap, r=reb, ids=ids_r, series=series, t=t)
+        ).format(k=k, series=series, t=t)
     ).fetchall()
     n = len(spec.series)
     return tuple(
-        SeriesDivergence(dict(zip(spec.series, r[:n])), _ts_text(r[n]), _ts_text(r[n + 1]), int(r[n + 2]), bool(r[n + 3]))
+        SeriesDivergence({c: _jsonable(v) for c, v in zip(spec.series, r[:n])}, _ts_text(r[n]), _ts_text(r[n + 1]),
+                         int(r[n + 2]), bool(r[n + 3]))
         for r in rows
     )
 
 
-def _top(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: sql.Identifier, ids_r: sql.Composable,
-         top_n: int) -> tuple[Difference, ...]:
+def _top(conn: psycopg.Connection, spec: TableSpec, top_n: int) -> tuple[Difference, ...]:
     k = sql.SQL(", ").join(map(sql.Identifier, spec.key))
     rows = conn.execute(
         sql.SQL(
@@ -517,41 +532,33 @@ def _top(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: s
             SELECT {k}, col, s_val, r_val, abs_diff, rel_diff, severity, reason FROM (
                 SELECT {k}, col, s_val, r_val, abs_diff, rel_diff, severity, reason FROM _cmp_diffs
                 UNION ALL
-                SELECT {k}, '(row)', 'present', NULL, NULL, NULL, 'CRITICAL', 'only in the snapshot'
-                FROM (SELECT {k} FROM {s} EXCEPT SELECT {k} FROM {r} WHERE {ids}) a
-                UNION ALL
-                SELECT {k}, '(row)', NULL, 'present', NULL, NULL, 'CRITICAL', 'only in the rebuilt table'
-                FROM (SELECT {k} FROM {r} WHERE {ids} EXCEPT SELECT {k} FROM {s}) b
+                SELECT {k}, '(row)', CASE WHEN in_snapshot THEN 'present' END, CASE WHEN NOT in_snapshot THEN 'present' END,
+                       NULL, NULL, 'CRITICAL',
+                       CASE WHEN in_snapshot THEN 'only in the snapshot' ELSE 'only in the rebuilt table' END
+                FROM _cmp_onesided
             ) x
             ORDER BY CASE severity WHEN 'CRITICAL' THEN 0 WHEN 'WARNING' THEN 1 ELSE 2 END,
                      rel_diff DESC NULLS FIRST, {k}
             LIMIT {n}
             """
-        ).format(k=k, s=snap, r=reb, ids=ids_r, n=sql.Literal(top_n))
+        ).format(k=k, n=sql.Literal(top_n))
     ).fetchall()
     n = len(spec.key)
     return tuple(
-        Difference({c: _jsonable(v) for c, v in zip(spec.key, r[:n])}, r[n], r[n + 1], r[n + 2], r[n + 3], r[n + 4], r[n + 5], r[n + 6])
+        Difference({c: _jsonable(v) for c, v in zip(spec.key, r[:n])}, r[n], r[n + 1], r[n + 2], r[n + 3], r[n + 4],
+                   r[n + 5], r[n + 6])
         for r in rows
     )
 
 
-def _series_counts(conn: psycopg.Connection, spec: TableSpec, snap: sql.Identifier, reb: sql.Identifier,
-                   ids_r: sql.Composable) -> tuple[SeriesCount, ...]:
+def _series_counts(conn: psycopg.Connection, spec: TableSpec) -> tuple[SeriesCount, ...]:
     """Per (id, tf[, period]) row counts and first/last instants, listed where they differ."""
     series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
-    t = sql.Identifier(spec.time)
     rows = conn.execute(
         sql.SQL(
-            """
-            SELECT {series}, coalesce(s.n, 0), coalesce(r.n, 0), s.lo, s.hi, r.lo, r.hi FROM
-              (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {s} GROUP BY {series}) s
-              FULL JOIN (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {r} WHERE {ids}
-                         GROUP BY {series}) r USING ({series})
-            WHERE s.n IS DISTINCT FROM r.n OR s.lo IS DISTINCT FROM r.lo OR s.hi IS DISTINCT FROM r.hi
-            ORDER BY {series} LIMIT 1000
-            """
-        ).format(series=series, t=t, s=snap, r=reb, ids=ids_r)
+            "SELECT {series}, n_s, n_r, lo_s, hi_s, lo_r, hi_r FROM _cmp_series "
+            "WHERE n_s <> n_r OR lo_s IS DISTINCT FROM lo_r OR hi_s IS DISTINCT FROM hi_r ORDER BY {series} LIMIT 1000"
+        ).format(series=series)
     ).fetchall()
     n = len(spec.series)
     return tuple(

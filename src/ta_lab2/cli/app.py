@@ -39,9 +39,10 @@ def _register_pipeline_commands() -> None:
     app.command("bars")(bars)
     app.command("emas")(emas)
     app.command("refresh")(refresh)
-    from ta_lab2.cli.baseline_cmds import baseline_app
+    from ta_lab2.cli.baseline_cmds import baseline_app, demo
 
     app.add_typer(baseline_app, name="baseline")
+    app.command("demo")(demo)
 
 
 _register_pipeline_commands()
