@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [["init"], ["load"], ["status"], ["bars"], ["emas"], ["refresh"], ["db", "start"], ["db", "stop"], ["db", "status"]]
+COMMANDS = [["init"], ["load"], ["status"], ["bars"], ["emas"], ["refresh"], ["baseline", "capture"], ["baseline", "list"],
+            ["baseline", "compare"], ["baseline", "restore"], ["baseline", "drop"], ["demo"], ["db", "start"], ["db", "stop"], ["db", "status"]]
 
 
 def _help(args: list[str]) -> str:
