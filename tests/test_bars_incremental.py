@@ -26,7 +26,7 @@ UTC = dt.timezone.utc
 OPS = ("append", "revise", "backfill", "delete", "new_asset", "reject", "duplicate_day", "rebuild_bars", "noop")
 
 
-def _universe(seed: int, n: int = 3, days: int = 160) -> pl.DataFrame:
+def _universe(seed: int, n: int = 3, days: int = 120) -> pl.DataFrame:
     cfg = SyntheticConfig(n_assets=n, days=days, seed=seed, gap_rate=0.03, defect_rate=0.03)
     return generate_universe(cfg).frame
 
@@ -126,7 +126,7 @@ def empty_db(fresh_db: Target):
 
 # No shrinking: each example rebuilds six tables twice; the failure message names seed and ops,
 # which reproduce it exactly.
-@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+@settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5))
 def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int, ops: list[str]) -> None:

@@ -28,7 +28,7 @@ from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
 from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
-from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, resolve_ids, run_units
+from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_units
 from ta_lab2.load.source_schema import UTC_US
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ def build(
     id_list = resolve_ids(conn, ids, schema)
     tfs = [] if builder.name == "1d" else load_timeframes(conn, builder, include_non_canonical, schema)
     if full_rebuild:
-        _clear(conn, builder, None if ids is None else id_list, schema)
+        extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
+        clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
     options = BuildOptions(builder.name, tuple(tfs), tz, full_rebuild, schema)
     results = run_units(conn, build_one, options, id_list, workers=workers, url=url, progress=progress)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
@@ -127,17 +128,6 @@ def build_one(conn: psycopg.Connection, options: BuildOptions, ident: int) -> Id
     if builder.name == "1d":
         return _build_1d(conn, ident, options.tz, options.full, options.schema)
     return _build_multi(conn, builder, options.timeframes, ident, options.tz, options.full, options.schema)
-
-
-def _clear(conn: psycopg.Connection, builder: BarBuilder, ids: list[int] | None, schema: str) -> None:
-    """``--full-rebuild``: drop the selected ids' rows and state (TRUNCATE when all ids)."""
-    tables = [builder.table, state_table(builder.table)] + ([BARS_1D_REJECTS] if builder.name == "1d" else [])
-    with conn.transaction():
-        if ids is None:
-            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
-        else:
-            for t in tables:
-                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (ids,))
 
 
 def _ident(schema: str, table: str) -> sql.Identifier:

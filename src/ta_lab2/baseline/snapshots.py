@@ -20,6 +20,7 @@ from ta_lab2.baseline.comparison_utils import primary_key
 from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, snapshot_name
 from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.errors import DatabaseError, UsageError
+from ta_lab2.pipeline.work import clear_ids
 
 log = logging.getLogger(__name__)
 REGISTRY = "baseline_snapshots"
@@ -108,21 +109,16 @@ def take_snapshots(conn: psycopg.Connection, suffix: str, tables: Sequence[str],
 
 def truncate(conn: psycopg.Connection, tables: Sequence[str], ids: Sequence[int] | None, schema: str = "public") -> None:
     """Phase 2: empty the selected ids of ``tables`` and their state (bars first, then EMAs);
-    other ids are never touched. Confirms zero rows remain, in the same transaction."""
+    other ids are never touched. Then confirms that zero rows remain for those ids."""
     ordered = [t for t in (*BAR_TABLES.values(), *EMA_TABLES.values()) if t in tables]
     targets = [x for t in ordered for x in (t, f"{t}_state")]
     if BAR_TABLES["1d"] in tables:
         targets.append("cmc_price_bars_1d_rejects")
-    with conn.transaction():
-        if ids is None:
-            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in targets)))
-        else:
-            for t in targets:
-                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (list(ids),))
-        for t in targets:
-            left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, t)) + _ids_clause(ids)).fetchone()[0]
-            if left:
-                raise DatabaseError(f"{t} still has {left} rows for the selected ids after truncation")
+    clear_ids(conn, targets, ids, schema)
+    for t in targets:
+        left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, t)) + _ids_clause(ids)).fetchone()[0]
+        if left:
+            raise DatabaseError(f"{t} still has {left} rows for the selected ids after truncation")
 
 
 def restore(conn: psycopg.Connection, suffix: str, schema: str = "public") -> dict[str, int]:

@@ -26,7 +26,7 @@ from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.series import Grid, epoch_us, tf_rows
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
-from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, resolve_ids, run_units
+from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_units
 from ta_lab2.timeframes import V2_DEFAULT_PERIODS
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,7 @@ def refresh(
     tfs = load_ema_timeframes(conn, refresher, include_non_canonical, schema)
     plist = load_periods(conn, refresher, periods, schema)
     if full_refresh:
-        tables = sql.SQL(", ").join(sql.Identifier(schema, t) for t in (refresher.table, state_table(refresher.table)))
-        with conn.transaction():
-            if ids is None:
-                conn.execute(sql.SQL("TRUNCATE {}").format(tables))
-            else:
-                for t in (refresher.table, state_table(refresher.table)):
-                    conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (id_list,))
+        clear_ids(conn, [refresher.table, state_table(refresher.table)], None if ids is None else id_list, schema)
     options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema)
     results = run_units(conn, refresh_one, options, id_list, workers=workers, url=url, progress=progress)
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,

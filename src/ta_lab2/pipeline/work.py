@@ -99,6 +99,17 @@ def resolve_ids(conn: psycopg.Connection, ids: Sequence[int] | None, schema: str
     return list(ids)
 
 
+def clear_ids(conn: psycopg.Connection, tables: Sequence[str], ids: Sequence[int] | None, schema: str = "public") -> None:
+    """A full rebuild's first step, in one transaction: every row of ``tables`` for ``ids``
+    (``TRUNCATE`` when ``ids`` is None, i.e. all ids; other ids are never touched)."""
+    with conn.transaction():
+        if ids is None:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
+        else:
+            for t in tables:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, t)), (list(ids),))
+
+
 UnitFn = Callable[[psycopg.Connection, Any, int], IdResult]
 
 
