@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [["init"], ["load"], ["status"], ["bars"], ["emas"], ["refresh"], ["baseline", "capture"], ["baseline", "list"],
-            ["baseline", "compare"], ["baseline", "restore"], ["baseline", "drop"], ["demo"], ["db", "start"], ["db", "stop"], ["db", "status"]]
+            ["baseline", "compare"], ["baseline", "restore"], ["baseline", "drop"], ["demo"], ["bench"], ["db", "start"], ["db", "stop"], ["db", "status"]]
 
 
 def _help(args: list[str]) -> str:

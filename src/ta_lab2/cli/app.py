@@ -39,10 +39,11 @@ def _register_pipeline_commands() -> None:
     app.command("bars")(bars)
     app.command("emas")(emas)
     app.command("refresh")(refresh)
-    from ta_lab2.cli.baseline_cmds import baseline_app, demo
+    from ta_lab2.cli.baseline_cmds import baseline_app, bench, demo
 
     app.add_typer(baseline_app, name="baseline")
     app.command("demo")(demo)
+    app.command("bench")(bench)
 
 
 _register_pipeline_commands()

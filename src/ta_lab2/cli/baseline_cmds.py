@@ -249,3 +249,35 @@ def demo(
                   f"the demo database is {target.describe()}", highlight=False)
     if result.exit_code:
         raise WorkFailed(f"demo capture {result.suffix}: {result.verdict}")
+
+
+def bench(
+    scenario: Annotated[str, typer.Option("--scenario", help="upstream, wide, all (or tiny, for a quick check).")] = "all",
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.", show_default=False)] = None,
+    output_dir: OutputDir = Path(".logs/bench"),
+    log_level: opt.LogLevel = "WARNING",
+) -> None:
+    """Measure the speed bars of spec 06 on this machine (fresh databases on the embedded server)."""
+    import json
+
+    from ta_lab2.bench import SCENARIOS, run_scenario
+    from ta_lab2.cli.render import bench_table
+    from ta_lab2.logs import setup_logging
+
+    setup_logging(opt.parse_log_level(log_level), log_dir=output_dir)
+    names = ["upstream", "wide"] if scenario == "all" else [scenario]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise UsageError(f"--scenario: {scenario!r} is not one of upstream, wide, all, tiny")
+    results = [run_scenario(SCENARIOS[n], output_dir) for n in names]
+    for r in results:
+        bench_table(r)
+    if as_json is not None:
+        as_json.parent.mkdir(parents=True, exist_ok=True)
+        as_json.write_text(json.dumps([r.as_dict() for r in results], indent=2, default=str))
+    if any(not b.met for r in results for b in r.bars):
+        raise WorkFailed("some speed bars were not met (see the tables above)")
+
+
+bench_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Speed benchmark.")
+bench_app.command()(bench)

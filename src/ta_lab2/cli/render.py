@@ -159,3 +159,28 @@ def captures_table(rows: list[dict[str, Any]]) -> None:
         table.add_row(r["suffix"], r["status"], r.get("verdict") or "-", ids, _fmt_int(total),
                       f"{int(r.get('size_bytes') or 0) / 1e6:.1f} MB", r.get("scratch_schema") or "")
     console.print(table)
+
+
+def bench_table(result: Any) -> None:
+    """Phases with rows, seconds and rows/s, the ratios and the speed bars of one scenario."""
+    table = Table(title=f"bench: {result.scenario} ({result.rows:,} rows built)")
+    for col in ("phase", "rows", "seconds", "rows/s", "raw COPY rows/s", "pipeline / raw"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for p, raw in zip(result.tables, result.raw_copy):
+        rate, raw_rate = p.rows_per_s or 0, raw.rows_per_s or 0
+        table.add_row(p.name, _fmt_int(p.rows), f"{p.seconds:.2f}", f"{rate:,.0f}", f"{raw_rate:,.0f}",
+                      f"{rate / raw_rate:.0%}" if raw_rate else "")
+    table.add_section()
+    table.add_row("full rebuild (all tables)", _fmt_int(result.rows), f"{result.full_rebuild_s:.1f}",
+                  f"{result.rows / max(result.full_rebuild_s, 1e-9):,.0f}", "", "")
+    table.add_row("incremental (one new day per asset)", "", f"{result.incremental_s:.1f}", "", "", "")
+    table.add_row(f"capture_baseline --ids all ({result.capture_verdict})", "", f"{result.capture_s:.1f}", "", "", "")
+    table.add_row(result.compare.name, _fmt_int(result.compare.rows), f"{result.compare.seconds:.2f}",
+                  f"{result.compare.rows_per_s or 0:,.0f}", "", "")
+    console.print(table)
+    ratios = result.ratios()
+    console.print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items() if v is not None)
+                  + f"; peak RSS {result.peak_rss_mb:.0f} MB", highlight=False)
+    for b in result.bars:
+        mark = "[green]met[/]" if b.met else "[red]NOT met[/]"
+        console.print(f"  {mark}: {b.description}: {b.measured} (bar {b.limit})", highlight=False)

@@ -1,0 +1,244 @@
+"""``ta-lab2 bench`` (``python -m ta_lab2.bench``): the speed bars of spec 06, measured.
+
+Each scenario builds its synthetic universe in a fresh database on the embedded server, then
+measures in one run: the full rebuild of every table (rows, seconds, rows/s), an incremental
+refresh after one new day per asset, a full ``capture_baseline --ids all``, a full in-database
+compare of a 1,000,000-row table, and the raw binary ``COPY`` rate of the same rows into the
+same tables (the physical write bound of this machine). Results are one frozen object rendered
+as a table or JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+UPSTREAM_LENGTHS = (5700, 3800, 3200, 2900, 2200, 1900, 400)
+WIDE_TIMEFRAMES = ("1D", "2D", "3D", "5D", "7D", "14D", "1W_CAL_ISO", "1W_CAL_US", "1M_CAL",
+                   "1W_CAL_ANCHOR_ISO", "1W_CAL_ANCHOR_US", "1M_CAL_ANCHOR")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    lengths: tuple[int, ...]
+    periods: str | None = None  # --periods for every EMA table (None: defaults)
+    timeframes: tuple[str, ...] | None = None  # None: the canonical ones
+    compare_rows: int = 1_000_000
+
+
+SCENARIOS = {
+    "upstream": Scenario("upstream", UPSTREAM_LENGTHS),
+    "wide": Scenario("wide", (2000,) * 100, "10,20,50", WIDE_TIMEFRAMES),
+    "tiny": Scenario("tiny", (90, 60), "3,5", ("1D", "2D", "1W_CAL_ISO", "1W_CAL_US", "1M_CAL_ANCHOR"), 2000),
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return self.rows / self.seconds if self.seconds > 0 else None
+
+
+@dataclass(frozen=True)
+class Bar:
+    description: str
+    limit: str
+    measured: str
+    met: bool
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    scenario: str
+    tables: tuple[Phase, ...]
+    raw_copy: tuple[Phase, ...]
+    full_rebuild_s: float
+    incremental_s: float
+    capture_s: float
+    capture_verdict: str
+    compare: Phase
+    peak_rss_mb: float
+    bars: tuple[Bar, ...] = field(default_factory=tuple)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.tables)
+
+    def ratios(self) -> dict[str, float | None]:
+        raw = sum(p.rows for p in self.raw_copy) / max(sum(p.seconds for p in self.raw_copy), 1e-9)
+        pipe = self.rows / max(self.full_rebuild_s, 1e-9)
+        return {
+            "pipeline_rate_over_raw_copy": pipe / raw if raw else None,
+            "incremental_over_full": self.incremental_s / self.full_rebuild_s if self.full_rebuild_s else None,
+            "capture_over_full": self.capture_s / self.full_rebuild_s if self.full_rebuild_s else None,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows"] = self.rows
+        d["ratios"] = self.ratios()
+        for key in ("tables", "raw_copy"):
+            for p, src in zip(d[key], getattr(self, key)):
+                p["rows_per_s"] = src.rows_per_s
+        d["compare"]["rows_per_s"] = self.compare.rows_per_s
+        return d
+
+
+def _fresh_database(name: str):  # type: ignore[no-untyped-def]
+    from ta_lab2.db.connect import Target
+    from ta_lab2.db.embedded import EmbeddedServer
+
+    server = EmbeddedServer()
+    server.ensure_running()
+    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return Target(server.url(name), "embedded", server.home)
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
+    from ta_lab2.baseline.capture import CaptureOptions, run_capture
+    from ta_lab2.db.connect import connect
+    from ta_lab2.db.schema import ensure_schema
+    from ta_lab2.load.service import load_synthetic
+    from ta_lab2.load.synthetic import SyntheticConfig
+    from ta_lab2.pipeline.runners import RunOptions, run_bar_builders, run_ema_refreshes
+
+    target = _fresh_database(f"ta_lab2_bench_{scenario.name}")
+    with connect(target, autocommit=True) as conn:
+        ensure_schema(conn)
+        if scenario.timeframes is not None:
+            conn.execute("UPDATE dim_timeframe SET is_canonical = (tf = ANY(%s))", (list(scenario.timeframes),))
+        end = dt.date(2025, 12, 30)
+        load_synthetic(conn, SyntheticConfig(len(scenario.lengths), max(scenario.lengths), 1, end_date=end,
+                                             lengths=scenario.lengths))
+    full = RunOptions(ids=None, full=True, periods=scenario.periods)
+    started = time.perf_counter()
+    bars = run_bar_builders(target, full)
+    emas = run_ema_refreshes(target, full)
+    full_s = time.perf_counter() - started
+    tables = tuple(Phase(c.summary.get("table", c.name), int(c.summary.get("rows_inserted", 0)), float(c.duration_s))
+                   for c in (*bars.children, *emas.children))
+    # one new day for every asset, then the incremental pipeline
+    with connect(target, autocommit=True) as conn:
+        load_synthetic(conn, SyntheticConfig(len(scenario.lengths), max(scenario.lengths) + 1, 1,
+                                             end_date=end + dt.timedelta(days=1),
+                                             lengths=tuple(n + 1 for n in scenario.lengths)))
+    incremental = RunOptions(ids=None, periods=scenario.periods)
+    started = time.perf_counter()
+    run_bar_builders(target, incremental)
+    run_ema_refreshes(target, incremental)
+    incremental_s = time.perf_counter() - started
+    started = time.perf_counter()
+    capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
+    capture_s = time.perf_counter() - started
+    with connect(target, autocommit=True) as conn:
+        raw = tuple(_raw_copy_rate(conn, p.name) for p in tables)
+        compare = _compare_rate(conn, scenario.compare_rows)
+    result = ScenarioResult(scenario.name, tables, raw, full_s, incremental_s, capture_s, capture.verdict, compare,
+                            _peak_rss_mb())
+    return _with_bars(result)
+
+
+def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
+    """The same rows, read back, written with the same binary COPY into an empty clone with the
+    same indexes: what the machine can write, without any computation."""
+    from ta_lab2.db.bulk import column_types, copy_frame, read_frame, table_ref, _PG_TYPES
+
+    types = column_types(conn, table_ref(table))
+    schema = {c: _PG_TYPES[t][0] for c, t in types.items() if c != "ingested_at"}
+    frame = read_frame(conn, sql.Identifier(table), schema)
+    clone = f"bench_raw_{table}"[:63]
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(clone)))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(sql.Identifier(clone), sql.Identifier(table)))
+    started = time.perf_counter()
+    with conn.transaction():
+        copy_frame(conn, table_ref(clone), frame)
+    seconds = time.perf_counter() - started
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(clone)))
+    return Phase(table, frame.height, seconds)
+
+
+def _compare_rate(conn: psycopg.Connection, rows: int) -> Phase:
+    """A full in-database compare (every column of every row) of a ``rows``-row table."""
+    from ta_lab2.baseline.comparison_utils import Sampling, TableSpec, Tolerances, column_kinds, compare_table
+
+    source = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+        "AND c.relname LIKE 'cmc_ema_multi_tf%%' AND c.relname NOT LIKE '%%snapshot%%' AND c.relname NOT LIKE '%%state' "
+        "AND c.relkind = 'r' ORDER BY c.reltuples DESC LIMIT 1").fetchone()[0]
+    for name in ("bench_cmp_a", "bench_cmp_b"):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+    # repeat the table's rows (shifted ids) until there are enough
+    conn.execute(sql.SQL(
+        "CREATE TABLE bench_cmp_a AS SELECT (s.id + k * 1000000) AS id, s.tf, s.ts, s.period, s.tf_days, s.roll, s.ema, "
+        "s.d1, s.d2, s.d1_roll, s.d2_roll FROM {} s CROSS JOIN generate_series(0, 99) k LIMIT %s").format(
+        sql.Identifier(source)), (rows,))
+    conn.execute("ALTER TABLE bench_cmp_a ADD PRIMARY KEY (id, tf, period, ts)")
+    conn.execute("CREATE TABLE bench_cmp_b AS SELECT * FROM bench_cmp_a")
+    conn.execute("ALTER TABLE bench_cmp_b ADD PRIMARY KEY (id, tf, period, ts)")
+    conn.execute("VACUUM ANALYZE bench_cmp_a")
+    conn.execute("VACUUM ANALYZE bench_cmp_b")
+    n = conn.execute("SELECT count(*) FROM bench_cmp_a").fetchone()[0]
+    cols = {c: k for c, k in column_kinds(conn, sql.Identifier("public", "bench_cmp_a")).items()
+            if c not in ("id", "tf", "period", "ts")}
+    spec = TableSpec("bench_cmp", sql.Identifier("public", "bench_cmp_a"), sql.Identifier("public", "bench_cmp_b"),
+                     ("id", "tf", "period", "ts"), ("id", "tf", "period"), "ts", cols)
+    started = time.perf_counter()
+    with conn.transaction():
+        result = compare_table(conn, spec, None, Sampling(full=True), Tolerances())
+    seconds = time.perf_counter() - started
+    assert result.passed and result.rows_compared == n
+    for name in ("bench_cmp_a", "bench_cmp_b"):
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+    return Phase(f"full compare ({source} rows)", int(n), seconds)
+
+
+def _with_bars(r: ScenarioResult) -> ScenarioResult:
+    ratios = r.ratios()
+    bars: list[Bar] = []
+    if r.scenario == "upstream":
+        bars += [
+            Bar("full rebuild of all 12 tables", "≤ 60 s", f"{r.full_rebuild_s:.1f} s", r.full_rebuild_s <= 60),
+            Bar("incremental refresh", "≤ 5 % of full", f"{ratios['incremental_over_full']:.1%}",
+                (ratios["incremental_over_full"] or 1) <= 0.05),
+            Bar("capture_baseline --ids all", "≤ 2.5 × full", f"{ratios['capture_over_full']:.2f} ×",
+                (ratios["capture_over_full"] or 99) <= 2.5),
+            Bar("peak RSS", "< 2 GB", f"{r.peak_rss_mb:.0f} MB", r.peak_rss_mb < 2048),
+        ]
+    if r.scenario == "wide":
+        bars.append(Bar("full rebuild rate", "≥ 50 % of raw COPY", f"{ratios['pipeline_rate_over_raw_copy']:.0%}",
+                        (ratios["pipeline_rate_over_raw_copy"] or 0) >= 0.5))
+    if r.compare.rows >= 1_000_000:
+        bars.append(Bar("full compare of 1,000,000 rows", "≤ 1.5 s", f"{r.compare.seconds:.2f} s", r.compare.seconds <= 1.5))
+    return ScenarioResult(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "bars": tuple(bars)})
+
+
+def main() -> None:
+    from ta_lab2.cli.app import run_app
+    from ta_lab2.cli.baseline_cmds import bench_app
+
+    run_app(bench_app)
+
+
+if __name__ == "__main__":
+    main()
