@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -24,14 +26,17 @@ _USER_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
 
 
 @pytest.fixture(scope="session")
-def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("home")
+def pg_home() -> Iterator[Path]:
+    # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever
+    # another session starts, which would lock the server's unprivileged user out (as root).
+    home = Path(tempfile.mkdtemp(prefix="ta_lab2_test_", dir="/tmp"))
     saved = {k: os.environ.get(k) for k in (*_USER_ENV, ENV_HOME, ENV_FAST)}
     for key in _USER_ENV:
         os.environ.pop(key, None)
     os.environ[ENV_HOME] = str(home)
     os.environ[ENV_FAST] = "1"
     yield home
+    shutil.rmtree(home, ignore_errors=True)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
