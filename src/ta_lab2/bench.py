@@ -138,6 +138,8 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
     full_s = time.perf_counter() - started
     tables = tuple(Phase(c.summary.get("table", c.name), int(c.summary.get("rows_inserted", 0)), float(c.duration_s))
                    for c in (*bars.children, *emas.children))
+    with connect(target, autocommit=True) as conn:  # the same rows, before anything else changes them
+        raw = tuple(_raw_copy_rate(conn, p.name) for p in tables)
     # one new day for every asset, then the incremental pipeline
     with connect(target, autocommit=True) as conn:
         load_synthetic(conn, SyntheticConfig(len(scenario.lengths), max(scenario.lengths) + 1, 1,
@@ -152,7 +154,6 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
     capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
     capture_s = time.perf_counter() - started
     with connect(target, autocommit=True) as conn:
-        raw = tuple(_raw_copy_rate(conn, p.name) for p in tables)
         compare = _compare_rate(conn, scenario.compare_rows)
     result = ScenarioResult(scenario.name, tables, raw, full_s, incremental_s, capture_s, capture.verdict, compare,
                             _peak_rss_mb())
