@@ -13,8 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Iterator
 
 import jsonschema
 import psycopg
@@ -73,6 +75,21 @@ def _skip_rebuild_capture(target: Target, tmp_path: Path, ids: list[int] | None 
     assert result.verdict == "PASS", result.summary
     time.sleep(1.05)  # suffixes have one-second resolution
     return result.suffix
+
+
+@contextmanager
+def _self_check(target: Target, tmp_path: Path) -> Iterator[str]:
+    """A passing --skip-rebuild capture; afterwards the live tables get its rows back and the
+    capture is dropped, whatever the test did to them."""
+    from ta_lab2.baseline.snapshots import restore
+
+    suffix = _skip_rebuild_capture(target, tmp_path)
+    try:
+        yield suffix
+    finally:
+        with connect(target, autocommit=True) as conn:
+            restore(conn, suffix)
+        _drop(target, suffix)
 
 
 def _drop(target: Target, suffix: str) -> None:
@@ -323,8 +340,7 @@ def test_deleted_source_day_reports_rows_only_in_snapshot(pipeline: Target, tmp_
     ],
 )
 def test_damaged_rebuild_never_passes(pipeline: Target, tmp_path: Path, damage: str, table: str) -> None:
-    suffix = _skip_rebuild_capture(pipeline, tmp_path)
-    try:
+    with _self_check(pipeline, tmp_path) as suffix:
         with psycopg.connect(pipeline.url, autocommit=True) as conn:
             conn.execute(damage)
         result = _compare(pipeline, suffix)
@@ -334,17 +350,10 @@ def test_damaged_rebuild_never_passes(pipeline: Target, tmp_path: Path, damage: 
         assert 0.0 <= t.match_rate <= 1.0
         others = [x for x in result.comparisons if x.table != table]
         assert all(x.passed for x in others)
-    finally:
-        from ta_lab2.baseline.snapshots import restore
-
-        with connect(pipeline, autocommit=True) as conn:
-            restore(conn, suffix)
-        _drop(pipeline, suffix)
 
 
 def test_float_noise_within_tolerance_is_info_and_passes(pipeline: Target, tmp_path: Path) -> None:
-    suffix = _skip_rebuild_capture(pipeline, tmp_path)
-    try:
+    with _self_check(pipeline, tmp_path) as suffix:
         with psycopg.connect(pipeline.url, autocommit=True) as conn:
             conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * (1 + 1e-9)")
             conn.execute("UPDATE cmc_price_bars_multi_tf SET volume = volume + 1e-5")
@@ -360,17 +369,10 @@ def test_float_noise_within_tolerance_is_info_and_passes(pipeline: Target, tmp_p
             conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * 1.05 WHERE period = 5")
         ema = _by_table(_compare(pipeline, suffix))["cmc_ema_multi_tf"]
         assert ema.severity_counts["WARNING"] > 0 and ema.severity_counts["CRITICAL"] > 0 and not ema.passed
-    finally:
-        from ta_lab2.baseline.snapshots import restore
-
-        with connect(pipeline, autocommit=True) as conn:
-            restore(conn, suffix)
-        _drop(pipeline, suffix)
 
 
 def test_all_null_column_does_not_crash(pipeline: Target, tmp_path: Path) -> None:
-    suffix = _skip_rebuild_capture(pipeline, tmp_path)
-    try:
+    with _self_check(pipeline, tmp_path) as suffix:
         with psycopg.connect(pipeline.url, autocommit=True) as conn:
             for t in ("cmc_price_bars_multi_tf_cal_us", snapshot_name("cmc_price_bars_multi_tf_cal_us", suffix)):
                 conn.execute(f"UPDATE {t} SET market_cap = NULL, missing_days_where = NULL")
@@ -379,33 +381,20 @@ def test_all_null_column_does_not_crash(pipeline: Target, tmp_path: Path) -> Non
         assert t.passed and t.error is None
         col = next(c for c in t.columns if c.column == "market_cap")
         assert col.mismatches == 0 and col.max_abs_diff is None
-    finally:
-        from ta_lab2.baseline.snapshots import restore
-
-        with connect(pipeline, autocommit=True) as conn:
-            restore(conn, suffix)
-        _drop(pipeline, suffix)
 
 
 def test_expected_diffs_allow_list_turns_differences_into_info(pipeline: Target, tmp_path: Path) -> None:
     from ta_lab2.cli.baseline_cmds import parse_expected
 
-    suffix = _skip_rebuild_capture(pipeline, tmp_path)
     allow = tmp_path / "allow.toml"
     allow.write_text('[[expected]]\ntable = "cmc_ema_multi_tf"\ncolumns = ["ema"]\nreason = "new rounding"\n')
-    try:
+    with _self_check(pipeline, tmp_path) as suffix:
         with psycopg.connect(pipeline.url, autocommit=True) as conn:
             conn.execute("UPDATE cmc_ema_multi_tf SET ema = ema * 1.05")
         result = compare_existing(pipeline, suffix, CaptureOptions(ids=None, expected=parse_expected(allow)))
         ema = _by_table(result)["cmc_ema_multi_tf"]
         assert ema.passed and ema.severity_counts["INFO"] > 0
         assert all(d.reason == "new rounding" for d in ema.top_differences)
-    finally:
-        from ta_lab2.baseline.snapshots import restore
-
-        with connect(pipeline, autocommit=True) as conn:
-            restore(conn, suffix)
-        _drop(pipeline, suffix)
 
 
 def test_unknown_id_and_bad_options_exit_2(pipeline: Target, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from ta_lab2.baseline.snapshots import (
     SnapshotInfo, check_tables, registry_insert, registry_update, take_snapshots, truncate,
 )
 from ta_lab2.db.connect import Target, connect
-from ta_lab2.db.locks import WRITER_LOCKS, advisory_lock
+from ta_lab2.db.locks import WRITER_LOCKS, writer_locks
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.db.url import redact
@@ -42,7 +41,7 @@ from ta_lab2.pipeline.work import resolve_ids
 
 log = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-ALL_LOCKS = tuple(dict.fromkeys(name for locks in WRITER_LOCKS.values() for name, _ in locks))
+ALL_LOCKS = tuple(name for name, _ in WRITER_LOCKS["baseline"])  # held for the children too
 
 
 @dataclass(frozen=True)
@@ -276,11 +275,7 @@ def run_capture(target: Target, options: CaptureOptions, argv: Sequence[str] = (
         if options.dry_run:
             return CaptureResult(suffix, meta.iso(now), id_list, "dry-run", (), (), (), {}, plan=tuple(plan_lines(target, suffix, options.ids, options)))
         check_tables(conn, options.tables)
-        from contextlib import ExitStack
-
-        with ExitStack() as locks:
-            for name in ALL_LOCKS:
-                locks.enter_context(advisory_lock(conn, name, options.wait_lock))
+        with writer_locks(conn, "baseline", options.wait_lock):
             return _phases(conn, target, options, suffix, now, id_list, argv)
 
 

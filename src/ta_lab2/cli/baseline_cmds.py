@@ -179,18 +179,13 @@ def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to resto
     from ta_lab2.baseline.snapshots import restore
     from ta_lab2.cli.render import console
     from ta_lab2.db.connect import connect, resolve_target
-    from ta_lab2.db.locks import WRITER_LOCKS, advisory_lock
+    from ta_lab2.db.locks import writer_locks
 
     check_suffix(suffix)
     target = resolve_target(db_url)
     _confirm(f"Replace the live rows of capture {suffix}'s ids with its snapshot?", yes)
-    with connect(target, autocommit=True) as conn:
-        from contextlib import ExitStack
-
-        with ExitStack() as stack:
-            for name in dict.fromkeys(n for locks in WRITER_LOCKS.values() for n, _ in locks):
-                stack.enter_context(advisory_lock(conn, name))
-            restored = restore(conn, suffix)
+    with connect(target, autocommit=True) as conn, writer_locks(conn, "baseline"):
+        restored = restore(conn, suffix)
     for table, rows in restored.items():
         console.print(f"restored {table}: {rows:,} rows", highlight=False)
 

@@ -25,6 +25,8 @@ WRITER_LOCKS: dict[str, tuple[tuple[str, bool], ...]] = {
     "load": ((SOURCE_LOCK, False),),
     "bars": ((BARS_LOCK, False), (SOURCE_LOCK, True)),
     "emas": ((EMAS_LOCK, False), (BARS_LOCK, True)),
+    # a baseline capture or restore rewrites everything: nobody else may write meanwhile
+    "baseline": ((SOURCE_LOCK, False), (BARS_LOCK, False), (EMAS_LOCK, False)),
 }
 
 
@@ -63,12 +65,18 @@ def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0, *, s
 
 
 @contextmanager
-def writer_locks(conn: psycopg.Connection, role: str, wait_s: float = 0.0, skip: tuple[str, ...] = ()) -> Iterator[None]:
-    """Take every lock of :data:`WRITER_LOCKS` for ``role`` (those in ``skip`` are held by a parent)."""
+def writer_locks(conn: psycopg.Connection, roles: str | tuple[str, ...], wait_s: float = 0.0,
+                 skip: tuple[str, ...] = ()) -> Iterator[None]:
+    """Take every lock of :data:`WRITER_LOCKS` for ``roles`` except those in ``skip`` (held by a
+    parent process). A lock one role needs exclusively is taken exclusively."""
     from contextlib import ExitStack
 
-    with ExitStack() as stack:
+    wanted: dict[str, bool] = {}  # name -> shared
+    for role in (roles,) if isinstance(roles, str) else roles:
         for name, shared in WRITER_LOCKS[role]:
+            wanted[name] = wanted.get(name, True) and shared
+    with ExitStack() as stack:
+        for name, shared in wanted.items():
             if name not in skip:
                 stack.enter_context(advisory_lock(conn, name, wait_s, shared=shared))
         yield

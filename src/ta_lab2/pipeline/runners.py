@@ -111,28 +111,9 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
         env[ENV_LOCKS_HELD] = ",".join(dict.fromkeys([*inherited, *held_locks(*roles).split(",")]))
         if options.dry_run:
             return run_children(runner, specs, env=env, dry_run=True)
-        with _locks(conn, roles, options.wait_lock, skip=inherited):
+        with writer_locks(conn, roles, options.wait_lock, skip=inherited):
             return run_children(runner, specs, env=env, timeout_s=options.timeout_s,
                                 continue_on_error=options.continue_on_error, verbose=options.verbose)
-
-
-def _locks(conn, roles: tuple[str, ...], wait: float, skip: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    """Every lock of ``roles`` not held by a parent (``skip``); a name needed exclusively by
-    one role is taken exclusively."""
-    from contextlib import ExitStack
-
-    from ta_lab2.db.locks import advisory_lock
-
-    wanted: dict[str, bool] = {}
-    for role in roles:
-        for name, shared in WRITER_LOCKS[role]:
-            wanted[name] = wanted.get(name, True) and shared
-    stack = ExitStack()
-    for name, shared in wanted.items():
-        if name in skip:
-            continue
-        stack.enter_context(advisory_lock(conn, name, wait, shared=shared))
-    return stack
 
 
 def run_bar_builders(target: Target, options: RunOptions, builders: Sequence[str] = BUILDER_ORDER) -> RunSummary:
