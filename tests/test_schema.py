@@ -199,15 +199,23 @@ def test_alpha_lookup_follows_dimensions(schema_conn: psycopg.Connection) -> Non
 def test_user_edit_of_seeded_row_survives_init(schema_conn: psycopg.Connection) -> None:
     schema_conn.execute("UPDATE dim_timeframe SET description = 'mine' WHERE tf = '7D'")
     schema_conn.commit()
-    ensure_schema(schema_conn)
+    ensure_schema(schema_conn, repair=True)
     assert schema_conn.execute("SELECT description FROM dim_timeframe WHERE tf = '7D'").fetchone() == ("mine",)
 
 
 def test_deleted_seed_row_is_restored(schema_conn: psycopg.Connection) -> None:
     schema_conn.execute("DELETE FROM dim_timeframe WHERE tf = '7D'")
     schema_conn.commit()
-    assert ensure_schema(schema_conn) is True
+    assert ensure_schema(schema_conn) is False  # the runners' quick check: version and tables only
+    assert ensure_schema(schema_conn, repair=True) is True  # `ta-lab2 init`
     assert schema_conn.execute("SELECT tf_days_nominal FROM dim_timeframe WHERE tf = '7D'").fetchone() == (7,)
+
+
+def test_quick_check_recreates_a_dropped_table(schema_conn: psycopg.Connection) -> None:
+    schema_conn.execute("DROP TABLE cmc_price_bars_1d_deletions")
+    schema_conn.commit()
+    assert ensure_schema(schema_conn) is True
+    assert schema_conn.execute("SELECT to_regclass('cmc_price_bars_1d_deletions')").fetchone()[0] is not None
 
 
 def test_newer_schema_version_is_refused(schema_conn: psycopg.Connection) -> None:

@@ -26,9 +26,9 @@ from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_S
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
 from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
-from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_REJECTS, SOURCE_TABLE, state_table
+from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
-from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_units
+from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, bulk_rebuild, clear_ids, resolve_ids, run_units
 from ta_lab2.load.source_schema import UTC_US
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,23 @@ def build(
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)
     tfs = [] if builder.name == "1d" else load_timeframes(conn, builder, include_non_canonical, schema)
-    if full_rebuild:
-        extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
-        clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
-    options = BuildOptions(builder.name, tuple(tfs), tz, full_rebuild, schema)
-    results = run_units(conn, build_one, options, id_list, workers=workers, url=url, progress=progress)
+    bulk = full_rebuild and ids is None and builder.name != "1d"
+    options = BuildOptions(builder.name, tuple(tfs), tz, full_rebuild, schema, bulk)
+    if bulk:
+        # every id in one transaction, indexes built once at the end (workers cannot share it)
+        with bulk_rebuild(conn, [builder.table], [state_table(builder.table)], schema):
+            results = run_units(conn, build_one, options, id_list, progress=progress)
+    else:
+        if full_rebuild:
+            if builder.name == "1d":
+                with conn.transaction():
+                    first = conn.execute(
+                        sql.SQL('SELECT id, min("timestamp") FROM {} WHERE id = ANY(%s) GROUP BY id').format(
+                            _ident(schema, BARS_1D)), (id_list,)).fetchall()
+                    log_deletions(conn, schema, first)
+            extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
+            clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
+        results = run_units(conn, build_one, options, id_list, workers=workers, url=url, progress=progress)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
                        time.perf_counter() - started, tuple(results))
 
@@ -120,6 +132,40 @@ class BuildOptions:
     tz: str
     full: bool
     schema: str
+    bulk: bool = False  # inside bulk_rebuild(): one transaction, empty unindexed table
+
+
+def log_deletions(conn: psycopg.Connection, schema: str, removed: Sequence[tuple[int, dt.datetime]]) -> None:
+    """Record, in the caller's transaction, that rows of the 1D table were removed from
+    ``(id, from_ts)`` on, and drop entries a newer one makes redundant (a reader that sees an
+    entry also sees every newer one, so an older entry starting at or after a newer one's
+    ``from_ts`` can never lower a reader's cut)."""
+    if not removed:
+        return
+    table = _ident(schema, BARS_1D_DELETIONS)
+    ids = [r[0] for r in removed]
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, from_ts) SELECT * FROM unnest(%s::int[], %s::timestamptz[]) "
+                "ON CONFLICT (id, deleted_at) DO UPDATE SET from_ts = least({}.from_ts, EXCLUDED.from_ts)").format(
+            table, sql.Identifier(BARS_1D_DELETIONS)),
+        (ids, [r[1] for r in removed]),
+    )
+    conn.execute(
+        sql.SQL("DELETE FROM {t} o WHERE o.id = ANY(%s) AND EXISTS (SELECT 1 FROM {t} n WHERE n.id = o.id "
+                "AND n.deleted_at > o.deleted_at AND n.from_ts <= o.from_ts)").format(t=table),
+        (ids,),
+    )
+
+
+def deletions_since(conn: psycopg.Connection, schema: str, ident: int,
+                    since: dt.datetime | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(earliest 1D instant removed after ``since``, newest removal time) for one id."""
+    row = conn.execute(
+        sql.SQL("SELECT min(from_ts) FILTER (WHERE %s::timestamptz IS NULL OR deleted_at > %s), max(deleted_at) "
+                "FROM {} WHERE id = %s").format(_ident(schema, BARS_1D_DELETIONS)),
+        (since, since, ident),
+    ).fetchone()
+    return (row[0], row[1]) if row else (None, None)
 
 
 def build_one(conn: psycopg.Connection, options: BuildOptions, ident: int) -> IdResult:
@@ -127,7 +173,7 @@ def build_one(conn: psycopg.Connection, options: BuildOptions, ident: int) -> Id
     builder = BUILDERS[options.builder]
     if builder.name == "1d":
         return _build_1d(conn, ident, options.tz, options.full, options.schema)
-    return _build_multi(conn, builder, options.timeframes, ident, options.tz, options.full, options.schema)
+    return _build_multi(conn, builder, options.timeframes, ident, options.tz, options.full, options.schema, options.bulk)
 
 
 def _ident(schema: str, table: str) -> sql.Identifier:
@@ -174,7 +220,11 @@ def _build_1d(conn: psycopg.Connection, ident: int, tz: str, full: bool, schema:
         rejects = rejects.filter(pl.col("timestamp") >= cut)
     where, params = _cut_clause(ident, cut, "timestamp")
     with conn.transaction():
-        deleted_rows = conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D)) + where, params).rowcount
+        deleted_rows, removed_from = conn.execute(
+            sql.SQL("WITH d AS (DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D)) + where
+            + sql.SQL(' RETURNING "timestamp") SELECT count(*), min("timestamp") FROM d'), params).fetchone()
+        if removed_from is not None:
+            log_deletions(conn, schema, [(ident, removed_from)])
         conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D_REJECTS)) + where, params)
         copy_frame(conn, table_ref(BARS_1D, schema), accepted.select(list(BARS_1D_SCHEMA)))
         copy_frame(conn, table_ref(BARS_1D_REJECTS, schema), rejects.select(list(REJECTS_1D_COLUMNS)))
@@ -235,6 +285,7 @@ def _build_multi(
     tz: str,
     full: bool,
     schema: str,
+    bulk: bool = False,
 ) -> IdResult:
     table = _ident(schema, builder.table)
     state_t = _ident(schema, state_table(builder.table))
@@ -250,17 +301,12 @@ def _build_multi(
             sql.SQL("SELECT tf, watermark_ingested_at, first_day FROM {} WHERE id = %s").format(state_t), (ident,)
         ).fetchall()
     }
-    deleted_from = None
-    if not full and states:
-        deleted_from = conn.execute(
-            sql.SQL(
-                """
-                SELECT min(t.time_close) FROM (SELECT DISTINCT time_close FROM {t} WHERE id = %(id)s) t
-                WHERE NOT EXISTS (SELECT 1 FROM {d} d WHERE d.id = %(id)s AND d."timestamp" = t.time_close)
-                """
-            ).format(t=table, d=_ident(schema, BARS_1D)),
-            {"id": ident},
-        ).fetchone()[0]
+    since = min((st[0] for st in states.values() if st[0] is not None), default=None)
+    deleted_from, last_removal = deletions_since(conn, schema, ident, since)
+    if full or not states:
+        deleted_from = None
+    if last_removal is not None and (watermark is None or last_removal > watermark):
+        watermark = last_removal  # a removal is input too: do not see it again next time
     # Per timeframe: None = replace all rows; a datetime = replace rows from the bar containing
     # it; absent = unchanged.
     change_at: dict[str, dt.datetime | None] = {}
@@ -278,14 +324,16 @@ def _build_multi(
     work = [tf for tf in tfs if tf.tf in change_at]
     rows = snapshot_rows(days, work, builder.family)
     cuts = _cuts(rows, change_at)
-    new_rows = rows.join(cuts, on="tf", how="left").filter(
+    # rows are in primary-key order; the join keeps it (a bulk rebuild's index build then
+    # sorts presorted input)
+    new_rows = rows.join(cuts, on="tf", how="left", maintain_order="left").filter(
         pl.col("_cut").is_null() | (pl.col("time_close") >= pl.col("_cut"))
     ).drop("_cut")
     full_tfs = [tf for tf, at in change_at.items() if at is None]
     cut_tfs = cuts.filter(pl.col("_cut").is_not_null())
     with conn.transaction():
         deleted = 0
-        if full_tfs:
+        if full_tfs and not bulk:
             deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s AND tf = ANY(%s)").format(table),
                                     (ident, full_tfs)).rowcount
         if cut_tfs.height:

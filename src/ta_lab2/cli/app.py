@@ -83,7 +83,7 @@ def init(db_url: opt.DbUrl = None, schema: opt.Schema = "public", log_level: opt
 
     target = resolve_target(db_url)
     with connect(target) as conn:
-        created = ensure_schema(conn, schema)
+        created = ensure_schema(conn, schema, repair=True)
     state = "created" if created else "already up to date"
     console.print(f"schema {schema!r} version {SCHEMA_VERSION}: {state} — {target.describe()}", highlight=False)
 

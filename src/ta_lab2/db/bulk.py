@@ -83,32 +83,26 @@ def column_types(conn: psycopg.Connection, table: TableRef) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- encoding
-def _column_payload(series: pl.Series, pg_type: str) -> tuple[np.ndarray, np.ndarray]:
-    """One column as (field length per row with -1 for NULL, payload matrix ``(rows, width)``).
+def _column_payload(series: pl.Series, pg_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One column as (field length per row, -1 for NULL; payload; text start offsets or None).
 
-    Fixed-width types give their big-endian bytes; text is padded to the longest value so every
-    row has a slot of the same width (the padding is dropped again by the encoder's mask).
+    Fixed-width types give their values as a native numpy array (NULLs filled with 0; the
+    big-endian conversion happens when they are assigned into the row records). Text gives
+    every value's UTF-8 bytes concatenated once (in Rust) and each row's start offset in them.
     """
     target, np_dtype = _PG_TYPES[pg_type]
     s = series.cast(target)
     n = len(s)
     valid = ~s.is_null().to_numpy()
     if np_dtype is None:
-        # Text: byte lengths, and every value concatenated once (in Rust) into one buffer.
         lengths = s.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
         joined = s.str.join("").item() if n else ""
         data = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        width = int(lengths.max()) if n else 0
-        k = np.arange(width)
-        inside = k[None, :] < lengths[:, None]
-        matrix = np.zeros((n, width), dtype=np.uint8)
-        if width:
-            matrix[inside] = data[(offsets[:-1, None] + k[None, :])[inside]]
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
         lengths = lengths.astype(np.int32)
         lengths[~valid] = -1
-        return lengths, matrix
+        return lengths, data, starts
     if pg_type == "timestamptz":
         values = s.dt.epoch("us").fill_null(0).to_numpy() - _PG_EPOCH_US
     elif pg_type == "date":
@@ -118,58 +112,74 @@ def _column_payload(series: pl.Series, pg_type: str) -> tuple[np.ndarray, np.nda
     else:
         values = s.fill_null(0).to_numpy()
     width = np.dtype(np_dtype).itemsize
-    matrix = np.ascontiguousarray(values.astype(np_dtype)).view(np.uint8).reshape(n, width)
-    return np.where(valid, width, -1).astype(np.int32), matrix
+    return np.where(valid, width, -1).astype(np.int32), values, None
 
 
 def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], *, header: bool = True, trailer: bool = True) -> bytes:
     """Encode ``frame`` (columns in COPY order) as PostgreSQL binary COPY data.
 
     Row layout: int16 field count, then per field int32 length (-1 = NULL) and the big-endian
-    payload. Rows are assembled in a padded ``(rows, max_row_bytes)`` matrix with whole-column
-    slice assignments, and one boolean mask drops the padding (NULL payloads, short texts), so
-    the cost is a few passes over the output bytes and no Python loop per row. Rows are
-    grouped by the length of their longest text so that one long text does not pad every row
-    (COPY does not care about row order).
+    payload. Rows that share a layout (the same NULL fields and the same text lengths) are
+    encoded together as one array of packed numpy records (big-endian fields) filled by
+    whole-column assignments and emitted with a single ``tobytes()``: no Python loop per row,
+    no per-byte masks. COPY does not care about row order, but rows keep their order within a layout
+    and tables whose rows share one layout keep their order entirely.
     """
-    text_cols = [c for c, t in zip(frame.columns, pg_types) if _PG_TYPES[t][1] is None]
     parts = [_HEADER] if header else []
-    if text_cols and frame.height:
-        longest = frame.select(
-            pl.max_horizontal([pl.col(c).cast(pl.String).str.len_bytes().fill_null(0) for c in text_cols]).alias("n")
-        )["n"]
-        bucket = (longest.cast(pl.Float64).clip(16, None).log(2).ceil()).cast(pl.Int32)
-        if bucket.n_unique() > 1:
-            for _, group in frame.with_columns(_bucket=bucket).group_by("_bucket"):
-                parts.append(_encode_rows(group.drop("_bucket"), pg_types))
-        else:
-            parts.append(_encode_rows(frame, pg_types))
-    else:
-        parts.append(_encode_rows(frame, pg_types))
+    if frame.height:
+        parts.extend(_encode_rows(frame, pg_types))
     if trailer:
         parts.append(_TRAILER)
     return b"".join(parts)
 
 
-def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> bytes:
+def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
     n = frame.height
     cols = [_column_payload(frame.to_series(i), t) for i, t in enumerate(pg_types)]
-    slot = 2 + sum(4 + m.shape[1] for _, m in cols)
-    matrix = np.empty((n, slot), dtype=np.uint8)
-    keep: np.ndarray | None = None
-    matrix[:, 0:2] = np.array([frame.width], dtype=">i2").view(np.uint8)
-    off = 2
-    for (lengths, payload), pg_type in zip(cols, pg_types):
-        width = payload.shape[1]
-        matrix[:, off : off + 4] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
-        matrix[:, off + 4 : off + 4 + width] = payload
-        ragged = _PG_TYPES[pg_type][1] is None or bool((lengths < 0).any())
-        if ragged:
-            if keep is None:
-                keep = np.ones((n, slot), dtype=bool)
-            keep[:, off + 4 : off + 4 + width] = np.arange(width)[None, :] < lengths[:, None]
-        off += 4 + width
-    return matrix.tobytes() if keep is None else matrix[keep].tobytes()
+    # Layout key per row: a NULL bit per nullable column and each text column's length, as a
+    # mixed-radix number (re-densified before it could overflow).
+    key = np.zeros(n, dtype=np.int64)
+    ragged = False
+    for lengths, _, starts in cols:
+        if starts is None and not bool((lengths < 0).any()):
+            continue
+        ragged = True
+        radix = int(lengths.max(initial=0)) + 2
+        if key.max(initial=0) >= (1 << 62) // radix:
+            key = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        key = key * radix + (lengths + 1)
+    if ragged:
+        order = np.argsort(key, kind="stable")
+        groups: list[np.ndarray | None] = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
+    else:
+        groups = [None]
+    out: list[bytes] = []
+    for rows in groups:
+        first = 0 if rows is None else int(rows[0])
+        # One packed record type per layout: field count, then (length, value) per column.
+        fields: list[tuple[str, str]] = [("n", ">i2")]
+        for j, ((lengths, _, starts), pg_type) in enumerate(zip(cols, pg_types)):
+            width = int(lengths[first])
+            fields.append((f"l{j}", ">i4"))
+            if width > 0:
+                fields.append((f"v{j}", f"V{width}" if starts is not None else str(_PG_TYPES[pg_type][1])))
+        records = np.empty(n if rows is None else rows.size, dtype=np.dtype(fields))
+        records["n"] = frame.width
+        raw = records.view(np.uint8).reshape(records.size, records.dtype.itemsize)
+        for j, (lengths, payload, starts) in enumerate(cols):
+            records[f"l{j}"] = lengths[first]
+            name = f"v{j}"
+            if name not in records.dtype.names:
+                continue
+            if starts is None:
+                records[name] = payload if rows is None else payload[rows]
+            else:  # text: gather exactly this layout's bytes
+                width = int(lengths[first])
+                at = starts if rows is None else starts[rows]
+                off = records.dtype.fields[name][1]
+                raw[:, off:off + width] = payload[at[:, None] + np.arange(width)]
+        out.append(records.tobytes())
+    return out
 
 
 def copy_frame(
@@ -225,6 +235,39 @@ def staged(conn: psycopg.Connection, like: TableRef, frame: pl.DataFrame, name: 
     finally:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(ident))
+
+
+@contextmanager
+def deferred_indexes(conn: psycopg.Connection, tables: Sequence[TableRef]) -> Iterator[None]:
+    """Drop every index of ``tables`` (primary keys and unique constraints included), yield,
+    then create them again exactly as they were (``pg_get_indexdef`` /
+    ``pg_get_constraintdef``). Meant for bulk loads inside one transaction: a failure before
+    the indexes are back must roll the transaction back, never commit it."""
+    saved: list[sql.Composable] = []
+    for ref in tables:
+        table = ref.ident
+        rows = conn.execute(
+            """
+            SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
+            FROM pg_index i
+            JOIN pg_class ic ON ic.oid = i.indexrelid
+            LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+            WHERE i.indrelid = to_regclass(%s)
+            ORDER BY c.conname IS NULL, ic.relname
+            """,
+            (table.as_string(conn),),
+        ).fetchall()
+        for index_name, index_def, constraint, constraint_def in rows:
+            if constraint is not None:
+                conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(constraint)))
+                saved.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(table, sql.Identifier(constraint))
+                             + sql.SQL(constraint_def))
+            else:
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(ref.schema, index_name)))
+                saved.append(sql.SQL(index_def))
+    yield
+    for statement in saved:
+        conn.execute(statement)
 
 
 # --------------------------------------------------------------------------- reading

@@ -19,6 +19,7 @@ from ta_lab2.db.tables import (
     ANCHORED_BAR_TABLES,
     BAR_TABLES,
     BARS_1D,
+    BARS_1D_DELETIONS,
     BARS_1D_REJECTS,
     DUAL_EMA_TABLES,
     EMA_TABLES,
@@ -31,7 +32,7 @@ from ta_lab2.timeframes import DEFAULT_PERIODS, seed_timeframes
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cmc_price_bars_1d_deletions
 VERSION_TABLE = "ta_lab2_schema_version"
 SCHEMA_LOCK_KEY = 0x7A_1AB2_0001  # advisory lock serialising concurrent `init`s
 
@@ -201,6 +202,15 @@ CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D_REJECTS} (
     PRIMARY KEY (id, "timestamp")
 );
 
+-- Deletion log of the 1D table: readers (bar builders, EMA refreshers) find "a day left the
+-- grid after my watermark" with a point lookup instead of an anti-join over their own rows.
+CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D_DELETIONS} (
+    id integer NOT NULL,
+    from_ts timestamptz NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (id, deleted_at)
+);
+
 CREATE TABLE IF NOT EXISTS {{s}}.{state_table(BARS_1D)} (
     id integer PRIMARY KEY,
     tz text NOT NULL,
@@ -339,6 +349,13 @@ def _ddl(schema: str) -> list[str]:
     return parts
 
 
+def _table_names() -> list[str]:
+    """Every table the DDL creates (read from the DDL, so the list cannot drift)."""
+    import re
+
+    return re.findall(r'CREATE TABLE IF NOT EXISTS "[^"]+"\.(\w+)', "\n".join(_ddl("x")))
+
+
 def schema_version(conn: psycopg.Connection, schema: str = "public") -> int | None:
     """The recorded schema version, or None when the database has never been initialised."""
     exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".{VERSION_TABLE}',)).fetchone()
@@ -361,11 +378,22 @@ def check_version(conn: psycopg.Connection, schema: str = "public") -> int | Non
     return version
 
 
-def ensure_schema(conn: psycopg.Connection, schema: str = "public") -> bool:
+def ensure_schema(conn: psycopg.Connection, schema: str = "public", *, repair: bool = False) -> bool:
     """Create what is missing, in one transaction. Returns True if anything was created.
 
-    Safe to run concurrently (an advisory lock serialises it) and any number of times.
+    Safe to run concurrently (an advisory lock serialises it) and any number of times. When
+    the schema is at the current version and every table exists, nothing is executed unless
+    ``repair`` (``ta-lab2 init``): the DDL would otherwise queue behind a bulk rebuild's lock
+    on a table and serialise runners that have nothing to create.
     """
+    if not repair:
+        with conn.transaction():
+            current = schema_version(conn, schema) == SCHEMA_VERSION
+            names = [f'"{schema}"."{t}"' for t in _table_names()]
+            missing = conn.execute("SELECT count(*) FROM unnest(%s::text[]) n WHERE to_regclass(n) IS NULL",
+                                   (names,)).fetchone()[0]
+        if current and not missing:
+            return False
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         before = check_version(conn, schema)

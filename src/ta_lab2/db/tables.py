@@ -5,6 +5,8 @@ from __future__ import annotations
 SOURCE_TABLE = "cmc_price_histories7"
 BARS_1D = "cmc_price_bars_1d"
 BARS_1D_REJECTS = "cmc_price_bars_1d_rejects"
+#: one row per (id, transaction) that removed rows from the 1D table: where the removal began
+BARS_1D_DELETIONS = "cmc_price_bars_1d_deletions"
 LOAD_REJECTS = "load_rejects"
 
 #: builder name -> bar table (``1d`` first: every other table is built from it)

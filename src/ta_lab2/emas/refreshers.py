@@ -20,13 +20,14 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from ta_lab2.bars.builders import deletions_since
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.series import Grid, epoch_us, tf_rows
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
-from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_units
+from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, bulk_rebuild, clear_ids, resolve_ids, run_units
 from ta_lab2.timeframes import V2_DEFAULT_PERIODS
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class RefreshOptions:
     periods: tuple[int, ...]
     full: bool
     schema: str
+    bulk: bool = False  # inside bulk_rebuild(): one transaction, empty unindexed table
 
 
 def refresh(
@@ -134,10 +136,16 @@ def refresh(
     id_list = resolve_ids(conn, ids, schema)
     tfs = load_ema_timeframes(conn, refresher, include_non_canonical, schema)
     plist = load_periods(conn, refresher, periods, schema)
-    if full_refresh:
-        clear_ids(conn, [refresher.table, state_table(refresher.table)], None if ids is None else id_list, schema)
-    options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema)
-    results = run_units(conn, refresh_one, options, id_list, workers=workers, url=url, progress=progress)
+    bulk = full_refresh and ids is None
+    options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema, bulk)
+    if bulk:
+        # every id in one transaction, indexes built once at the end (workers cannot share it)
+        with bulk_rebuild(conn, [refresher.table], [state_table(refresher.table)], schema):
+            results = run_units(conn, refresh_one, options, id_list, progress=progress)
+    else:
+        if full_refresh:
+            clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
+        results = run_units(conn, refresh_one, options, id_list, workers=workers, url=url, progress=progress)
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
                        tuple(results), plist)
 
@@ -147,79 +155,91 @@ _CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
 
 
 def refresh_one(conn: psycopg.Connection, options: RefreshOptions, ident: int) -> IdResult:
-    """One id in one REPEATABLE READ transaction: inputs and watermark from one snapshot."""
+    """One id in one REPEATABLE READ transaction (inputs and watermark from one snapshot), or
+    as part of the caller's bulk transaction."""
+    if options.bulk:
+        return _refresh_id(conn, options, ident)
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _refresh_id(conn, options, ident)
+
+
+def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -> IdResult:
     refresher = REFRESHERS[options.refresher]
     s = options.schema
     table = sql.Identifier(s, refresher.table)
     state_t = sql.Identifier(s, state_table(refresher.table))
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(sql.Identifier(s, BARS_1D)),
-                                _GRID_SCHEMA, (ident,))
-        grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
-        bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
-        canon = pl.DataFrame(schema=_CANON_SCHEMA)
-        bar_changes: dict[str, dt.datetime] = {}
-        watermark = grid_frame["ingested_at"].max()
-        states = {(r[0], r[1]): r[2] for r in conn.execute(
-            sql.SQL("SELECT tf, period, watermark_ingested_at FROM {} WHERE id = %s").format(state_t), (ident,)).fetchall()}
-        since = min(states.values(), default=None) if states and not options.full else None
-        if refresher.bar_table and bar_tfs:
-            bars = sql.Identifier(s, refresher.bar_table)
-            canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
-                               _CANON_SCHEMA, (ident, bar_tfs))
-            row = conn.execute(sql.SQL("SELECT max(ingested_at) FROM {} WHERE id = %s AND tf = ANY(%s)").format(bars),
-                               (ident, bar_tfs)).fetchone()
-            if row and row[0] is not None and (watermark is None or row[0] > watermark):
-                watermark = row[0]
-            if since is not None:
-                bar_changes = dict(conn.execute(
-                    sql.SQL("SELECT tf, min(time_close) FROM {} WHERE id = %s AND tf = ANY(%s) AND ingested_at > %s "
-                            "GROUP BY tf").format(bars), (ident, bar_tfs, since)).fetchall())
-        grid_change = None
-        deleted = None
+    grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(sql.Identifier(s, BARS_1D)),
+                            _GRID_SCHEMA, (ident,))
+    grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
+    bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
+    canon = pl.DataFrame(schema=_CANON_SCHEMA)
+    bar_changes: dict[str, dt.datetime] = {}
+    watermark = grid_frame["ingested_at"].max()
+    states = {(r[0], r[1]): r[2] for r in conn.execute(
+        sql.SQL("SELECT tf, period, watermark_ingested_at FROM {} WHERE id = %s").format(state_t), (ident,)).fetchall()}
+    # None: no usable watermark, every series is recomputed whole
+    since = min((w for w in states.values() if w is not None), default=None) if not options.full else None
+    if refresher.bar_table and bar_tfs:
+        bars = sql.Identifier(s, refresher.bar_table)
+        canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
+                           _CANON_SCHEMA, (ident, bar_tfs))
+        row = conn.execute(sql.SQL("SELECT max(ingested_at) FROM {} WHERE id = %s AND tf = ANY(%s)").format(bars),
+                           (ident, bar_tfs)).fetchone()
+        if row and row[0] is not None and (watermark is None or row[0] > watermark):
+            watermark = row[0]
         if since is not None:
-            grid_change = grid_frame.filter(pl.col("ingested_at") > since)["timestamp"].min()
-            deleted = conn.execute(
-                sql.SQL("SELECT min(e.ts) FROM (SELECT DISTINCT ts FROM {t} WHERE id = %(id)s) e WHERE NOT EXISTS "
-                        "(SELECT 1 FROM {d} d WHERE d.id = %(id)s AND d.\"timestamp\" = e.ts)").format(
-                    t=table, d=sql.Identifier(s, BARS_1D)), {"id": ident}).fetchone()[0]
-        frames: list[pl.DataFrame] = []
-        replaced: list[tuple[str, int, dt.datetime | None]] = []  # (tf, period, from) to delete
-        for tf in options.timeframes:
-            # per period: None = all rows, an instant = from there on; absent = unchanged
-            cut: dict[int, dt.datetime | None] = {}
-            for p in options.periods:
-                if options.full or (tf.tf, p) not in states:
-                    cut[p] = None
-                    continue
-                first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
-                if first is not None:
-                    cut[p] = first
-            if not cut:
+            bar_changes = dict(conn.execute(
+                sql.SQL("SELECT tf, min(time_close) FROM {} WHERE id = %s AND tf = ANY(%s) AND ingested_at > %s "
+                        "GROUP BY tf").format(bars), (ident, bar_tfs, since)).fetchall())
+    grid_change = None
+    deleted, last_removal = deletions_since(conn, s, ident, since)
+    if last_removal is not None and (watermark is None or last_removal > watermark):
+        watermark = last_removal  # a removal from the grid is input too: do not see it again
+    if since is not None:
+        grid_change = grid_frame.filter(pl.col("ingested_at") > since)["timestamp"].min()
+    else:
+        deleted = None
+    frames: list[pl.DataFrame] = []
+    replaced: list[tuple[str, int, dt.datetime | None]] = []  # (tf, period, from) to delete
+    # Rows go out in primary-key order (tf byte order, period, ts): a bulk rebuild's index
+    # build then sorts presorted input, several times faster.
+    for tf in sorted(options.timeframes, key=lambda t: t.tf):
+        # per period: None = all rows, an instant = from there on; absent = unchanged
+        cut: dict[int, dt.datetime | None] = {}
+        for p in sorted(options.periods):
+            if since is None or (tf.tf, p) not in states:
+                cut[p] = None
                 continue
-            mask = _canonical_mask(grid, canon, tf.tf)
-            groups: dict[dt.datetime | None, list[int]] = {}
-            for p, at in cut.items():
-                groups.setdefault(at, []).append(p)
-                replaced.append((tf.tf, p, at))
-            for at, periods in groups.items():
-                frames.append(tf_rows(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
-                                      None if at is None else epoch_us(at)))
-        if not replaced:
-            return IdResult(ident, "unchanged")
-        # One DELETE, one COPY and one state upsert per id, whatever the number of series.
-        deleted_rows = conn.execute(
-            sql.SQL(
-                "DELETE FROM {} e USING unnest(%s::text[], %s::int[], %s::timestamptz[]) AS c(tf, period, cut) "
-                "WHERE e.id = %s AND e.tf = c.tf AND e.period = c.period AND (c.cut IS NULL OR e.ts >= c.cut)"
-            ).format(table),
-            ([r[0] for r in replaced], [r[1] for r in replaced], [r[2] for r in replaced], ident),
-        ).rowcount
-        rows = pl.concat(frames) if frames else pl.DataFrame()
-        if rows.height:
-            copy_frame(conn, table_ref(refresher.table, s), rows)
-        _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark)
+            first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
+            if first is not None:
+                cut[p] = first
+        if not cut:
+            continue
+        mask = _canonical_mask(grid, canon, tf.tf)
+        groups: dict[dt.datetime | None, list[int]] = {}
+        for p, at in cut.items():
+            groups.setdefault(at, []).append(p)
+            replaced.append((tf.tf, p, at))
+        for at, periods in groups.items():
+            frames.append(tf_rows(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
+                                  None if at is None else epoch_us(at)))
+    if not replaced:
+        return IdResult(ident, "unchanged")
+    # One DELETE, one COPY and one state upsert per id, whatever the number of series.
+    deleted_rows = 0 if options.bulk else conn.execute(
+        sql.SQL(
+            "DELETE FROM {} e USING unnest(%s::text[], %s::int[], %s::timestamptz[]) AS c(tf, period, cut) "
+            "WHERE e.id = %s AND e.tf = c.tf AND e.period = c.period AND (c.cut IS NULL OR e.ts >= c.cut)"
+        ).format(table),
+        ([r[0] for r in replaced], [r[1] for r in replaced], [r[2] for r in replaced], ident),
+    ).rowcount
+    rows = pl.concat(frames) if frames else pl.DataFrame()
+    if rows.height:
+        copy_frame(conn, table_ref(refresher.table, s), rows)
+    whole = all(r[2] is None for r in replaced)
+    _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark,
+                 rows if whole else None)
     mode = "full" if options.full or not states else "incremental"
     return IdResult(ident, mode if grid.n else "empty", rows.height, deleted_rows)
 
@@ -239,13 +259,26 @@ def _canonical_mask(grid: Grid, canon: pl.DataFrame, tf: str) -> np.ndarray:
 
 
 def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, series: list[tuple[str, int]],
-                 watermark: dt.datetime | None) -> None:
+                 watermark: dt.datetime | None, rows: pl.DataFrame | None = None) -> None:
+    """Upsert the state of ``series``; ``rows``: every row the series now have (they were
+    rewritten whole), so ``last_ts`` comes from them instead of from the table."""
     frame = pl.DataFrame(
         {"id": [ident] * len(series), "tf": [t for t, _ in series], "period": [p for _, p in series],
          "watermark_ingested_at": [watermark] * len(series)},
         schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "watermark_ingested_at": UTC_US},
     )
     state_t = sql.Identifier(schema, state_table(table))
+    if rows is not None:
+        last = rows.group_by("tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
+            pl.DataFrame(schema={"tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
+        frame = frame.join(last, on=["tf", "period"], how="left").with_columns(updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US))
+        with staged(conn, table_ref(state_table(table), schema), frame, "_stage_ema_state") as stage:
+            conn.execute(sql.SQL(
+                "INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at) "
+                "SELECT id, tf, period, watermark_ingested_at, last_ts, updated_at FROM {stage} "
+                "ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at, "
+                "last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at").format(st=state_t, stage=stage))
+        return
     with staged(conn, table_ref(state_table(table), schema), frame, "_stage_ema_state") as stage:
         conn.execute(
             sql.SQL(

@@ -90,8 +90,12 @@ def load_files(
 
 def load_synthetic(conn: psycopg.Connection, config: SyntheticConfig, *, schema: str = "public") -> LoadReport:
     """Generate the deterministic synthetic universe and upsert it (one transaction)."""
+    return load_frame(conn, generate_universe(config).frame, f"synthetic:{config.seed}", schema=schema)
+
+
+def load_frame(conn: psycopg.Connection, frame: pl.DataFrame, source: str, *, schema: str = "public") -> LoadReport:
+    """Upsert rows already shaped like a loader's output (``SOURCE_SCHEMA`` + ``symbol``), e.g.
+    a slice of a synthetic universe, in one transaction."""
     ensure_schema(conn, schema)
-    universe = generate_universe(config)
-    frame = universe.frame
     result = ParseResult(frame=frame, rejects=pl.DataFrame(schema=REJECT_SCHEMA), rows_read=frame.height, format="synthetic")
-    return LoadReport((_write(conn, result, f"synthetic:{config.seed}", schema),))
+    return LoadReport((_write(conn, result, source, schema),))
