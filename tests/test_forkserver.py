@@ -250,3 +250,21 @@ def test_dry_run_lists_the_argv_and_dependencies() -> None:
     assert summary.children[0].message.endswith("-m zygote_child ok")
     assert summary.children[1].message.endswith("-m zygote_child ok  (after a)")
 
+
+def test_runner_dependencies_follow_the_tables_each_child_reads() -> None:
+    from ta_lab2.pipeline.runners import REFRESHER_ORDER, RunOptions, bar_specs, ema_specs, within_run
+
+    options = RunOptions(ids=None)
+    bars = bar_specs(options, ("1d", "multi_tf", "cal_iso", "cal_us", "cal_anchor_iso", "cal_anchor_us"))
+    emas = ema_specs(options, REFRESHER_ORDER)
+    after = {s.name: s.after for s in within_run([*bars, *emas])}
+    assert after == {
+        "1d": (), "multi_tf": ("1d",), "cal_iso": ("1d",), "cal_us": ("1d",), "cal_anchor_iso": ("1d",),
+        "cal_anchor_us": ("1d",),
+        "ema_multi_tf": ("1d", "multi_tf"), "ema_v2": ("1d",), "ema_cal_us": ("1d", "cal_us"),
+        "ema_cal_iso": ("1d", "cal_iso"), "ema_cal_anchor_us": ("1d", "cal_anchor_us"),
+        "ema_cal_anchor_iso": ("1d", "cal_anchor_iso"),
+    }
+    # alone, the EMA runner waits for nothing; bars without 1d wait for nothing either
+    assert all(s.after == () for s in within_run(emas))
+    assert all(s.after == () for s in within_run(bar_specs(options, ("cal_iso", "cal_us"))))

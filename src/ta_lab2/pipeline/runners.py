@@ -2,27 +2,43 @@
 
 A runner plans one child process per builder/refresher (dependency order), validates the ids,
 holds its family's advisory locks for the whole run (children are told so), and runs the
-children through :func:`ta_lab2.pipeline.runner.run_children`.
+children through :func:`ta_lab2.pipeline.runner.run_children`, several at once
+(``RunOptions.max_parallel``, default the CPU count) as the dependencies allow: every bar
+builder after ``1d``; each EMA refresher after ``1d`` and the bar builder whose table it reads
+— when those are part of the same run.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from ta_lab2.bars.builders import BUILDERS
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import WRITER_LOCKS, writer_locks
 from ta_lab2.db.schema import ensure_schema
+from ta_lab2.db.tables import BAR_TABLES
 from ta_lab2.emas.refreshers import REFRESHERS
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.child import ENV_LOCKS_HELD
-from ta_lab2.pipeline.runner import ChildSpec, RunSummary, python_module_argv, run_children
+from ta_lab2.pipeline.runner import ChildSpec, RunSummary, default_parallel, python_module_argv, run_children
 from ta_lab2.pipeline.work import resolve_ids
 
 BUILDER_ORDER: tuple[str, ...] = tuple(BUILDERS)  # "1d" first: the others read it
 REFRESHER_ORDER: tuple[str, ...] = tuple(REFRESHERS)
+
+
+def bar_inputs(builder: str) -> tuple[str, ...]:
+    """The bar builders whose tables ``builder`` reads: ``1d`` for every other builder."""
+    return () if builder == "1d" else ("1d",)
+
+
+def ema_inputs(refresher: str) -> tuple[str, ...]:
+    """The bar builders whose tables EMA ``refresher`` reads: ``1d`` (daily closes) and the
+    builder of its ``bar_table`` (canonical closes of the other timeframes), if any."""
+    table = REFRESHERS[refresher].bar_table
+    return ("1d", *(b for b, t in BAR_TABLES.items() if t == table and b != "1d"))
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class RunOptions:
     verbose: bool = False
     dry_run: bool = False
     timeout_s: float = 6 * 3600
+    max_parallel: int | None = None  # children at once; None = the CPU count
     log_level: str = "INFO"
     wait_lock: float = 0.0
     schema: str = "public"
@@ -79,20 +96,31 @@ def _common(options: RunOptions) -> list[str]:
 
 
 def bar_specs(options: RunOptions, builders: Sequence[str]) -> list[ChildSpec]:
+    """One child per builder; ``after`` lists every input builder (see :func:`within_run`)."""
     return [
         ChildSpec(name, python_module_argv("ta_lab2.bars", name, *_common(options), "--tz", options.tz,
-                                           *(["--full-rebuild"] if options.full else [])))
+                                           *(["--full-rebuild"] if options.full else [])),
+                  after=bar_inputs(name))
         for name in builders
     ]
 
 
 def ema_specs(options: RunOptions, refreshers: Sequence[str]) -> list[ChildSpec]:
+    """One child per refresher; ``after`` lists every input builder (see :func:`within_run`)."""
     return [
         ChildSpec(f"ema_{name}", python_module_argv("ta_lab2.emas", name, *_common(options),
                                                     *(["--periods", options.periods] if options.periods else []),
-                                                    *(["--full-refresh"] if options.full else [])))
+                                                    *(["--full-refresh"] if options.full else [])),
+                  after=ema_inputs(name))
         for name in refreshers
     ]
+
+
+def within_run(specs: Sequence[ChildSpec]) -> list[ChildSpec]:
+    """Keep only the dependencies that are children of this run: a table no child of the run
+    rebuilds is read as it is (``ta-lab2 emas`` alone does not wait for any bar builder)."""
+    names = {s.name for s in specs}
+    return [replace(s, after=tuple(d for d in s.after if d in names)) for s in specs]
 
 
 def held_locks(*roles: str) -> str:
@@ -100,7 +128,9 @@ def held_locks(*roles: str) -> str:
 
 
 def run_family(runner: str, target: Target, options: RunOptions, specs: list[ChildSpec], roles: tuple[str, ...]) -> RunSummary:
-    """Validate ids, hold the roles' locks for the whole run, run ``specs`` in order."""
+    """Validate ids, hold the roles' locks for the whole run, run ``specs`` (in dependency
+    order, up to ``options.max_parallel`` at once)."""
+    specs = within_run(specs)
     with connect(target, autocommit=True) as conn:
         if not options.dry_run:
             ensure_schema(conn, options.schema)
@@ -113,7 +143,8 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
             return run_children(runner, specs, env=env, dry_run=True)
         with writer_locks(conn, roles, options.wait_lock, skip=inherited):
             return run_children(runner, specs, env=env, timeout_s=options.timeout_s,
-                                continue_on_error=options.continue_on_error, verbose=options.verbose)
+                                continue_on_error=options.continue_on_error, verbose=options.verbose,
+                                max_parallel=options.max_parallel or default_parallel())
 
 
 def run_bar_builders(target: Target, options: RunOptions, builders: Sequence[str] = BUILDER_ORDER) -> RunSummary:
@@ -152,17 +183,13 @@ def run_daily_refresh(
             fresh, stale = stale_ids(target, options.ids, staleness_hours)
             ema_ids = fresh
         if ema_ids is None or ema_ids:
-            from dataclasses import replace
-
             specs += ema_specs(replace(options, ids=ema_ids), REFRESHER_ORDER)
     roles = tuple(r for r, on in (("bars", bars), ("emas", emas)) if on)
     if not specs:
         summary = run_children("run_daily_refresh", [], env=target.child_env(), dry_run=options.dry_run)
     else:
         summary = run_family("run_daily_refresh", target, options, specs, roles)
-    from dataclasses import replace as _replace
-
-    return _replace(summary, extra={
+    return replace(summary, extra={
         "stale_ids": stale,
         "staleness_hours": staleness_hours,
         "stale_check": not skip_stale_check,
