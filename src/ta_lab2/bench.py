@@ -167,7 +167,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
 def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
     """The same rows, read back and already encoded, written into a clone of the table with the
     same indexes by the fastest path the database offers: in one transaction that creates the
-    clone, one binary COPY into it without indexes (no WAL with ``wal_level = minimal``), then
+    clone, one binary ``COPY … FREEZE`` into it without indexes (no WAL with ``wal_level = minimal``), then
     the indexes built once. That is what the machine can write without any computation."""
     from ta_lab2.db.bulk import (_HEADER, _PG_TYPES, _TRAILER, column_types, deferred_indexes, encode_binary_copy,
                                  read_frame, table_ref)
@@ -183,7 +183,7 @@ def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
     with conn.transaction():
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(sql.Identifier(clone), sql.Identifier(table)))
         with deferred_indexes(conn, [table_ref(clone)]):
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
                     sql.Identifier(clone), columns)) as copy:
                 copy.write(_HEADER)
                 for offset in range(0, len(payload), 1 << 20):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -331,7 +332,8 @@ def _build_multi(
     ).drop("_cut")
     full_tfs = [tf for tf, at in change_at.items() if at is None]
     cut_tfs = cuts.filter(pl.col("_cut").is_not_null())
-    with conn.transaction():
+    # bulk: already inside the rebuild's one transaction, and COPY FREEZE allows no savepoint
+    with nullcontext() if bulk else conn.transaction():
         deleted = 0
         if full_tfs and not bulk:
             deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s AND tf = ANY(%s)").format(table),
@@ -344,7 +346,7 @@ def _build_multi(
                 ).format(table),
                 (cut_tfs["tf"].to_list(), cut_tfs["_cut"].to_list(), ident),
             ).rowcount
-        copy_frame(conn, table_ref(builder.table, schema), new_rows)
+        copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
         _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table)
     mode = "full" if len(full_tfs) == len(work) else "incremental"
     return IdResult(ident, mode if daily.height else "empty", new_rows.height, deleted)

@@ -188,11 +188,14 @@ def copy_frame(
     frame: pl.DataFrame,
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    freeze: bool = False,
 ) -> int:
     """Append ``frame``'s rows to ``table`` with binary COPY; returns the number of rows written.
 
     Columns are matched by name (the frame may omit columns that have defaults or are NULL);
     a frame column the table does not have is an error. Runs inside the caller's transaction.
+    ``freeze``: ``COPY … FREEZE`` — only for a table created or truncated in the caller's
+    current (sub)transaction.
     """
     types = column_types(conn, table)
     if not types:
@@ -205,8 +208,8 @@ def copy_frame(
         raise ValueError(f"binary COPY does not handle column types {unsupported} of {table}")
     columns = list(frame.columns)
     pg_types = [types[c] for c in columns]
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        table.ident, sql.SQL(", ").join(map(sql.Identifier, columns))
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY{})").format(
+        table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", FREEZE" if freeze else "")
     )
     with conn.cursor().copy(stmt) as copy:
         copy.write(_HEADER)

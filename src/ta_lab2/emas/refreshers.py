@@ -236,7 +236,7 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     ).rowcount
     rows = pl.concat(frames) if frames else pl.DataFrame()
     if rows.height:
-        copy_frame(conn, table_ref(refresher.table, s), rows)
+        copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
     whole = all(r[2] is None for r in replaced)
     _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark,
                  rows if whole else None)
@@ -284,13 +284,11 @@ def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, 
             sql.SQL(
                 """
                 INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
-                SELECT s.id, s.tf, s.period, s.watermark_ingested_at, m.last_ts, now()
+                SELECT s.id, s.tf, s.period, s.watermark_ingested_at,
+                       (SELECT max(e.ts) FROM {t} e WHERE e.id = s.id AND e.tf = s.tf AND e.period = s.period), now()
                 FROM {stage} s
-                LEFT JOIN (SELECT tf, period, max(ts) AS last_ts FROM {t} WHERE id = %s GROUP BY tf, period) m
-                       ON m.tf = s.tf AND m.period = s.period
                 ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
                     last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
                 """
             ).format(st=state_t, t=sql.Identifier(schema, table), stage=stage),
-            (ident,),
         )
