@@ -323,7 +323,7 @@ def _build_multi(
     if not change_at:
         return IdResult(ident, "unchanged")
     work = [tf for tf in tfs if tf.tf in change_at]
-    rows = snapshot_rows(days, work, builder.family)
+    rows = snapshot_rows(days, work, builder.family, change_at)
     cuts = _cuts(rows, change_at)
     # rows are in primary-key order; the join keeps it (a bulk rebuild's index build then
     # sorts presorted input)

@@ -9,7 +9,8 @@ nothing loops per row in Python.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import datetime as dt
+from typing import Callable, Mapping, Sequence
 
 import polars as pl
 
@@ -70,14 +71,32 @@ def prepare_days(daily: pl.DataFrame, tz: str) -> pl.DataFrame:
     )
 
 
-def snapshot_rows(days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str) -> pl.DataFrame:
-    """All snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`)."""
+def snapshot_rows(
+    days: pl.DataFrame,
+    timeframes: Sequence[Timeframe],
+    family: str,
+    since: Mapping[str, dt.datetime | None] | None = None,
+) -> pl.DataFrame:
+    """Snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`).
+
+    ``since`` (per tf; missing or None = every bar): only bars from the one holding the first
+    day at or after that instant are built (the last bar if no day is that late). A bar's rows
+    depend only on its own days and on ``day_open``, which :func:`prepare_days` derived from
+    the whole history, so these rows equal the same rows of a full build.
+    """
     anchored = family == "cal_anchor"
     schema = ANCHORED_SCHEMA if anchored else BAR_SCHEMA
     if days.is_empty() or not timeframes:
         return pl.DataFrame(schema=schema)
     assign: Callable[[pl.DataFrame, Timeframe], pl.DataFrame] = ASSIGNERS[family]
-    parts = [assign(days, tf).with_columns(tf=pl.lit(tf.tf)) for tf in timeframes]
+    parts = []
+    for tf in timeframes:
+        part = assign(days, tf).with_columns(tf=pl.lit(tf.tf))
+        at = (since or {}).get(tf.tf)
+        if at is not None:
+            first_bar = pl.coalesce(pl.col("bar_seq").filter(pl.col("timestamp") >= at).min(), pl.col("bar_seq").max())
+            part = part.filter(pl.col("bar_seq") >= first_bar)
+        parts.append(part)
     rows = pl.concat(parts, how="diagonal_relaxed")
     if rows.is_empty():
         return pl.DataFrame(schema=schema)

@@ -312,59 +312,76 @@ def compare_table(
     series = sql.SQL(", ").join(map(sql.Identifier, spec.series))
     tcol = sql.Identifier(spec.time)
     conn.execute("DROP TABLE IF EXISTS pg_temp._cmp_keys, pg_temp._cmp_diffs, pg_temp._cmp_onesided, pg_temp._cmp_series")
-    # --- coverage over all rows: the one-sided keys of a full outer join, and per-series counts
+    # --- one pass over all rows: a full outer join on the key, aggregated per series: row
+    # counts, first/last instants, one-sided rows, and rows whose values differ at all. Only
+    # the series it flags are looked at again, so identical tables cost one join.
+    k0 = key[0]
+    s_row = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in spec.columns)
+    r_row = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in spec.columns)
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TEMP TABLE _cmp_series AS
+            SELECT {series}, count(s.{k0}) AS n_s, count(r.{k0}) AS n_r, min(s.{t}) AS lo_s, max(s.{t}) AS hi_s,
+                   min(r.{t}) AS lo_r, max(r.{t}) AS hi_r,
+                   count(*) FILTER (WHERE s.{k0} IS NULL OR r.{k0} IS NULL) AS n_onesided,
+                   count(*) FILTER (WHERE s.{k0} IS NOT NULL AND r.{k0} IS NOT NULL
+                                    AND ROW({s_row}) IS DISTINCT FROM ROW({r_row})) AS n_differing
+            FROM {s} s FULL JOIN {rr} r USING ({k})
+            GROUP BY {series}
+            """
+        ).format(series=series, k0=k0, t=tcol, s=snap, rr=rebuilt_rows, k=key_list, s_row=s_row, r_row=r_row)
+    )
+    flagged = sql.SQL("({series}) IN (SELECT {series} FROM _cmp_series WHERE {cond})").format
+    onesided_series = flagged(series=series, cond=sql.SQL("n_onesided > 0"))
     conn.execute(
         sql.SQL(
             """
             CREATE TEMP TABLE _cmp_onesided AS
             SELECT {k}, s_present IS NOT NULL AS in_snapshot
-            FROM (SELECT {k}, TRUE AS s_present FROM {s}) s
-            FULL JOIN (SELECT {k}, TRUE AS r_present FROM {r} WHERE {ids}) r USING ({k})
+            FROM (SELECT {k}, TRUE AS s_present FROM {s} WHERE {f}) s
+            FULL JOIN (SELECT {k}, TRUE AS r_present FROM {r} WHERE {ids} AND {f}) r USING ({k})
             WHERE s_present IS NULL OR r_present IS NULL
             """
-        ).format(k=key_list, s=snap, r=reb, ids=ids_r)
+        ).format(k=key_list, s=snap, r=reb, ids=ids_r, f=onesided_series)
     )
     only_s, only_r = (int(v or 0) for v in conn.execute(
         "SELECT count(*) FILTER (WHERE in_snapshot), count(*) FILTER (WHERE NOT in_snapshot) FROM _cmp_onesided").fetchone())
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TEMP TABLE _cmp_series AS
-            SELECT {series}, coalesce(s.n, 0) AS n_s, coalesce(r.n, 0) AS n_r, s.lo AS lo_s, s.hi AS hi_s,
-                   r.lo AS lo_r, r.hi AS hi_r
-            FROM (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {s} GROUP BY {series}) s
-            FULL JOIN (SELECT {series}, count(*) AS n, min({t}) AS lo, max({t}) AS hi FROM {r} WHERE {ids}
-                       GROUP BY {series}) r USING ({series})
-            """
-        ).format(series=series, t=tcol, s=snap, r=reb, ids=ids_r)
-    )
     n_s, n_r = (int(v or 0) for v in conn.execute("SELECT sum(n_s), sum(n_r) FROM _cmp_series").fetchone())
+    # Values are compared again (cell by cell) only in series with a differing row.
+    differing = flagged(series=series, cond=sql.SQL("n_differing > 0"))
+    snap_d = sql.SQL("(SELECT * FROM {s} WHERE {f})").format(s=snap, f=differing)
+    reb_d = sql.SQL("(SELECT * FROM {r} WHERE {ids} AND {f})").format(r=reb, ids=ids_r, f=differing)
     # --- which keys get their values compared: all, or per-series first/last N + interior sample
     if sampling.full:
-        compared = sql.SQL("{s} s JOIN {rr} r USING ({k})").format(s=snap, rr=rebuilt_rows, k=key_list)
+        compared = sql.SQL("{s} s JOIN {rr} r USING ({k})").format(s=snap_d, rr=reb_d, k=key_list)
+        sample_count = None
     else:
         hash_input = sql.SQL(" || '|' || ").join(sql.SQL("{}::text").format(c) for c in key)
-        conn.execute(sql.SQL(
+        sample = sql.SQL(
             """
-            CREATE TEMP TABLE _cmp_keys AS
             SELECT {k} FROM (
                 SELECT {k}, row_number() OVER (PARTITION BY {series} ORDER BY {t}) AS rn, c.n_s AS n
                 FROM {s} JOIN _cmp_series c USING ({series})
             ) x
             WHERE rn <= {b} OR rn > n - {e}
                OR (abs(hashtextextended({h} || '|' || {seed}, 0)) % 1000000) < {pct}
-            EXCEPT SELECT {k} FROM _cmp_onesided
             """
-        ).format(
-            k=key_list, series=series, s=snap, t=tcol, b=sql.Literal(sampling.beginning),
-            e=sql.Literal(sampling.end), h=hash_input, seed=sql.Literal(str(sampling.seed)),
-            pct=sql.Literal(int(round(sampling.random_pct * 1_000_000))),
-        ))
+        ).format
+        args = dict(k=key_list, series=series, t=tcol, b=sql.Literal(sampling.beginning),
+                    e=sql.Literal(sampling.end), h=hash_input, seed=sql.Literal(str(sampling.seed)),
+                    pct=sql.Literal(int(round(sampling.random_pct * 1_000_000))))
+        # how many keys the sample holds (all series), and the sampled keys of flagged series
+        sample_count = int(conn.execute(
+            sql.SQL("SELECT count(*) FROM ({q}) x").format(q=sample(s=snap, **args))).fetchone()[0])
+        conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_keys AS {q} EXCEPT SELECT {k} FROM _cmp_onesided").format(
+            q=sample(s=snap_d, **args), k=key_list))
         compared = sql.SQL("_cmp_keys k JOIN {s} s USING ({k}) JOIN {rr} r USING ({k})").format(
-            s=snap, rr=rebuilt_rows, k=key_list)
+            s=snap_d, rr=reb_d, k=key_list)
     # --- every differing cell: rows are filtered with one row comparison, then unpivoted
     diff_sql = _diff_statement(spec, compared, tolerances, [e for e in expected if e.table == spec.table])
     conn.execute(diff_sql)
+    added = 0
     if not sampling.full:
         # Drill down: every row of a series where the sample found a real difference is
         # compared too, so "where it starts" is exact, not the first *sampled* difference.
@@ -381,7 +398,16 @@ def compare_table(
         if added:
             conn.execute("DROP TABLE _cmp_diffs")
             conn.execute(diff_sql)
-    rows_compared = n_s - only_s if sampling.full else int(conn.execute("SELECT count(*) FROM _cmp_keys").fetchone()[0])
+    if sampling.full:
+        rows_compared = n_s - only_s
+    else:
+        # the sample over every series, less its keys that have no counterpart (one-sided rows
+        # are coverage differences, not compared values), plus the drill-down's rows
+        sampled_onesided = int(conn.execute(
+            sql.SQL("SELECT count(*) FROM ({q} INTERSECT SELECT {k} FROM _cmp_onesided) x").format(
+                q=sample(s=sql.SQL("(SELECT * FROM {s} WHERE {f})").format(s=snap, f=onesided_series), **args),
+                k=key_list)).fetchone()[0])
+        rows_compared = sample_count - sampled_onesided + added
     stats = _column_stats(conn, spec, tolerances, rows_compared)
     mismatching_rows = int(conn.execute(
         sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM _cmp_diffs WHERE severity <> 'INFO') d").format(k=key_list)
