@@ -123,7 +123,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
 
     from ta_lab2.load.service import load_frame
     from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
-    from ta_lab2.pipeline.runners import RunOptions, run_bar_builders, run_ema_refreshes
+    from ta_lab2.pipeline.runners import RunOptions, run_daily_refresh
 
     target = _fresh_database(f"ta_lab2_bench_{scenario.name}")
     with connect(target, autocommit=True) as conn:
@@ -137,22 +137,26 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
                                                      lengths=tuple(n + 1 for n in scenario.lengths))).frame
         last_days = universe.group_by("id").agg(pl.col("timestamp").max())
         load_frame(conn, universe.join(last_days, on=["id", "timestamp"], how="anti"), "bench:history")
-    full = RunOptions(ids=None, full=True, periods=scenario.periods)
+    def daily_refresh(options: RunOptions):  # type: ignore[no-untyped-def]
+        # the production job: every bar builder and EMA refresher in one run
+        summary = run_daily_refresh(target, options, bars=True, emas=True, skip_stale_check=True, staleness_hours=48)
+        if not summary.ok:
+            raise RuntimeError(f"the {'full' if options.full else 'incremental'} refresh failed: "
+                               + "; ".join(f"{c.name}: {c.message}" for c in summary.children if not c.ok))
+        return summary
+
     started = time.perf_counter()
-    bars = run_bar_builders(target, full)
-    emas = run_ema_refreshes(target, full)
+    full = daily_refresh(RunOptions(ids=None, full=True, periods=scenario.periods))
     full_s = time.perf_counter() - started
     tables = tuple(Phase(c.summary.get("table", c.name), int(c.summary.get("rows_inserted", 0)), float(c.duration_s))
-                   for c in (*bars.children, *emas.children))
+                   for c in full.children)
     with connect(target, autocommit=True) as conn:  # the same rows, before anything else changes them
         raw = tuple(_raw_copy_rate(conn, p.name) for p in tables)
     # one new day for every asset, then the incremental pipeline
     with connect(target, autocommit=True) as conn:
         load_frame(conn, universe.join(last_days, on=["id", "timestamp"], how="semi"), "bench:new-day")
-    incremental = RunOptions(ids=None, periods=scenario.periods)
     started = time.perf_counter()
-    run_bar_builders(target, incremental)
-    run_ema_refreshes(target, incremental)
+    daily_refresh(RunOptions(ids=None, periods=scenario.periods))
     incremental_s = time.perf_counter() - started
     started = time.perf_counter()
     capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))

@@ -3,10 +3,10 @@
 :mod:`.snapshot`); this module decides *what* to recompute and moves rows.
 
 Incremental contract: for each id, find the earliest input change since the last run (new or
-revised rows through ``load_ts`` / ``ingested_at``, deleted rows through an anti-join), then
-replace the id's rows from the start of the bar containing that change. A snapshot row depends
-only on its bar's rows up to its own day and the row before the bar, so everything earlier is
-unchanged and the table equals a full rebuild. A change of the id's first day (backfill) or of
+revised rows through ``load_ts`` / ``ingested_at``, rows removed from the 1D table through its
+deletion log), recompute the bars from the one holding that change, and replace the id's rows
+from the change on. A snapshot row depends only on its bar's days up to its own day (and on
+the day before it), so every earlier row is unchanged and the table equals a full rebuild. A change of the id's first day (backfill) or of
 the time zone rebuilds the id from scratch.
 """
 
@@ -308,8 +308,8 @@ def _build_multi(
         deleted_from = None
     if last_removal is not None and (watermark is None or last_removal > watermark):
         watermark = last_removal  # a removal is input too: do not see it again next time
-    # Per timeframe: None = replace all rows; a datetime = replace rows from the bar containing
-    # it; absent = unchanged.
+    # Per timeframe: None = replace all rows; a datetime = recompute from the bar holding it and
+    # replace rows from it on; absent = unchanged.
     change_at: dict[str, dt.datetime | None] = {}
     for tf in tfs:
         st = states.get(tf.tf)
@@ -324,7 +324,11 @@ def _build_multi(
         return IdResult(ident, "unchanged")
     work = [tf for tf in tfs if tf.tf in change_at]
     rows = snapshot_rows(days, work, builder.family, change_at)
-    cuts = _cuts(rows, change_at)
+    # A snapshot row depends only on the days of its bar up to its own day (and on the day
+    # before it, through day_open), so rows before the first changed instant are unchanged even
+    # inside the bar that holds it: replace from that instant on (docs/decisions.md).
+    cuts = pl.DataFrame({"tf": list(change_at), "_cut": list(change_at.values())},
+                        schema={"tf": pl.String, "_cut": UTC_US})
     # rows are in primary-key order; the join keeps it (a bulk rebuild's index build then
     # sorts presorted input)
     new_rows = rows.join(cuts, on="tf", how="left", maintain_order="left").filter(
@@ -350,36 +354,6 @@ def _build_multi(
         _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table)
     mode = "full" if len(full_tfs) == len(work) else "incremental"
     return IdResult(ident, mode if daily.height else "empty", new_rows.height, deleted)
-
-
-def _cuts(rows: pl.DataFrame, change_at: dict[str, dt.datetime | None]) -> pl.DataFrame:
-    """Per timeframe, the first ``time_close`` to replace: the start of the bar that holds the
-    first row at or after the change, or the change instant itself if that is earlier (a
-    deleted day) or no row follows."""
-    changes = pl.DataFrame(
-        {"tf": list(change_at), "_at": list(change_at.values())}, schema={"tf": pl.String, "_at": UTC_US}
-    )
-    if rows.is_empty():
-        return changes.select("tf", pl.col("_at").alias("_cut"))
-    after = (
-        rows.select("tf", "bar_seq", "time_close")
-        .join(changes.filter(pl.col("_at").is_not_null()), on="tf")
-        .filter(pl.col("time_close") >= pl.col("_at"))
-        .group_by("tf")
-        .agg(pl.col("bar_seq").sort_by("time_close").first().alias("_bar"))
-    )
-    bar_start = (
-        rows.select("tf", "bar_seq", "time_close")
-        .join(after, left_on=["tf", "bar_seq"], right_on=["tf", "_bar"])
-        .group_by("tf")
-        .agg(pl.col("time_close").min().alias("_start"))
-    )
-    return changes.join(bar_start, on="tf", how="left").select(
-        "tf",
-        # min(): when the change is a deleted day, the new bar holding the next row may start
-        # after it, and the old rows on the deleted day must go too.
-        pl.when(pl.col("_at").is_null()).then(None).otherwise(pl.min_horizontal("_start", "_at")).alias("_cut"),
-    )
 
 
 def _write_state(

@@ -184,14 +184,16 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
         bars = sql.Identifier(s, refresher.bar_table)
         canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
                            _CANON_SCHEMA, (ident, bar_tfs))
-        row = conn.execute(sql.SQL("SELECT max(ingested_at) FROM {} WHERE id = %s AND tf = ANY(%s)").format(bars),
-                           (ident, bar_tfs)).fetchone()
-        if row and row[0] is not None and (watermark is None or row[0] > watermark):
-            watermark = row[0]
+        # one pass over the id's bar rows: the newest write, and per tf the first bar written
+        # since the last refresh
+        per_tf = conn.execute(
+            sql.SQL("SELECT tf, max(ingested_at), min(time_close) FILTER (WHERE ingested_at > %s) FROM {} "
+                    "WHERE id = %s AND tf = ANY(%s) GROUP BY tf").format(bars), (since, ident, bar_tfs)).fetchall()
+        newest = max((r[1] for r in per_tf if r[1] is not None), default=None)
+        if newest is not None and (watermark is None or newest > watermark):
+            watermark = newest
         if since is not None:
-            bar_changes = dict(conn.execute(
-                sql.SQL("SELECT tf, min(time_close) FROM {} WHERE id = %s AND tf = ANY(%s) AND ingested_at > %s "
-                        "GROUP BY tf").format(bars), (ident, bar_tfs, since)).fetchall())
+            bar_changes = {r[0]: r[2] for r in per_tf if r[2] is not None}
     grid_change = None
     deleted, last_removal = deletions_since(conn, s, ident, since)
     if last_removal is not None and (watermark is None or last_removal > watermark):
@@ -227,11 +229,15 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     if not replaced:
         return IdResult(ident, "unchanged")
     # One DELETE, one COPY and one state upsert per id, whatever the number of series.
+    # Rows are located by one primary-key range probe per series (a plain join with the cut
+    # list makes the planner walk every row of the id) and deleted by their ctid.
     deleted_rows = 0 if options.bulk else conn.execute(
         sql.SQL(
-            "DELETE FROM {} e USING unnest(%s::text[], %s::int[], %s::timestamptz[]) AS c(tf, period, cut) "
-            "WHERE e.id = %s AND e.tf = c.tf AND e.period = c.period AND (c.cut IS NULL OR e.ts >= c.cut)"
-        ).format(table),
+            "DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
+            "SELECT x.ctid FROM unnest(%s::text[], %s::int[], %s::timestamptz[]) AS c(tf, period, cut) "
+            "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = %s AND tf = c.tf AND period = c.period "
+            "AND ts >= coalesce(c.cut, '-infinity')) x))"
+        ).format(t=table),
         ([r[0] for r in replaced], [r[1] for r in replaced], [r[2] for r in replaced], ident),
     ).rowcount
     rows = pl.concat(frames) if frames else pl.DataFrame()
