@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,20 +213,37 @@ def _bar_table_for(ema_table: str, tf: str) -> str:
 
 
 def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], ids: list[int] | None,
-                options: CaptureOptions, rebuilt_schema: str, schema: str = "public") -> list[TableComparison]:
-    """Phase 4: every table, bars first (so EMA divergences can name their likely cause)."""
+                options: CaptureOptions, rebuilt_schema: str, schema: str = "public",
+                target: Target | None = None) -> list[TableComparison]:
+    """Phase 4: every table, reported bars first (so EMA divergences can name their likely
+    cause). With ``target``, tables are compared concurrently on one connection per CPU: each
+    comparison is a few large joins that a single backend runs on one core."""
     ordered = [t for t in (*BAR_TABLES.values(), *EMA_TABLES.values()) if t in tables]
-    results: list[TableComparison] = []
-    for table in ordered:
+    workers = min(os.cpu_count() or 1, len(ordered)) if target is not None else 1
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        local = threading.local()
+        opened: list[psycopg.Connection] = []
+
+        def one(table: str) -> TableComparison:
+            if not hasattr(local, "conn"):
+                local.conn = connect(target, autocommit=True)
+                opened.append(local.conn)
+            return _compare_one(local.conn, table, suffix, ids, options, rebuilt_schema, schema)
+
         try:
-            with conn.transaction():
-                spec = table_spec(conn, table, suffix, rebuilt_schema, schema)
-                result = compare_table(conn, spec, ids, options.sampling, options.tolerances, options.expected, options.top_n)
-        except Exception as exc:  # noqa: BLE001 - a broken table must not stop the others
-            log.error("compare %s failed: %s", table, exc)
-            result = TableComparison(table, snapshot_name(table, suffix), f"{rebuilt_schema}.{table}", 0, 0, 0, 0, 0, 0, 0,
-                                     {"CRITICAL": 1, "WARNING": 0, "INFO": 0}, (), (), (), (), not options.sampling.full,
-                                     error=redact(str(exc)))
+            # largest first, so the last table to finish is a small one
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                done = dict(zip(ordered[::-1], pool.map(one, ordered[::-1])))
+        finally:
+            for c in opened:
+                c.close()
+        raw = [done[t] for t in ordered]
+    else:
+        raw = [_compare_one(conn, t, suffix, ids, options, rebuilt_schema, schema) for t in ordered]
+    results: list[TableComparison] = []
+    for table, result in zip(ordered, raw):
         if table in EMA_TABLES.values() and result.divergences:
             causes = first_bar_divergence(results)
             divergences = tuple(
@@ -235,6 +254,19 @@ def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], id
         results.append(result)
         log.info("compare %-40s %s (%d rows compared)", table, "PASS" if result.passed else "FAIL", result.rows_compared)
     return results
+
+
+def _compare_one(conn: psycopg.Connection, table: str, suffix: str, ids: list[int] | None, options: CaptureOptions,
+                 rebuilt_schema: str, schema: str) -> TableComparison:
+    try:
+        with conn.transaction():
+            spec = table_spec(conn, table, suffix, rebuilt_schema, schema)
+            return compare_table(conn, spec, ids, options.sampling, options.tolerances, options.expected, options.top_n)
+    except Exception as exc:  # noqa: BLE001 - a broken table must not stop the others
+        log.error("compare %s failed: %s", table, exc)
+        return TableComparison(table, snapshot_name(table, suffix), f"{rebuilt_schema}.{table}", 0, 0, 0, 0, 0, 0, 0,
+                               {"CRITICAL": 1, "WARNING": 0, "INFO": 0}, (), (), (), (), not options.sampling.full,
+                               error=redact(str(exc)))
 
 
 def _cause(causes: dict[tuple[str, int, str], str], bar_table: str, series: dict[str, Any]) -> str | None:
@@ -337,7 +369,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         log.error("capture %s: %s", suffix, problems[-1])
     comparisons: list[TableComparison] = []
     try:
-        comparisons = compare_all(conn, suffix, options.tables, ids, options, rebuilt_schema)
+        comparisons = compare_all(conn, suffix, options.tables, ids, options, rebuilt_schema, target=target)
         lap("compare")
         phase = "compared"
     except Exception as exc:  # noqa: BLE001
@@ -391,7 +423,8 @@ def compare_existing(target: Target, suffix: str, options: CaptureOptions) -> Ca
         tables = tuple(t for t in (row["tables"] or {}) if t in options.tables)
         if not tables:
             raise UsageError(f"capture {suffix} has no verified snapshots (status {row['status']})")
-        comparisons = compare_all(conn, suffix, tables, ids, options, options.scratch_schema or "public")
+        comparisons = compare_all(conn, suffix, tables, ids, options, options.scratch_schema or "public",
+                                  target=target)
         id_list = ids or resolve_ids(conn, None)
     now = row["captured_at"]
     return CaptureResult(suffix, meta.iso(now), id_list, "compared", (), (), tuple(comparisons),

@@ -70,15 +70,27 @@ def _diffs(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return d1, d2
 
 
-def _canonical_diffs(values: np.ndarray, emitted: np.ndarray, canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``d1``/``d2`` over the canonical rows among ``emitted``; NaN on the other rows."""
-    d1 = np.full(emitted.size, np.nan)
-    d2 = np.full(emitted.size, np.nan)
-    where = np.flatnonzero(canonical[emitted])
-    c1, c2 = _diffs(values, emitted[where])
-    d1[where] = c1
-    d2[where] = c2
-    return d1, d2
+def _tail_diffs(values: np.ndarray, start: int, rows: np.ndarray,
+                roll: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(d1_roll, d2_roll, d1, d2) of the emitted rows ``start…`` restricted to ``rows`` (a
+    contiguous tail): the same differences as over the whole series, computed from only the
+    rows they need (two rows before the tail; two canonical rows before it)."""
+    if rows.size == 0:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    lo = int(rows[0])
+    ext = np.arange(max(start, lo - 2), values.size)
+    d1r, d2r = _diffs(values, ext)
+    off = lo - int(ext[0])
+    canon = start + np.flatnonzero(~roll[start:])
+    c_ext = canon[max(0, int(np.searchsorted(canon, lo)) - 2):]
+    c1, c2 = _diffs(values, c_ext)
+    d1 = np.full(rows.size, np.nan)
+    d2 = np.full(rows.size, np.nan)
+    inside = c_ext >= lo
+    d1[c_ext[inside] - lo] = c1[inside]
+    d2[c_ext[inside] - lo] = c2[inside]
+    return d1r[off:], d2r[off:], d1, d2
 
 
 def series_arrays(kind: str, grid: Grid, canonical: np.ndarray, n_days: int, p: int) -> dict[str, np.ndarray] | None:
@@ -136,32 +148,28 @@ def tf_rows(
         if arrays is None:
             continue
         start = int(arrays["start"])
-        emitted = np.arange(start, grid.n)
         roll = arrays["roll"]
         ema = arrays["ema"]
-        d1r, d2r = _diffs(ema, emitted)
-        d1, d2 = _canonical_diffs(ema, emitted, ~roll)
-        keep = emitted >= first_kept
-        rows = emitted[keep]
+        rows = np.arange(max(start, first_kept), grid.n)
+        d1r, d2r, d1, d2 = _tail_diffs(ema, start, rows, roll)
         cols["ts"].append(grid.ts_us[rows])
         cols["period"].append(np.full(rows.size, p, dtype=np.int32))
         cols["tf_days"].append(np.full(rows.size, n_days, dtype=np.int32))
         cols["roll"].append(roll[rows])
         cols["ema"].append(ema[rows])
-        cols["d1"].append(d1[keep])
-        cols["d2"].append(d2[keep])
-        cols["d1_roll"].append(d1r[keep])
-        cols["d2_roll"].append(d2r[keep])
+        cols["d1"].append(d1)
+        cols["d2"].append(d2)
+        cols["d1_roll"].append(d1r)
+        cols["d2_roll"].append(d2r)
         if kind == "dual":
             ema_bar = arrays["ema_bar"]
-            b1r, b2r = _diffs(ema_bar, emitted)
-            b1, b2 = _canonical_diffs(ema_bar, emitted, ~roll)
+            b1r, b2r, b1, b2 = _tail_diffs(ema_bar, start, rows, roll)
             cols["ema_bar"].append(ema_bar[rows])
-            cols["d1_bar"].append(b1[keep])
-            cols["d2_bar"].append(b2[keep])
+            cols["d1_bar"].append(b1)
+            cols["d2_bar"].append(b2)
             cols["roll_bar"].append(roll[rows])
-            cols["d1_roll_bar"].append(b1r[keep])
-            cols["d2_roll_bar"].append(b2r[keep])
+            cols["d1_roll_bar"].append(b1r)
+            cols["d2_roll_bar"].append(b2r)
     if not cols["ts"]:
         return pl.DataFrame(schema=schema)
     data = {c: np.concatenate(v) for c, v in cols.items()}
