@@ -351,7 +351,8 @@ def _build_multi(
                 (cut_tfs["tf"].to_list(), cut_tfs["_cut"].to_list(), ident),
             ).rowcount
         copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
-        _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table)
+        _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table,
+                     bulk)
     mode = "full" if len(full_tfs) == len(work) else "incremental"
     return IdResult(ident, mode if daily.height else "empty", new_rows.height, deleted)
 
@@ -366,6 +367,7 @@ def _write_state(
     first_day: dt.date | None,
     schema: str,
     table: str,
+    bulk: bool = False,
 ) -> None:
     summary = (
         pl.DataFrame({"tf": tfs}, schema={"tf": pl.String})
@@ -386,6 +388,9 @@ def _write_state(
         )
         .select("id", "tf", "watermark_ingested_at", "first_day", "last_day", "last_bar_seq", "last_time_close")
     )
+    if bulk:  # the state table was truncated in this transaction: nothing to upsert against
+        copy_frame(conn, table_ref(state_table(table), schema), summary, freeze=True)
+        return
     with staged(conn, table_ref(state_table(table), schema), summary, "_stage_state") as stage:
         conn.execute(
             sql.SQL(

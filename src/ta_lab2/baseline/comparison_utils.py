@@ -322,7 +322,8 @@ def compare_table(
         sql.SQL(
             """
             CREATE TEMP TABLE _cmp_series AS
-            SELECT {series}, count(s.{k0}) AS n_s, count(r.{k0}) AS n_r, min(s.{t}) AS lo_s, max(s.{t}) AS hi_s,
+            SELECT {series}, hashtextextended(concat_ws('|', {series}), {seed}) AS series_hash,
+                   count(s.{k0}) AS n_s, count(r.{k0}) AS n_r, min(s.{t}) AS lo_s, max(s.{t}) AS hi_s,
                    min(r.{t}) AS lo_r, max(r.{t}) AS hi_r,
                    count(*) FILTER (WHERE s.{k0} IS NULL OR r.{k0} IS NULL) AS n_onesided,
                    count(*) FILTER (WHERE s.{k0} IS NOT NULL AND r.{k0} IS NOT NULL
@@ -330,7 +331,8 @@ def compare_table(
             FROM {s} s FULL JOIN {rr} r USING ({k})
             GROUP BY {series}
             """
-        ).format(series=series, k0=k0, t=tcol, s=snap, rr=rebuilt_rows, k=key_list, s_row=s_row, r_row=r_row)
+        ).format(series=series, k0=k0, t=tcol, s=snap, rr=rebuilt_rows, k=key_list, s_row=s_row, r_row=r_row,
+                 seed=sql.Literal(sampling.seed))
     )
     flagged = sql.SQL("({series}) IN (SELECT {series} FROM _cmp_series WHERE {cond})").format
     onesided_series = flagged(series=series, cond=sql.SQL("n_onesided > 0"))
@@ -357,23 +359,30 @@ def compare_table(
         compared = sql.SQL("{s} s JOIN {rr} r USING ({k})").format(s=snap_d, rr=reb_d, k=key_list)
         sample_count = None
     else:
-        hash_input = sql.SQL(" || '|' || ").join(sql.SQL("{}::text").format(c) for c in key)
+        # The interior sample is a pseudo-random function of (series, position, seed), so its
+        # size is counted from the per-series row counts alone, without reading any row.
+        interior = sql.SQL("((hashint8extended(c.series_hash # {rn}, {seed}) % 1000000 + 1000000) % 1000000) < {pct}").format
+        pct = sql.Literal(int(round(sampling.random_pct * 1_000_000)))
+        seed = sql.Literal(sampling.seed)
+        b_, e_ = sql.Literal(sampling.beginning), sql.Literal(sampling.end)
         sample = sql.SQL(
             """
             SELECT {k} FROM (
-                SELECT {k}, row_number() OVER (PARTITION BY {series} ORDER BY {t}) AS rn, c.n_s AS n
+                SELECT {k}, row_number() OVER (PARTITION BY {series} ORDER BY {t}) AS rn, c.n_s AS n, c.series_hash
                 FROM {s} JOIN _cmp_series c USING ({series})
-            ) x
-            WHERE rn <= {b} OR rn > n - {e}
-               OR (abs(hashtextextended({h} || '|' || {seed}, 0)) % 1000000) < {pct}
+            ) c
+            WHERE rn <= {b} OR rn > n - {e} OR {interior}
             """
         ).format
-        args = dict(k=key_list, series=series, t=tcol, b=sql.Literal(sampling.beginning),
-                    e=sql.Literal(sampling.end), h=hash_input, seed=sql.Literal(str(sampling.seed)),
-                    pct=sql.Literal(int(round(sampling.random_pct * 1_000_000))))
-        # how many keys the sample holds (all series), and the sampled keys of flagged series
-        sample_count = int(conn.execute(
-            sql.SQL("SELECT count(*) FROM ({q}) x").format(q=sample(s=snap, **args))).fetchone()[0])
+        args = dict(k=key_list, series=series, t=tcol, b=b_, e=e_,
+                    interior=interior(rn=sql.SQL("rn"), seed=seed, pct=pct))
+        # how many keys the sample holds over every series, and the sampled keys of the
+        # flagged series
+        sample_count = int(conn.execute(sql.SQL(
+            "SELECT (SELECT coalesce(sum(least(n_s, {b} + {e})), 0) FROM _cmp_series) + "
+            "(SELECT count(*) FROM _cmp_series c CROSS JOIN LATERAL generate_series({b} + 1, c.n_s - {e}) AS g(rn) "
+            "WHERE {interior})").format(b=b_, e=e_, interior=interior(rn=sql.SQL("g.rn"), seed=seed, pct=pct))
+        ).fetchone()[0])
         conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_keys AS {q} EXCEPT SELECT {k} FROM _cmp_onesided").format(
             q=sample(s=snap_d, **args), k=key_list))
         compared = sql.SQL("_cmp_keys k JOIN {s} s USING ({k}) JOIN {rr} r USING ({k})").format(

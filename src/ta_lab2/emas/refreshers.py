@@ -245,7 +245,7 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
         copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
     whole = all(r[2] is None for r in replaced)
     _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark,
-                 rows if whole else None)
+                 rows if whole else None, options.bulk)
     mode = "full" if options.full or not states else "incremental"
     return IdResult(ident, mode if grid.n else "empty", rows.height, deleted_rows)
 
@@ -265,7 +265,7 @@ def _canonical_mask(grid: Grid, canon: pl.DataFrame, tf: str) -> np.ndarray:
 
 
 def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, series: list[tuple[str, int]],
-                 watermark: dt.datetime | None, rows: pl.DataFrame | None = None) -> None:
+                 watermark: dt.datetime | None, rows: pl.DataFrame | None = None, bulk: bool = False) -> None:
     """Upsert the state of ``series``; ``rows``: every row the series now have (they were
     rewritten whole), so ``last_ts`` comes from them instead of from the table."""
     frame = pl.DataFrame(
@@ -278,6 +278,9 @@ def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, 
         last = rows.group_by("tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
             pl.DataFrame(schema={"tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
         frame = frame.join(last, on=["tf", "period"], how="left").with_columns(updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US))
+        if bulk:  # the state table was truncated in this transaction: nothing to upsert against
+            copy_frame(conn, table_ref(state_table(table), schema), frame, freeze=True)
+            return
         with staged(conn, table_ref(state_table(table), schema), frame, "_stage_ema_state") as stage:
             conn.execute(sql.SQL(
                 "INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at) "
