@@ -21,16 +21,24 @@ log = logging.getLogger(__name__)
 ENV_LOCKS_HELD = "TA_LAB2_LOCKS_HELD"
 
 
+#: Set by a runner for its children: how many children it runs at once.
+ENV_SIBLINGS = "TA_LAB2_CONCURRENT_CHILDREN"
+
 IDS_PER_WORKER = 8
 
 
 def default_workers(requested: int | None, n_ids: int) -> int:
-    """``--num-processes`` or, by default, the CPU count — but never more workers than there
-    are batches of :data:`IDS_PER_WORKER` ids: starting a worker process costs about as much
-    as building several ids, so small universes run in one process (docs/decisions.md)."""
+    """``--num-processes`` or, by default, the CPU count shared among the children a runner
+    runs at once — but never more workers than there are batches of :data:`IDS_PER_WORKER`
+    ids: starting a worker process costs about as much as building several ids, so small
+    universes run in one process (docs/decisions.md)."""
     if requested and requested > 0:
         return requested
-    return max(1, min(os.cpu_count() or 1, n_ids // IDS_PER_WORKER))
+    try:
+        siblings = max(1, int(os.environ.get(ENV_SIBLINGS, "1")))
+    except ValueError:
+        siblings = 1
+    return max(1, min((os.cpu_count() or 1) // siblings, n_ids // IDS_PER_WORKER))
 
 
 def run_locked(
