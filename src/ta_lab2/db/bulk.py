@@ -121,9 +121,10 @@ def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], *, header: 
     Row layout: int16 field count, then per field int32 length (-1 = NULL) and the big-endian
     payload. Rows that share a layout (the same NULL fields and the same text lengths) are
     encoded together as one array of packed numpy records (big-endian fields) filled by
-    whole-column assignments and emitted with a single ``tobytes()``: no Python loop per row,
-    no per-byte masks. COPY does not care about row order, but rows keep their order within a layout
-    and tables whose rows share one layout keep their order entirely.
+    whole-column assignments: no Python loop per row. When rows have several layouts, each
+    layout's records are scattered to their rows' byte offsets, so rows reach the table in
+    frame order (serial columns number them in input order; a bulk rebuild's rows stay in
+    primary-key order for its index build).
     """
     parts = [_HEADER] if header else []
     if frame.height:
@@ -153,6 +154,14 @@ def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
         groups: list[np.ndarray | None] = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
     else:
         groups = [None]
+    if groups[0] is None:
+        out_buffer = None
+    else:
+        # Rows go out in frame order: each layout's records are scattered to their rows' offsets.
+        row_bytes = 2 + sum(4 + np.maximum(c[0], 0).astype(np.int64) for c in cols)
+        starts_out = np.zeros(n, dtype=np.int64)
+        np.cumsum(row_bytes[:-1], out=starts_out[1:])
+        out_buffer = np.empty(int(row_bytes.sum()), dtype=np.uint8)
     out: list[bytes] = []
     for rows in groups:
         first = 0 if rows is None else int(rows[0])
@@ -178,8 +187,12 @@ def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
                 at = starts if rows is None else starts[rows]
                 off = records.dtype.fields[name][1]
                 raw[:, off:off + width] = payload[at[:, None] + np.arange(width)]
-        out.append(records.tobytes())
-    return out
+        if out_buffer is None:
+            out.append(records.tobytes())
+        else:
+            width = records.dtype.itemsize
+            out_buffer[starts_out[rows][:, None] + np.arange(width)] = raw
+    return out if out_buffer is None else [out_buffer.tobytes()]
 
 
 def copy_frame(
