@@ -98,7 +98,9 @@ def take_snapshots(conn: psycopg.Connection, suffix: str, tables: Sequence[str],
         for n, (table, target) in enumerate(copies, start=1):
             live = sql.Identifier(schema, table)
             # the server's own count of the rows it wrote into the copy
-            copied = conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(target, live) + where).rowcount
+            # read-only archives: no autovacuum pass competing with the rebuild and the compare
+            copied = conn.execute(sql.SQL("CREATE TABLE {} WITH (autovacuum_enabled = false) AS SELECT * FROM {}").format(
+                target, live) + where).rowcount
             key = primary_key(conn, live)
             if key:
                 conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(

@@ -191,7 +191,9 @@ def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
             out.append(records.tobytes())
         else:
             width = records.dtype.itemsize
-            out_buffer[starts_out[rows][:, None] + np.arange(width)] = raw
+            step = max(1, (1 << 21) // width)  # bounds the index matrix to ~16 MB
+            for lo in range(0, rows.size, step):
+                out_buffer[starts_out[rows[lo:lo + step]][:, None] + np.arange(width)] = raw[lo:lo + step]
     return out if out_buffer is None else [out_buffer.tobytes()]
 
 
