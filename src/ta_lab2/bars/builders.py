@@ -187,6 +187,7 @@ def _build_1d(conn: psycopg.Connection, ident: int, tz: str, full: bool, schema:
         sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, SOURCE_TABLE)),
         SOURCE_READ_SCHEMA,
         (ident,),
+        small=True,
     )
     state = conn.execute(
         sql.SQL("SELECT tz, watermark_load_ts FROM {} WHERE id = %s").format(_ident(schema, state_table(BARS_1D))),
@@ -291,7 +292,8 @@ def _build_multi(
     table = _ident(schema, builder.table)
     state_t = _ident(schema, state_table(builder.table))
     daily = read_frame(
-        conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (ident,)
+        conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (ident,),
+        small=True,
     )
     days = prepare_days(daily, tz)
     first_day = days["day"].min() if days.height else None

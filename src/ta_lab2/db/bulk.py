@@ -305,13 +305,19 @@ def read_frame(
     source: sql.Composable,
     schema: Mapping[str, pl.DataType],
     params: Sequence[object] | Mapping[str, object] | None = None,
+    *,
+    small: bool = False,
 ) -> pl.DataFrame:
     """Read ``SELECT <schema columns> FROM <source>`` into a frame with exactly ``schema``.
 
     ``source`` is what follows ``FROM`` (a table, a join, ``t WHERE id = ANY(%s) ORDER BY …``).
     Streams via ``COPY … TO STDOUT (FORMAT CSV)``; the whole result is held in memory, so the
-    caller bounds it (per id, or per batch of ids).
+    caller bounds it (per id, or per batch of ids). ``small`` (a few thousand rows, e.g. one
+    id's daily grid): one row of arrays in binary instead, because COPY delivers every row as
+    its own message and their per-message cost dominates short reads.
     """
+    if small:
+        return _read_arrays(conn, source, schema, params)
     select = sql.SQL(", ").join(
         sql.SQL("{} AS {}").format(_select_expr(c, t), sql.Identifier(c)) for c, t in schema.items()
     )
@@ -323,8 +329,34 @@ def read_frame(
     return decode_csv(buf.getvalue(), schema)
 
 
-def decode_csv(data: bytes, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """Decode the CSV produced by :func:`read_frame` into ``schema``."""
+def _read_arrays(
+    conn: psycopg.Connection,
+    source: sql.Composable,
+    schema: Mapping[str, pl.DataType],
+    params: Sequence[object] | Mapping[str, object] | None,
+) -> pl.DataFrame:
+    """:func:`read_frame` for short results: ``array_agg`` of every column, in source order,
+    fetched as one binary row."""
+    inner = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(_select_expr(c, t), sql.Identifier(f"c{i}")) for i, (c, t) in enumerate(schema.items())
+    )
+    aggs = sql.SQL(", ").join(
+        sql.SQL("array_agg({} ORDER BY _n)").format(sql.Identifier(f"c{i}")) for i in range(len(schema))
+    )
+    # numbered over the source's own output, so its ORDER BY is the arrays' order
+    stmt = sql.SQL("SELECT count(*), {aggs} FROM (SELECT {inner}, row_number() OVER () AS _n "
+                   "FROM (SELECT * FROM {src}) s) q").format(aggs=aggs, inner=inner, src=source)
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(stmt, params).fetchone()
+    if not row or not row[0]:
+        return pl.DataFrame(schema=dict(schema))
+    wire = _wire_schema(schema)
+    raw = pl.DataFrame({c: row[i + 1] for i, c in enumerate(schema)}, schema=wire)
+    return raw.select(_from_wire(schema))
+
+
+def _wire_schema(schema: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
+    """How each column travels: instants as epoch µs, dates as day numbers, booleans as ints."""
     wire: dict[str, pl.DataType] = {}
     for c, t in schema.items():
         if isinstance(t, pl.Datetime):
@@ -335,9 +367,10 @@ def decode_csv(data: bytes, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
             wire[c] = pl.Int8()
         else:
             wire[c] = t
-    if not data:
-        return pl.DataFrame(schema=dict(schema))
-    raw = pl.read_csv(data, has_header=False, new_columns=list(schema), schema=wire, quote_char='"')
+    return wire
+
+
+def _from_wire(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
     exprs = []
     for c, t in schema.items():
         if isinstance(t, pl.Datetime):
@@ -348,7 +381,15 @@ def decode_csv(data: bytes, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
             exprs.append(pl.col(c).cast(pl.Boolean))
         else:
             exprs.append(pl.col(c))
-    return raw.select(exprs)
+    return exprs
+
+
+def decode_csv(data: bytes, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Decode the CSV produced by :func:`read_frame` into ``schema``."""
+    if not data:
+        return pl.DataFrame(schema=dict(schema))
+    raw = pl.read_csv(data, has_header=False, new_columns=list(schema), schema=_wire_schema(schema), quote_char='"')
+    return raw.select(_from_wire(schema))
 
 
 def iter_id_batches(ids: Iterable[int], size: int) -> Iterable[list[int]]:

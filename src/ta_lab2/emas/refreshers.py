@@ -170,7 +170,7 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     table = sql.Identifier(s, refresher.table)
     state_t = sql.Identifier(s, state_table(refresher.table))
     grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(sql.Identifier(s, BARS_1D)),
-                            _GRID_SCHEMA, (ident,))
+                            _GRID_SCHEMA, (ident,), small=True)
     grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
     canon = pl.DataFrame(schema=_CANON_SCHEMA)
@@ -183,7 +183,7 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     if refresher.bar_table and bar_tfs:
         bars = sql.Identifier(s, refresher.bar_table)
         canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
-                           _CANON_SCHEMA, (ident, bar_tfs))
+                           _CANON_SCHEMA, (ident, bar_tfs), small=True)
         # one pass over the id's bar rows: the newest write, and per tf the first bar written
         # since the last refresh
         per_tf = conn.execute(
