@@ -97,18 +97,6 @@ class ScenarioResult:
         return d
 
 
-def _fresh_database(name: str):  # type: ignore[no-untyped-def]
-    from ta_lab2.db.connect import Target
-    from ta_lab2.db.embedded import EmbeddedServer
-
-    server = EmbeddedServer()
-    server.ensure_running()
-    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return Target(server.url(name), "embedded", server.home)
-
-
 def _peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -117,7 +105,7 @@ def _peak_rss_mb() -> float:
 
 def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
     from ta_lab2.baseline.capture import CaptureOptions, run_capture
-    from ta_lab2.db.connect import connect
+    from ta_lab2.db.connect import connect, fresh_embedded_database
     from ta_lab2.db.schema import ensure_schema
     import polars as pl
 
@@ -125,7 +113,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
     from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
     from ta_lab2.pipeline.runners import RunOptions, run_bar_builders, run_daily_refresh, run_ema_refreshes
 
-    target = _fresh_database(f"ta_lab2_bench_{scenario.name}")
+    target = fresh_embedded_database(f"ta_lab2_bench_{scenario.name}")
     with connect(target, autocommit=True) as conn:
         ensure_schema(conn)
         if scenario.timeframes is not None:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import psycopg
-from psycopg import sql
 
-from ta_lab2.db.connect import Target
+from ta_lab2.db.connect import Target, fresh_embedded_database
 from ta_lab2.errors import UsageError
 
 DEMO_DATABASE = "ta_lab2_demo"
@@ -42,7 +41,6 @@ class DemoOptions:
 def demo_target(db_url: str | None) -> Target:
     """The embedded server's private demo database (recreated), or the given empty database."""
     from ta_lab2.db.connect import resolve_target
-    from ta_lab2.db.embedded import EmbeddedServer
 
     if db_url is not None:
         target = resolve_target(db_url)
@@ -52,12 +50,7 @@ def demo_target(db_url: str | None) -> Target:
                 raise UsageError("demo: that database already holds price data; the demo only runs on an empty one",
                                  hint="run `ta-lab2 demo` without --db-url to use a private demo database")
         return target
-    server = EmbeddedServer()
-    server.ensure_running()
-    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
-    return Target(server.url(DEMO_DATABASE), "embedded", server.home)
+    return fresh_embedded_database(DEMO_DATABASE)
 
 
 def run_demo(db_url: str | None, options: DemoOptions, step: Callable[[str], "contextmanager[None]"] | None = None):  # type: ignore[no-untyped-def]

@@ -39,6 +39,19 @@ class Target:
         return env
 
 
+def fresh_embedded_database(name: str) -> Target:
+    """(Re)create the private database ``name`` on the embedded server (dropping any previous
+    one with its connections) and return its target — for the demo and the bench."""
+    from psycopg import sql
+
+    server = EmbeddedServer()
+    server.ensure_running()
+    with psycopg.connect(server.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return Target(server.url(name), "embedded", server.home)
+
+
 def resolve_target(cli_url: str | None = None) -> Target:
     """Resolve the URL; start (or reuse) the embedded server when nothing is configured."""
     resolved: ResolvedUrl = resolve_url(cli_url)
