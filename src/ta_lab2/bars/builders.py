@@ -26,7 +26,7 @@ from psycopg import sql
 from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, validate_days
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
-from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
+from ta_lab2.db.bulk import copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, bulk_rebuild, clear_ids, resolve_ids, run_units
@@ -184,10 +184,11 @@ def _ident(schema: str, table: str) -> sql.Identifier:
 def _build_1d(conn: psycopg.Connection, ident: int, tz: str, full: bool, schema: str) -> IdResult:
     source = read_frame(
         conn,
-        sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, SOURCE_TABLE)),
+        sql.SQL("{} WHERE id = %s").format(_ident(schema, SOURCE_TABLE)),
         SOURCE_READ_SCHEMA,
         (ident,),
         small=True,
+        order_by=("timestamp",),
     )
     state = conn.execute(
         sql.SQL("SELECT tz, watermark_load_ts FROM {} WHERE id = %s").format(_ident(schema, state_table(BARS_1D))),
@@ -292,8 +293,8 @@ def _build_multi(
     table = _ident(schema, builder.table)
     state_t = _ident(schema, state_table(builder.table))
     daily = read_frame(
-        conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (ident,),
-        small=True,
+        conn, sql.SQL("{} WHERE id = %s").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (ident,),
+        small=True, order_by=("timestamp",),
     )
     days = prepare_days(daily, tz)
     first_day = days["day"].min() if days.height else None
@@ -313,12 +314,15 @@ def _build_multi(
     # Per timeframe: None = replace all rows; a datetime = recompute from the bar holding it and
     # replace rows from it on; absent = unchanged.
     change_at: dict[str, dt.datetime | None] = {}
+    changed_after: dict[dt.datetime, dt.datetime | None] = {}  # timeframes mostly share one watermark
     for tf in tfs:
         st = states.get(tf.tf)
         if full or st is None or st[1] != first_day:
             change_at[tf.tf] = None
             continue
-        changed = daily.filter(pl.col("ingested_at") > st[0])["timestamp"].min() if st[0] is not None else None
+        if st[0] is not None and st[0] not in changed_after:
+            changed_after[st[0]] = daily.filter(pl.col("ingested_at") > st[0])["timestamp"].min()
+        changed = changed_after[st[0]] if st[0] is not None else None
         first = min((t for t in (changed, deleted_from) if t is not None), default=None)
         if first is not None:
             change_at[tf.tf] = first
@@ -393,15 +397,4 @@ def _write_state(
     if bulk:  # the state table was truncated in this transaction: nothing to upsert against
         copy_frame(conn, table_ref(state_table(table), schema), summary, freeze=True)
         return
-    with staged(conn, table_ref(state_table(table), schema), summary, "_stage_state") as stage:
-        conn.execute(
-            sql.SQL(
-                """
-                INSERT INTO {st} (id, tf, watermark_ingested_at, first_day, last_day, last_bar_seq, last_time_close, updated_at)
-                SELECT id, tf, watermark_ingested_at, first_day, last_day, last_bar_seq, last_time_close, now() FROM {stage}
-                ON CONFLICT (id, tf) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
-                    first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day, last_bar_seq = EXCLUDED.last_bar_seq,
-                    last_time_close = EXCLUDED.last_time_close, updated_at = EXCLUDED.updated_at
-                """
-            ).format(st=state_t, stage=stage)
-        )
+    upsert_small(conn, table_ref(state_table(table), schema), summary, ("id", "tf"), now_columns=("updated_at",))

@@ -1,9 +1,10 @@
 """Which bar a day belongs to, and what the bar expected — the only thing the five
 multi-timeframe families differ in (spec 02 §2.3–§2.5). Pure polars expressions.
 
-Every assigner takes the daily frame of ONE id (columns ``day`` (local date) and ``k``
-(0-based row index), sorted by time) and one timeframe, and returns the rows that belong to a
-bar with these columns added:
+An assigner takes the daily rows of ONE id crossed with the timeframes to build (one row per
+(day, timeframe): columns ``day`` (local date), ``k`` (0-based row index in the id's whole
+history) and the timeframe's parameters from :func:`timeframe_params`), the id's first day, and
+returns the rows that belong to a bar with these columns added:
 
 * ``bar_seq``            int   — bar number (holes allowed for calendar families)
 * ``eff_start``          date  — first date of ``expected`` (spec 02 §2.2)
@@ -13,6 +14,12 @@ bar with these columns added:
 * ``is_partial_start``   bool
 * ``bar_anchor_offset``  int   — anchored families only (days from 1970-01-01 to window start)
 
+All timeframes of a family are one set of column expressions (the timeframe's quantity, unit
+and week scheme are columns), so building 18 timeframes costs one pass, not 18. Nothing
+depends on rows other than the row itself, ``k`` and the first day, so the days may be any
+suffix of the history (an incremental build passes only the bars it recomputes) and give the
+same values as the whole history.
+
 For rolling bars ``eff_start`` is the bar's first observed day, which the snapshot engine
 knows; the assigner leaves it NULL.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Sequence
 
 import polars as pl
 
@@ -29,6 +37,8 @@ EPOCH = dt.date(1970, 1, 1)
 WEEK_REF = {"ISO": dt.date(1970, 1, 5), "US": dt.date(1970, 1, 4)}
 #: polars weekday (1 = Monday … 7 = Sunday) on which a week starts.
 WEEK_START_WEEKDAY = {"ISO": 1, "US": 7}
+#: Base units each family understands.
+UNITS = {"rolling": ("D", "W", "M", "Y"), "cal": ("W", "M", "Y"), "cal_anchor": ("W", "M", "Y")}
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,36 @@ class Timeframe:
     tf_qty: int
     tf_days_nominal: int
     calendar_scheme: str | None = None
+
+
+def timeframe_params(timeframes: Sequence[Timeframe], family: str) -> pl.DataFrame:
+    """One row per timeframe: ``tf`` and the parameters the assigners read as columns —
+    ``_n`` (units per bar), ``_unit`` (W / M / Y), ``_rows`` (rows per rolling bar), ``_wsd``
+    (weekday a week starts on) and ``_ref`` (the anchored weekly grid's reference day)."""
+    for tf in timeframes:
+        if tf.base_unit not in UNITS[family]:
+            kind = {"cal": "calendar", "cal_anchor": "anchored"}.get(family, family)
+            raise ValueError(f"{tf.tf}: {kind} timeframes need base unit {', '.join(UNITS[family])}, "
+                             f"not {tf.base_unit!r}")
+        if family == "cal_anchor" and tf.base_unit == "M" and 12 % tf.tf_qty:
+            raise ValueError(f"{tf.tf}: anchored month windows need n dividing 12, not {tf.tf_qty}")
+    schemes = [tf.calendar_scheme or "ISO" for tf in timeframes]
+    return pl.DataFrame(
+        {
+            "tf": [tf.tf for tf in timeframes],
+            "_n": [tf.tf_qty for tf in timeframes],
+            "_unit": [tf.base_unit for tf in timeframes],
+            "_rows": [rolling_rows(tf) for tf in timeframes],
+            "_wsd": [WEEK_START_WEEKDAY[s] for s in schemes],
+            "_ref": [(WEEK_REF[s] - EPOCH).days for s in schemes],
+        },
+        schema={"tf": pl.String, "_n": pl.Int32, "_unit": pl.String, "_rows": pl.Int32, "_wsd": pl.Int32,
+                "_ref": pl.Int32},
+    )
+
+
+#: The parameter columns of :func:`timeframe_params` (dropped once bars are assigned).
+PARAM_COLUMNS = ("_n", "_unit", "_rows", "_wsd", "_ref")
 
 
 def _days(expr: pl.Expr) -> pl.Expr:
@@ -62,55 +102,62 @@ def _month_start(index: pl.Expr) -> pl.Expr:
     return pl.date(index // 12, index % 12 + 1, 1)
 
 
-def _week_start(day: pl.Expr, scheme: str) -> pl.Expr:
-    """The start (Monday for ISO, Sunday for US) of the week containing ``day``, in days."""
-    back = (day.dt.weekday().cast(pl.Int32) - WEEK_START_WEEKDAY[scheme]) % 7
+def _week_start(day: pl.Expr) -> pl.Expr:
+    """The start (weekday ``_wsd``: Monday for ISO, Sunday for US) of the week containing
+    ``day``, in days."""
+    back = (day.dt.weekday().cast(pl.Int32) - pl.col("_wsd")) % 7
     return _days(day) - back
 
 
-def assign_rolling(days: pl.DataFrame, tf: Timeframe) -> pl.DataFrame:
-    n = tf.tf_qty if tf.base_unit == "D" else tf.tf_days_nominal
+def _by_unit(w: pl.Expr, m: pl.Expr, y: pl.Expr) -> pl.Expr:
+    unit = pl.col("_unit")
+    return pl.when(unit == "W").then(w).when(unit == "M").then(m).otherwise(y)
+
+
+def rolling_rows(tf: Timeframe) -> int:
+    """Observed days per rolling bar: bar ``b`` holds the id's rows ``k`` with ``k // n = b − 1``."""
+    return tf.tf_qty if tf.base_unit == "D" else tf.tf_days_nominal
+
+
+def assign_rolling(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
+    n = pl.col("_rows")
     pos = pl.col("k") % n + 1
     return days.with_columns(
         bar_seq=(pl.col("k") // n + 1).cast(pl.Int32),
         eff_start=pl.lit(None, pl.Date),
-        tf_days=pl.lit(n, pl.Int32),
+        tf_days=n.cast(pl.Int32),
         canonical=pos == n,
         remaining=(n - pos).cast(pl.Int32),
         is_partial_start=pl.lit(False),
     )
 
 
-def assign_calendar(days: pl.DataFrame, tf: Timeframe) -> pl.DataFrame:
+def assign_calendar(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
     """Calendar-aligned blocks of n units from the id's first full unit (spec 02 §2.4)."""
-    n, unit = tf.tf_qty, tf.base_unit
+    n = pl.col("_n")
     day = pl.col("day")
-    first = day.min()
-    if unit == "W":
-        scheme = tf.calendar_scheme or "ISO"
-        first_ws = _week_start(first, scheme)
-        anchor = pl.when(first_ws == _days(first)).then(first_ws).otherwise(first_ws + 7)
-        offset = _days(day) - anchor
-        idx = offset // (7 * n)
-        start = anchor + idx * 7 * n
-        frame = days.with_columns(_idx=idx, _start=_date(start), _end=_date(start + 7 * n - 1))
-    elif unit == "M":
-        first_m = _month_index(first)
-        anchor = pl.when(first.dt.day() == 1).then(first_m).otherwise(first_m + 1)
-        idx = (_month_index(day) - anchor) // n
-        start_m = anchor + idx * n
-        frame = days.with_columns(
-            _idx=idx, _start=_month_start(start_m), _end=_date(_days(_month_start(start_m + n)) - 1)
-        )
-    elif unit == "Y":
-        first_y = first.dt.year().cast(pl.Int32)
-        anchor = pl.when((first.dt.month() == 1) & (first.dt.day() == 1)).then(first_y).otherwise(first_y + 1)
-        idx = (day.dt.year().cast(pl.Int32) - anchor) // n
-        start_y = anchor + idx * n
-        frame = days.with_columns(_idx=idx, _start=pl.date(start_y, 1, 1), _end=pl.date(start_y + n - 1, 12, 31))
-    else:
-        raise ValueError(f"{tf.tf}: calendar timeframes need base unit W, M or Y, not {unit!r}")
-    frame = frame.filter(pl.col("_idx") >= 0)
+    first = pl.lit(first_day, pl.Date)
+    # weeks: from the first week that starts on or after the first day
+    first_ws = _week_start(first)
+    anchor_w = pl.when(first_ws == _days(first)).then(first_ws).otherwise(first_ws + 7)
+    idx_w = (_days(day) - anchor_w) // (7 * n)
+    start_w = anchor_w + idx_w * 7 * n
+    # months: from the first month that starts on or after the first day
+    first_m = _month_index(first)
+    anchor_m = pl.when(first.dt.day() == 1).then(first_m).otherwise(first_m + 1)
+    idx_m = (_month_index(day) - anchor_m) // n
+    start_mi = anchor_m + idx_m * n
+    # years: from the first year that starts on or after the first day
+    first_y = first.dt.year().cast(pl.Int32)
+    anchor_y = pl.when((first.dt.month() == 1) & (first.dt.day() == 1)).then(first_y).otherwise(first_y + 1)
+    idx_y = (day.dt.year().cast(pl.Int32) - anchor_y) // n
+    start_yi = anchor_y + idx_y * n
+    frame = days.with_columns(
+        _idx=_by_unit(idx_w, idx_m, idx_y),
+        _start=_by_unit(_date(start_w), _month_start(start_mi), pl.date(start_yi, 1, 1)),
+        _end=_by_unit(_date(start_w + 7 * n - 1), _date(_days(_month_start(start_mi + n)) - 1),
+                      pl.date(start_yi + n - 1, 12, 31)),
+    ).filter(pl.col("_idx") >= 0)
     return frame.with_columns(
         bar_seq=(pl.col("_idx") + 1).cast(pl.Int32),
         eff_start=pl.col("_start"),
@@ -121,32 +168,31 @@ def assign_calendar(days: pl.DataFrame, tf: Timeframe) -> pl.DataFrame:
     ).drop("_idx", "_start", "_end")
 
 
-def assign_anchored(days: pl.DataFrame, tf: Timeframe) -> pl.DataFrame:
+def _anchored_window(day: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(window start, window end, window index) of the global-grid window holding ``day``;
+    the index grows with the day."""
+    n = pl.col("_n")
+    w = (_week_start(day) - pl.col("_ref")) // 7
+    ws_w = pl.col("_ref") + 7 * n * (w // n)
+    start_mi = day.dt.year().cast(pl.Int32) * 12 + (day.dt.month().cast(pl.Int32) - 1) // n * n
+    start_yi = day.dt.year().cast(pl.Int32) // n * n
+    return (
+        _by_unit(_date(ws_w), _month_start(start_mi), pl.date(start_yi, 1, 1)),
+        _by_unit(_date(ws_w + 7 * n - 1), _date(_days(_month_start(start_mi + n)) - 1),
+                 pl.date(start_yi + n - 1, 12, 31)),
+        _by_unit(w // n, start_mi // n, start_yi // n),
+    )
+
+
+def assign_anchored(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
     """Windows on a global grid; a window the data covers only partly is flagged (spec 02 §2.5)."""
-    n, unit = tf.tf_qty, tf.base_unit
-    day = pl.col("day")
-    if unit == "W":
-        scheme = tf.calendar_scheme or "ISO"
-        ref = (WEEK_REF[scheme] - EPOCH).days
-        w = (_week_start(day, scheme) - ref) // 7
-        ws = ref + 7 * n * (w // n)
-        frame = days.with_columns(_ws=_date(ws), _we=_date(ws + 7 * n - 1), _widx=w // n)
-    elif unit == "M":
-        if 12 % n:
-            raise ValueError(f"{tf.tf}: anchored month windows need n dividing 12, not {n}")
-        start_m = day.dt.year().cast(pl.Int32) * 12 + (day.dt.month().cast(pl.Int32) - 1) // n * n
-        frame = days.with_columns(
-            _ws=_month_start(start_m), _we=_date(_days(_month_start(start_m + n)) - 1), _widx=start_m // n
-        )
-    elif unit == "Y":
-        start_y = day.dt.year().cast(pl.Int32) // n * n
-        frame = days.with_columns(_ws=pl.date(start_y, 1, 1), _we=pl.date(start_y + n - 1, 12, 31), _widx=start_y // n)
-    else:
-        raise ValueError(f"{tf.tf}: anchored timeframes need base unit W, M or Y, not {unit!r}")
-    first_day = pl.col("day").min()
-    eff = pl.max_horizontal(pl.col("_ws"), first_day)
+    ws, we, widx = _anchored_window(pl.col("day"))
+    first = pl.lit(first_day, pl.Date)
+    first_widx = _anchored_window(first)[2]  # bar 1 is the window of the first day
+    frame = days.with_columns(_ws=ws, _we=we, _widx=widx - first_widx)
+    eff = pl.max_horizontal(pl.col("_ws"), first)
     return frame.with_columns(
-        bar_seq=(pl.col("_widx") - pl.col("_widx").min() + 1).cast(pl.Int32),
+        bar_seq=(pl.col("_widx") + 1).cast(pl.Int32),
         eff_start=eff,
         tf_days=(_days(pl.col("_we")) - _days(pl.col("_ws")) + 1).cast(pl.Int32),
         canonical=pl.col("day") == pl.col("_we"),
@@ -154,6 +200,13 @@ def assign_anchored(days: pl.DataFrame, tf: Timeframe) -> pl.DataFrame:
         is_partial_start=eff > pl.col("_ws"),
         bar_anchor_offset=_days(pl.col("_ws")),
     ).drop("_ws", "_we", "_widx")
+
+
+def max_bar_days(tf: Timeframe) -> int:
+    """An upper bound on the calendar days one bar of ``tf`` spans (rolling bars count rows,
+    not days: see :func:`assign_rolling`)."""
+    per_unit = {"D": 1, "W": 7, "M": 31, "Y": 366}.get(tf.base_unit, 366)
+    return per_unit * tf.tf_qty
 
 
 ASSIGNERS = {"rolling": assign_rolling, "cal": assign_calendar, "cal_anchor": assign_anchored}

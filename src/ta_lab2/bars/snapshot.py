@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import polars as pl
 
 from ta_lab2.bars.daily import local_day
-from ta_lab2.bars.families import ASSIGNERS, Timeframe
+from ta_lab2.bars.families import ASSIGNERS, PARAM_COLUMNS, Timeframe, max_bar_days, rolling_rows, timeframe_params
 from ta_lab2.load.source_schema import UTC_US
 
 MAX_LISTED_MISSING = 50
@@ -77,33 +77,64 @@ def snapshot_rows(
     family: str,
     since: Mapping[str, dt.datetime | None] | None = None,
 ) -> pl.DataFrame:
-    """Snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`).
+    """Snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`,
+    the id's whole history).
 
     ``since`` (per tf; missing or None = every bar): only bars from the one holding the first
     day at or after that instant are built (the last bar if no day is that late). A bar's rows
-    depend only on its own days and on ``day_open``, which :func:`prepare_days` derived from
-    the whole history, so these rows equal the same rows of a full build.
+    depend only on its own days, on ``k``, ``day_open`` (derived from the whole history by
+    :func:`prepare_days`) and on the id's first day, so these rows equal the same rows of a
+    full build; only the days those bars can hold are processed.
+
+    All timeframes go through one query (days × timeframes): an incremental build recomputes
+    a handful of bars, where per-operation overhead, not data, is the cost.
     """
     anchored = family == "cal_anchor"
     schema = ANCHORED_SCHEMA if anchored else BAR_SCHEMA
     if days.is_empty() or not timeframes:
         return pl.DataFrame(schema=schema)
-    assign: Callable[[pl.DataFrame, Timeframe], pl.DataFrame] = ASSIGNERS[family]
-    parts = []
+    assign: Callable[[pl.LazyFrame, dt.date], pl.LazyFrame] = ASSIGNERS[family]
+    first_day: dt.date = days["day"][0]
+    first_rows = _first_rows(days, timeframes, family, since)
+    params = timeframe_params(timeframes, family).with_columns(
+        _since=pl.Series([(since or {}).get(tf.tf) for tf in timeframes], dtype=UTC_US),
+        _k_from=pl.Series(first_rows, dtype=pl.Int32))
+    crossed = (days.slice(min(first_rows)).lazy().join(params.lazy(), how="cross")
+               .filter(pl.col("k") >= pl.col("_k_from")))
+    # per tf with a cut: bars from the one holding the first day at or after it (the last
+    # bar when no day is that late)
+    first_bar = pl.coalesce(pl.when(pl.col("timestamp") >= pl.col("_since")).then(pl.col("bar_seq")).min().over("tf"),
+                            pl.col("bar_seq").max().over("tf"))
+    rows = (
+        assign(crossed, first_day)
+        .filter(pl.col("_since").is_null() | (pl.col("bar_seq") >= first_bar))
+        .drop(*PARAM_COLUMNS, "_since", "_k_from")
+        .collect()
+    )
+    # materialised first: the aggregation reads these rows several times
+    return _aggregate(rows.lazy()).select([pl.col(c).cast(t) for c, t in schema.items()]).collect()
+
+
+def _first_rows(
+    days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str, since: Mapping[str, dt.datetime | None] | None
+) -> list[int]:
+    """Per timeframe, the first row of ``days`` that :func:`snapshot_rows` needs: the start of
+    the bar holding that timeframe's ``since`` instant (0 when it is built whole)."""
+    out = []
     for tf in timeframes:
-        part = assign(days, tf).with_columns(tf=pl.lit(tf.tf))
         at = (since or {}).get(tf.tf)
-        if at is not None:
-            first_bar = pl.coalesce(pl.col("bar_seq").filter(pl.col("timestamp") >= at).min(), pl.col("bar_seq").max())
-            part = part.filter(pl.col("bar_seq") >= first_bar)
-        parts.append(part)
-    rows = pl.concat(parts, how="diagonal_relaxed")
-    if rows.is_empty():
-        return pl.DataFrame(schema=schema)
-    return _aggregate(rows).select([pl.col(c).cast(t) for c, t in schema.items()])
+        if at is None:
+            out.append(0)
+            continue
+        k_at = min(int((days["timestamp"] < at).sum()), days.height - 1)  # the first row the cut touches
+        if family == "rolling":
+            out.append(k_at // rolling_rows(tf) * rolling_rows(tf))
+        else:
+            out.append(int((days["day"] < days["day"][k_at] - dt.timedelta(days=max_bar_days(tf))).sum()))
+    return out
 
 
-def _aggregate(rows: pl.DataFrame) -> pl.DataFrame:
+def _aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
     bar = ("tf", "bar_seq")
     rows = rows.sort("tf", "bar_seq", "timestamp")
     vol_known = pl.col("volume").is_not_null().cum_sum().over(bar)
@@ -150,7 +181,7 @@ def _aggregate(rows: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _missing_lists(out: pl.DataFrame) -> pl.DataFrame:
+def _missing_lists(out: pl.LazyFrame) -> pl.LazyFrame:
     """``missing_days_where``, ``first_missing_day``, ``last_missing_day`` for every row.
 
     Only rows that reveal a gap ("events") get a value computed; later rows of the same bar
@@ -161,12 +192,6 @@ def _missing_lists(out: pl.DataFrame) -> pl.DataFrame:
         *bar, "timestamp", "count_missing_days",
         dates=pl.date_ranges("_gap_from", pl.col("day") - pl.duration(days=1)),
     )
-    if events.is_empty():
-        return out.with_columns(
-            missing_days_where=pl.lit(None, pl.String),
-            first_missing_day=pl.lit(None, pl.Date),
-            last_missing_day=pl.lit(None, pl.Date),
-        )
     # The bar's missing dates in order; an event lists the first min(50, count) of them.
     listed = (
         events.select(*bar, "dates")

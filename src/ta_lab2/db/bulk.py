@@ -83,36 +83,50 @@ def column_types(conn: psycopg.Connection, table: TableRef) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- encoding
-def _column_payload(series: pl.Series, pg_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One column as (field length per row, -1 for NULL; payload; text start offsets or None).
+def _column_payloads(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Every column as (field length per row, -1 for NULL; payload; text start offsets or None).
 
     Fixed-width types give their values as a native numpy array (NULLs filled with 0; the
     big-endian conversion happens when they are assigned into the row records). Text gives
     every value's UTF-8 bytes concatenated once (in Rust) and each row's start offset in them.
+    All columns are prepared by one polars query (plus one for the text joins): per-column
+    operations would cost more than encoding a short frame.
     """
-    target, np_dtype = _PG_TYPES[pg_type]
-    s = series.cast(target)
-    n = len(s)
-    valid = ~s.is_null().to_numpy()
-    if np_dtype is None:
-        lengths = s.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
-        joined = s.str.join("").item() if n else ""
-        data = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8)
-        starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        lengths = lengths.astype(np.int32)
-        lengths[~valid] = -1
-        return lengths, data, starts
-    if pg_type == "timestamptz":
-        values = s.dt.epoch("us").fill_null(0).to_numpy() - _PG_EPOCH_US
-    elif pg_type == "date":
-        values = s.cast(pl.Int32).fill_null(0).to_numpy() - _PG_EPOCH_DAYS
-    elif pg_type == "bool":
-        values = s.fill_null(False).to_numpy()
-    else:
-        values = s.fill_null(0).to_numpy()
-    width = np.dtype(np_dtype).itemsize
-    return np.where(valid, width, -1).astype(np.int32), values, None
+    exprs: list[pl.Expr] = []
+    texts: list[pl.Expr] = []
+    for j, pg_type in enumerate(pg_types):
+        target, np_dtype = _PG_TYPES[pg_type]
+        col = pl.nth(j).cast(target)
+        exprs.append(col.is_null().alias(f"null{j}"))
+        if np_dtype is None:
+            exprs.append(col.str.len_bytes().fill_null(0).cast(pl.Int64).alias(f"v{j}"))
+            texts.append(col.str.join("").alias(f"t{j}"))
+        elif pg_type == "timestamptz":
+            exprs.append((col.dt.epoch("us").fill_null(0) - _PG_EPOCH_US).alias(f"v{j}"))
+        elif pg_type == "date":
+            exprs.append((col.cast(pl.Int32).fill_null(0) - _PG_EPOCH_DAYS).alias(f"v{j}"))
+        elif pg_type == "bool":
+            exprs.append(col.fill_null(False).alias(f"v{j}"))
+        else:
+            exprs.append(col.fill_null(0).alias(f"v{j}"))
+    prepared = frame.select(exprs)
+    joined = frame.select(texts).row(0, named=True) if texts else {}
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    for j, pg_type in enumerate(pg_types):
+        valid = ~prepared[f"null{j}"].to_numpy()
+        values = prepared[f"v{j}"].to_numpy()
+        if _PG_TYPES[pg_type][1] is None:
+            lengths = values
+            data = np.frombuffer((joined[f"t{j}"] or "").encode("utf-8"), dtype=np.uint8)
+            starts = np.zeros(lengths.size, dtype=np.int64)
+            np.cumsum(lengths[:-1], out=starts[1:])
+            lengths = lengths.astype(np.int32)
+            lengths[~valid] = -1
+            out.append((lengths, data, starts))
+        else:
+            width = np.dtype(_PG_TYPES[pg_type][1]).itemsize
+            out.append((np.where(valid, width, -1).astype(np.int32), values, None))
+    return out
 
 
 def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], *, header: bool = True, trailer: bool = True) -> bytes:
@@ -136,7 +150,7 @@ def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], *, header: 
 
 def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
     n = frame.height
-    cols = [_column_payload(frame.to_series(i), t) for i, t in enumerate(pg_types)]
+    cols = _column_payloads(frame, pg_types)
     # Layout key per row: a NULL bit per nullable column and each text column's length, as a
     # mixed-radix number (re-densified before it could overflow).
     key = np.zeros(n, dtype=np.int64)
@@ -255,6 +269,39 @@ def staged(conn: psycopg.Connection, like: TableRef, frame: pl.DataFrame, name: 
             conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(ident))
 
 
+def upsert_small(
+    conn: psycopg.Connection,
+    table: TableRef,
+    frame: pl.DataFrame,
+    key: Sequence[str],
+    *,
+    now_columns: Sequence[str] = (),
+) -> int:
+    """``INSERT … ON CONFLICT (key) DO UPDATE`` of a small frame (state rows: tens to hundreds)
+    in one statement: each column travels as one typed array through ``unnest``, so there is no
+    temporary table to create and drop (:func:`staged` is for large frames). ``now_columns``
+    are set to ``now()``. Returns the number of rows written."""
+    if not frame.height:
+        return 0
+    types = column_types(conn, table)
+    unknown = [c for c in [*frame.columns, *now_columns] if c not in types]
+    if unknown:
+        raise ValueError(f"table {table} has no column(s) {unknown}")
+    cols = list(frame.columns)
+    names = sql.SQL(", ").join(map(sql.Identifier, [*cols, *now_columns]))
+    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.Identifier(types[c])) for c in cols)
+    values = sql.SQL(", ").join([*(sql.Identifier("u", c) for c in cols), *(sql.SQL("now()") for _ in now_columns)])
+    update = [c for c in [*cols, *now_columns] if c not in key]
+    stmt = sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM unnest({arrays}) AS u({cols}) "
+                   "ON CONFLICT ({key}) DO UPDATE SET {set}").format(
+        t=table.ident, names=names, values=values, arrays=arrays,
+        cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+        key=sql.SQL(", ").join(map(sql.Identifier, key)),
+        set=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in update),
+    )
+    return conn.execute(stmt, [frame[c].to_list() for c in cols]).rowcount
+
+
 @contextmanager
 def deferred_indexes(conn: psycopg.Connection, tables: Sequence[TableRef]) -> Iterator[None]:
     """Drop every index of ``tables`` (primary keys and unique constraints included), yield,
@@ -307,17 +354,19 @@ def read_frame(
     params: Sequence[object] | Mapping[str, object] | None = None,
     *,
     small: bool = False,
+    order_by: Sequence[str] = (),
 ) -> pl.DataFrame:
     """Read ``SELECT <schema columns> FROM <source>`` into a frame with exactly ``schema``.
 
     ``source`` is what follows ``FROM`` (a table, a join, ``t WHERE id = ANY(%s) ORDER BY …``).
     Streams via ``COPY … TO STDOUT (FORMAT CSV)``; the whole result is held in memory, so the
     caller bounds it (per id, or per batch of ids). ``small`` (a few thousand rows, e.g. one
-    id's daily grid): one row of arrays in binary instead, because COPY delivers every row as
-    its own message and their per-message cost dominates short reads.
+    id's daily grid): one aggregated binary row instead, because COPY delivers every row as
+    its own message and their per-message cost dominates short reads; rows come in
+    ``order_by`` order (columns of ``source``), and ``source`` has no ``ORDER BY`` of its own.
     """
     if small:
-        return _read_arrays(conn, source, schema, params)
+        return _read_arrays(conn, source, schema, params, order_by)
     select = sql.SQL(", ").join(
         sql.SQL("{} AS {}").format(_select_expr(c, t), sql.Identifier(c)) for c, t in schema.items()
     )
@@ -329,29 +378,66 @@ def read_frame(
     return decode_csv(buf.getvalue(), schema)
 
 
+#: Fixed-width polars types a short read sends in binary: (PostgreSQL send function,
+#: big-endian numpy dtype, NULL stand-in, offset from the received value to the wire format of
+#: :func:`_wire_schema`: PostgreSQL counts instants and dates from 2000-01-01)
+_SEND: dict[type[pl.DataType], tuple[str, str, str, int]] = {
+    pl.Float64: ("float8send", ">f8", "'NaN'::float8", 0),
+    pl.Float32: ("float4send", ">f4", "'NaN'::float4", 0),
+    pl.Int64: ("int8send", ">i8", "0::int8", 0),
+    pl.Int32: ("int4send", ">i4", "0::int4", 0),
+    pl.Int16: ("int2send", ">i2", "0::int2", 0),
+    pl.Datetime: ("timestamptz_send", ">i8", "'2000-01-01 00:00:00+00'::timestamptz", _PG_EPOCH_US),
+    pl.Date: ("date_send", ">i4", "'2000-01-01'::date", _PG_EPOCH_DAYS),
+    pl.Boolean: ("boolsend", "u1", "false", 0),
+}
+
+
 def _read_arrays(
     conn: psycopg.Connection,
     source: sql.Composable,
     schema: Mapping[str, pl.DataType],
     params: Sequence[object] | Mapping[str, object] | None,
+    order_by: Sequence[str],
 ) -> pl.DataFrame:
-    """:func:`read_frame` for short results: ``array_agg`` of every column, in source order,
-    fetched as one binary row."""
-    inner = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(_select_expr(c, t), sql.Identifier(f"c{i}")) for i, (c, t) in enumerate(schema.items())
-    )
-    aggs = sql.SQL(", ").join(
-        sql.SQL("array_agg({} ORDER BY _n)").format(sql.Identifier(f"c{i}")) for i in range(len(schema))
-    )
-    # numbered over the source's own output, so its ORDER BY is the arrays' order
-    stmt = sql.SQL("SELECT count(*), {aggs} FROM (SELECT {inner}, row_number() OVER () AS _n "
-                   "FROM (SELECT * FROM {src}) s) q").format(aggs=aggs, inner=inner, src=source)
+    """:func:`read_frame` for short results, as one row: every row's fixed-width fields in
+    their binary representation (NULLs as a stand-in) followed by one NULL flag byte per field,
+    concatenated into one ``bytea`` that numpy reads in place as packed records; text columns
+    as ``array_agg``. (Decoding arrays yields one Python object per element, and each
+    aggregate costs the server a pass: one aggregate of records is several times faster.)"""
+    if not order_by:
+        raise ValueError("a small read needs order_by: aggregates see rows in no particular order")
+    order = sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, order_by)))
+    fixed = [(c, _SEND[type(t)]) for c, t in schema.items() if type(t) in _SEND]
+    texts = [c for c, t in schema.items() if type(t) not in _SEND]
+    aggs: list[sql.Composable] = [sql.SQL("array_agg({}{})").format(sql.Identifier(c), order) for c in texts]
+    if fixed:
+        fields = [sql.SQL("{f}(coalesce({c}, {null}))").format(f=sql.SQL(send[0]), c=sql.Identifier(c),
+                                                               null=sql.SQL(send[2])) for c, send in fixed]
+        flags = [sql.SQL("boolsend({} IS NULL)").format(sql.Identifier(c)) for c, _ in fixed]
+        aggs.append(sql.SQL("string_agg({}, ''::bytea{})").format(sql.SQL(" || ").join(fields + flags), order))
+    stmt = sql.SQL("SELECT count(*), {aggs} FROM {src}").format(aggs=sql.SQL(", ").join(aggs), src=source)
     with conn.cursor(binary=True) as cur:
         row = cur.execute(stmt, params).fetchone()
     if not row or not row[0]:
         return pl.DataFrame(schema=dict(schema))
     wire = _wire_schema(schema)
-    raw = pl.DataFrame({c: row[i + 1] for i, c in enumerate(schema)}, schema=wire)
+    columns: dict[str, pl.Series] = {c: pl.Series(c, row[1 + k], dtype=wire[c]) for k, c in enumerate(texts)}
+    null_flags: dict[str, np.ndarray] = {}
+    if fixed:
+        layout = np.dtype([(f"v{i}", send[1]) for i, (_, send) in enumerate(fixed)]
+                          + [(f"n{i}", "u1") for i in range(len(fixed))])
+        records = np.frombuffer(row[-1], dtype=layout)
+        for i, (c, send) in enumerate(fixed):
+            values = records[f"v{i}"].astype(np.dtype(send[1]).newbyteorder("="))
+            columns[c] = pl.Series(c, values + send[3] if send[3] else values).cast(wire[c])
+            flags = records[f"n{i}"].astype(bool)
+            if flags.any():
+                null_flags[c] = flags
+    raw = pl.DataFrame([columns[c] for c in schema])
+    if null_flags:
+        raw = raw.with_columns(pl.when(pl.Series(f) ).then(None).otherwise(pl.col(c)).alias(c)
+                               for c, f in null_flags.items())
     return raw.select(_from_wire(schema))
 
 
