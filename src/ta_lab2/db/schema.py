@@ -32,7 +32,7 @@ from ta_lab2.timeframes import DEFAULT_PERIODS, seed_timeframes
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: cmc_price_bars_1d_deletions
+SCHEMA_VERSION = 3  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at)
 VERSION_TABLE = "ta_lab2_schema_version"
 SCHEMA_LOCK_KEY = 0x7A_1AB2_0001  # advisory lock serialising concurrent `init`s
 
@@ -260,6 +260,8 @@ CREATE TABLE IF NOT EXISTS {s}.{t} (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS {t}_canon_close_uq ON {s}.{t} (id, tf, time_close) WHERE NOT is_partial_end;
 CREATE UNIQUE INDEX IF NOT EXISTS {t}_canon_bar_uq ON {s}.{t} (id, tf, bar_seq) WHERE NOT is_partial_end;
+-- what an EMA refresh asks first: which bars were written since its watermark (index-only)
+CREATE INDEX IF NOT EXISTS {t}_ingested_idx ON {s}.{t} (id, ingested_at) INCLUDE (tf, time_close);
 
 CREATE TABLE IF NOT EXISTS {s}.{t}_state (
     id integer NOT NULL,

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from ta_lab2.bars.builders import deletions_since
 from ta_lab2.bars.families import Timeframe
-from ta_lab2.db.bulk import copy_frame, read_frame, staged, table_ref
+from ta_lab2.db.bulk import copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.series import Grid, epoch_us, tf_rows
 from ta_lab2.errors import UsageError
@@ -169,8 +169,8 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     s = options.schema
     table = sql.Identifier(s, refresher.table)
     state_t = sql.Identifier(s, state_table(refresher.table))
-    grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s ORDER BY \"timestamp\"").format(sql.Identifier(s, BARS_1D)),
-                            _GRID_SCHEMA, (ident,), small=True)
+    grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s").format(sql.Identifier(s, BARS_1D)),
+                            _GRID_SCHEMA, (ident,), small=True, order_by=("timestamp",))
     grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
     canon = pl.DataFrame(schema=_CANON_SCHEMA)
@@ -183,17 +183,19 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     if refresher.bar_table and bar_tfs:
         bars = sql.Identifier(s, refresher.bar_table)
         canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
-                           _CANON_SCHEMA, (ident, bar_tfs), small=True)
-        # one pass over the id's bar rows: the newest write, and per tf the first bar written
-        # since the last refresh
+                           _CANON_SCHEMA, (ident, bar_tfs), small=True, order_by=("tf", "time_close"))
+        # The newest bar write (the watermark) and, per tf, the first bar written since the
+        # last refresh: index-only scans of (id, ingested_at), which cover only the new rows.
         per_tf = conn.execute(
-            sql.SQL("SELECT tf, max(ingested_at), min(time_close) FILTER (WHERE ingested_at > %s) FROM {} "
-                    "WHERE id = %s AND tf = ANY(%s) GROUP BY tf").format(bars), (since, ident, bar_tfs)).fetchall()
-        newest = max((r[1] for r in per_tf if r[1] is not None), default=None)
+            sql.SQL("SELECT NULL::text, (SELECT max(ingested_at) FROM {b} WHERE id = %(id)s AND tf = ANY(%(tfs)s)) "
+                    "UNION ALL SELECT tf, min(time_close) FROM {b} WHERE id = %(id)s AND tf = ANY(%(tfs)s) "
+                    "AND ingested_at > %(since)s GROUP BY tf").format(b=bars),
+            {"id": ident, "tfs": bar_tfs, "since": since}).fetchall()
+        newest = per_tf[0][1]
         if newest is not None and (watermark is None or newest > watermark):
             watermark = newest
         if since is not None:
-            bar_changes = {r[0]: r[2] for r in per_tf if r[2] is not None}
+            bar_changes = {r[0]: r[1] for r in per_tf[1:]}
     grid_change = None
     deleted, last_removal = deletions_since(conn, s, ident, since)
     if last_removal is not None and (watermark is None or last_removal > watermark):
@@ -268,36 +270,32 @@ def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, 
                  watermark: dt.datetime | None, rows: pl.DataFrame | None = None, bulk: bool = False) -> None:
     """Upsert the state of ``series``; ``rows``: every row the series now have (they were
     rewritten whole), so ``last_ts`` comes from them instead of from the table."""
+    state_ref = table_ref(state_table(table), schema)
+    if rows is None:  # a tail was replaced: the last instant of each series is in the table
+        conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
+                SELECT %(id)s, u.tf, u.period, %(wm)s,
+                       (SELECT max(e.ts) FROM {t} e WHERE e.id = %(id)s AND e.tf = u.tf AND e.period = u.period), now()
+                FROM unnest(%(tfs)s::text[], %(periods)s::int[]) AS u(tf, period)
+                ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
+                    last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
+                """
+            ).format(st=state_ref.ident, t=sql.Identifier(schema, table)),
+            {"id": ident, "wm": watermark, "tfs": [t for t, _ in series], "periods": [p for _, p in series]},
+        )
+        return
     frame = pl.DataFrame(
         {"id": [ident] * len(series), "tf": [t for t, _ in series], "period": [p for _, p in series],
          "watermark_ingested_at": [watermark] * len(series)},
         schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "watermark_ingested_at": UTC_US},
     )
-    state_t = sql.Identifier(schema, state_table(table))
-    if rows is not None:
-        last = rows.group_by("tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
-            pl.DataFrame(schema={"tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
-        frame = frame.join(last, on=["tf", "period"], how="left").with_columns(updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US))
-        if bulk:  # the state table was truncated in this transaction: nothing to upsert against
-            copy_frame(conn, table_ref(state_table(table), schema), frame, freeze=True)
-            return
-        with staged(conn, table_ref(state_table(table), schema), frame, "_stage_ema_state") as stage:
-            conn.execute(sql.SQL(
-                "INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at) "
-                "SELECT id, tf, period, watermark_ingested_at, last_ts, updated_at FROM {stage} "
-                "ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at, "
-                "last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at").format(st=state_t, stage=stage))
+    last = rows.group_by("tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
+        pl.DataFrame(schema={"tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
+    frame = frame.join(last, on=["tf", "period"], how="left")
+    if bulk:  # the state table was truncated in this transaction: nothing to upsert against
+        copy_frame(conn, state_ref, frame.with_columns(updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US)),
+                   freeze=True)
         return
-    with staged(conn, table_ref(state_table(table), schema), frame, "_stage_ema_state") as stage:
-        conn.execute(
-            sql.SQL(
-                """
-                INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
-                SELECT s.id, s.tf, s.period, s.watermark_ingested_at,
-                       (SELECT max(e.ts) FROM {t} e WHERE e.id = s.id AND e.tf = s.tf AND e.period = s.period), now()
-                FROM {stage} s
-                ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
-                    last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
-                """
-            ).format(st=state_t, t=sql.Identifier(schema, table), stage=stage),
-        )
+    upsert_small(conn, state_ref, frame, ("id", "tf", "period"), now_columns=("updated_at",))
