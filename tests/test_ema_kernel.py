@@ -9,7 +9,7 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ta_lab2.emas.kernel import chained, sema
+from ta_lab2.emas.kernel import _chained_pair, chained, sema
 from ta_lab2.emas.series import Grid, tf_rows
 
 CLOSES = [10, 12, 11, 13, 15, 14, 16, 18, 17, 19, 21, 20]
@@ -88,3 +88,37 @@ def test_chained_snaps_only_when_asked() -> None:
     a = 0.5
     assert chained(close, anchor, 1, a, True).tolist()[1:] == [10.0, a * 3 + (1 - a) * 10.0, 20.0]
     assert chained(close, anchor, 1, a, False).tolist()[1:] == [10.0, 6.5, a * 4 + (1 - a) * 6.5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 120), start=st.integers(0, 130),
+       alpha=st.floats(0.001, 1.0), nan_p=st.sampled_from([0.0, 0.05, 0.3]))
+def test_chained_pair_is_chained_twice(seed: int, n: int, start: int, alpha: float,
+                                       nan_p: float) -> None:
+    """The dual series' fused pass: bit for bit the two ``chained`` recurrences."""
+    rng = np.random.default_rng(seed)
+    close = rng.lognormal(3, 0.2, n)
+    close[rng.random(n) < nan_p] = np.nan
+    anchor = np.where(rng.random(n) < 0.3, rng.lognormal(3, 0.2, n), np.nan)
+    start = min(start, n - 1)
+    free, snapped = np.full(n, np.nan), np.full(n, np.nan)
+    _chained_pair(close, anchor, start, alpha, free, snapped)
+    for got, snap in ((free, False), (snapped, True)):
+        want = chained(close, anchor, start, alpha, snap)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        bits = got[~np.isnan(got)].view(np.int64), want[~np.isnan(want)].view(np.int64)
+        assert np.array_equal(*bits)
+
+
+@pytest.mark.parametrize("kind", ["bar", "v2", "dual"])
+def test_tf_rows_rejects_invalid_arguments(kind: str) -> None:
+    grid = _grid(CLOSES)
+    with pytest.raises(ValueError):
+        tf_rows(kind, grid, "2D", 2, np.ones(12, bool), [3, 0])
+    with pytest.raises(ValueError):
+        tf_rows(kind, grid, "0D", 0, np.ones(12, bool), [3])
+    if kind != "v2":  # v2 does not read the mask
+        with pytest.raises(ValueError):
+            tf_rows(kind, grid, "2D", 2, np.ones(11, bool), [3])
+    with pytest.raises(ValueError):
+        tf_rows("ema", grid, "2D", 2, np.ones(12, bool), [3])

@@ -310,11 +310,11 @@ def preload(modules: Sequence[str] | None = None) -> dict[str, str]:
         try:
             import numpy as np
 
-            from ta_lab2.emas.kernel import chained, sema
+            from ta_lab2.emas.kernel import KIND_DUAL, ema_rows
 
-            x = np.array([1.0, 2.0, np.nan, 4.0])
-            sema(x, 2)  # the signatures the refreshers call: float64 arrays, int, float, bool
-            chained(x, x, 0, 0.5, True)
+            # the one signature tf_rows calls (every kind shares the compiled code)
+            ema_rows(KIND_DUAL, np.array([1.0, 2.0, np.nan, 4.0]), np.ones(4, dtype=np.bool_), 1,
+                     np.array([2], dtype=np.int64), 0)
         except Exception as exc:
             failed["ta_lab2.emas.kernel (warm-up)"] = f"{type(exc).__name__}: {exc}"
     return failed
