@@ -349,12 +349,20 @@ def _build_multi(
             deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s AND tf = ANY(%s)").format(table),
                                     (ident, full_tfs)).rowcount
         if cut_tfs.height:
+            # Every stored row at or after a cut lies in a bar numbered at least like the
+            # first recomputed bar (bars only grow in time, and the days before the cut are
+            # unchanged), so each tf is one primary-key range probe over its last bars;
+            # OFFSET 0 keeps the probes from being pulled up into a join that walks every
+            # row of the id.
+            first_bars = cut_tfs.join(rows.group_by("tf").agg(pl.col("bar_seq").min()), on="tf", how="left")
             deleted += conn.execute(
                 sql.SQL(
-                    "DELETE FROM {} t USING unnest(%s::text[], %s::timestamptz[]) AS c(tf, cut) "
-                    "WHERE t.id = %s AND t.tf = c.tf AND t.time_close >= c.cut"
-                ).format(table),
-                (cut_tfs["tf"].to_list(), cut_tfs["_cut"].to_list(), ident),
+                    "DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
+                    "SELECT x.ctid FROM unnest(%s::text[], %s::timestamptz[], %s::int[]) AS c(tf, cut, bar) "
+                    "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = %s AND tf = c.tf "
+                    "AND bar_seq >= coalesce(c.bar, 0) AND time_close >= c.cut OFFSET 0) x))"
+                ).format(t=table),
+                (first_bars["tf"].to_list(), first_bars["_cut"].to_list(), first_bars["bar_seq"].to_list(), ident),
             ).rowcount
         copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
         _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table,
