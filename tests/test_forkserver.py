@@ -268,3 +268,32 @@ def test_runner_dependencies_follow_the_tables_each_child_reads() -> None:
     # alone, the EMA runner waits for nothing; bars without 1d wait for nothing either
     assert all(s.after == () for s in within_run(emas))
     assert all(s.after == () for s in within_run(bar_specs(options, ("cal_iso", "cal_us"))))
+
+
+def test_later_modules_are_forked_by_a_delegate_zygote(tmp_path: Path) -> None:
+    """The first module's children come from the zygote as soon as its own imports are done;
+    the later modules' from a delegate it forked to import theirs meanwhile. Either way the
+    runner sees the same protocol: pids, own process groups, exit codes."""
+    env = _env()
+
+    def spawn(fs: ForkServer, module: str, action: str, name: str):  # type: ignore[no-untyped-def]
+        argv = [sys.executable, "-m", module, action, "--summary-json", str(tmp_path / f"{name}.json")]
+        return fs.spawn(argv, env, tmp_path / f"{name}.out")
+
+    with ForkServer(env, ["zygote_child", "zygote_child_late"]) as fs:
+        first = spawn(fs, "zygote_child", "ok", "first")
+        late = spawn(fs, "zygote_child_late", "ok", "late")
+        failing = spawn(fs, "zygote_child_late", "fail", "failing")
+        assert (first.wait(30), late.wait(30)) == (0, 0)
+        assert failing.wait(30) not in (0, None)
+        a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("first", "late"))
+        assert a["ppid"] == fs.pid  # the zygote itself
+        assert b["ppid"] not in (fs.pid, os.getpid())  # its delegate
+        assert b["main_spec"] == "zygote_child_late" and b["pgid"] == b["pid"] == late.pid
+        delegate = b["ppid"]
+        assert not _gone(delegate)
+    # closing the zygote ends its delegate too
+    deadline = time.monotonic() + 10
+    while not _gone(delegate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(delegate)

@@ -26,6 +26,12 @@ and stderr stay the runner's, for verbose children).
 The zygote serves any number of children at once. When the runner closes the request pipe,
 the zygote kills what is still running (their whole groups) and exits.
 
+Staged preload: the zygote imports only what the first module's children need (the bar
+builders, which start every run) and then serves; for the later modules (the EMA refreshers:
+numba and its kernels, about half the imports) it forks a delegate zygote that imports them
+meanwhile, forwards their requests to it and relays its replies unchanged — the runner sees
+one fork server either way. The first children no longer wait for numba.
+
 Fork safety: the zygote imports polars but never runs a polars operation, so polars' thread
 pool does not exist at fork time and each child creates its own. The threads that do exist
 after the imports (jemalloc's background threads, polars' out-of-core cleaner, OpenBLAS) are
@@ -320,10 +326,35 @@ def preload(modules: Sequence[str] | None = None) -> dict[str, str]:
     return failed
 
 
+class _Delegate:
+    """A second zygote, forked from the first once the first module's imports are done, that
+    imports the later modules (numba and the EMA kernels: most of the preload) while the first
+    zygote already forks the first children; requests for its modules are forwarded to it and
+    its replies relayed unchanged."""
+
+    def __init__(self, modules: Sequence[str], pid: int, request_w: int, reply_r: int) -> None:
+        self.modules = tuple(modules)
+        self.pid = pid
+        self.request_w = request_w
+        self.reply_r = reply_r
+        self.buffer = b""
+
+    def serves(self, module: str) -> bool:
+        return any(module == m or module.startswith(m + ".") for m in self.modules)
+
+    def close(self) -> None:
+        for fd in (self.request_w, self.reply_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class _Zygote:
-    def __init__(self, request_fd: int, reply_fd: int) -> None:
+    def __init__(self, request_fd: int, reply_fd: int, delegate: _Delegate | None = None) -> None:
         self.request_fd = request_fd
         self.reply_fd = reply_fd
+        self.delegate = delegate
         self.children: set[int] = set()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -335,10 +366,13 @@ class _Zygote:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         buffer = b""
         while True:
-            ready, _, _ = select.select([self.request_fd, self.wake_r], [], [])
+            watched = [self.request_fd, self.wake_r] + ([self.delegate.reply_r] if self.delegate else [])
+            ready, _, _ = select.select(watched, [], [])
             if self.wake_r in ready:
                 _drain(self.wake_r)
                 self.reap()
+            if self.delegate is not None and self.delegate.reply_r in ready:
+                self.relay()
             if self.request_fd in ready:
                 data = os.read(self.request_fd, 1 << 20)
                 if not data:  # the runner closed the pipe (or died)
@@ -353,7 +387,28 @@ class _Zygote:
     def reply(self, message: dict[str, Any]) -> None:
         _write_all(self.reply_fd, (json.dumps(message) + "\n").encode())
 
+    def relay(self) -> None:
+        """Pass the delegate's complete reply lines on to the runner."""
+        assert self.delegate is not None
+        data = os.read(self.delegate.reply_r, 65536)
+        if not data:  # the delegate is gone: its modules are served here again
+            self.delegate.close()
+            self.delegate = None
+            return
+        self.delegate.buffer += data
+        *lines, self.delegate.buffer = self.delegate.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                _write_all(self.reply_fd, line + b"\n")
+
     def start(self, request: dict[str, Any]) -> None:
+        if self.delegate is not None and self.delegate.serves(request["argv"][2]):
+            try:
+                _write_all(self.delegate.request_w, (json.dumps(request) + "\n").encode())
+                return
+            except OSError:  # it died: fork the child here (it imports what it lacks itself)
+                self.delegate.close()
+                self.delegate = None
         # The child closes its end of this pipe once it leads its own process group: the reply
         # waits for that, so the runner can never killpg() a group that does not exist yet.
         ready_r, ready_w = os.pipe()
@@ -370,8 +425,9 @@ class _Zygote:
         if pid == 0:
             try:
                 os.close(ready_r)
+                own = (self.delegate.request_w, self.delegate.reply_r) if self.delegate else ()
                 _child(request, ready_w, parent=zygote,
-                       close=(self.request_fd, self.reply_fd, self.wake_r, self.wake_w))
+                       close=(self.request_fd, self.reply_fd, self.wake_r, self.wake_w, *own))
             finally:
                 os._exit(1)  # never return into the zygote's loop (_child ends the process itself)
         os.close(ready_w)
@@ -390,6 +446,8 @@ class _Zygote:
                 return
             if pid == 0:
                 return
+            if self.delegate is not None and pid == self.delegate.pid:
+                continue  # its end is noticed on its reply pipe; nothing to report
             self.children.discard(pid)
             self.reply({"pid": pid, "exit_code": os.waitstatus_to_exitcode(status)})
 
@@ -408,6 +466,13 @@ class _Zygote:
             except ChildProcessError:
                 pass
         self.children.clear()
+        if self.delegate is not None:  # end of its request pipe: it does the same for its own
+            self.delegate.close()
+            try:
+                os.waitpid(self.delegate.pid, 0)
+            except ChildProcessError:
+                pass
+            self.delegate = None
 
 
 def _drain(fd: int) -> None:
@@ -561,14 +626,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Python ≥ 3.12 warns that fork() in a multi-threaded process may deadlock: the threads
     # alive here are parked (see the module docstring), and polars' pool does not exist yet.
     warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork\(\).*", category=DeprecationWarning)
-    # Whatever the imports print (library warnings) would otherwise land on the runner's
-    # terminal, where a child's output never goes unless it fails or the run is verbose.
+    # The first module's children (the bars, which start every run) can be forked as soon as
+    # its imports are done; the later modules' imports run meanwhile in a delegate zygote.
+    _quietly(preload, modules[:1])
+    delegate = _start_delegate(modules[1:], request_fd, reply_fd) if len(modules) > 1 else None
+    _Zygote(request_fd, reply_fd, delegate).serve()
+
+
+def _quietly(function: Any, *args: Any) -> Any:
+    """Run ``function`` with fds 1 and 2 on /dev/null: whatever imports print (library
+    warnings) would otherwise land on the runner's terminal, where a child's output never goes
+    unless it fails or the run is verbose."""
     saved = os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)
     try:
-        preload(modules)
+        return function(*args)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -576,7 +650,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
-    _Zygote(request_fd, reply_fd).serve()
+
+
+def _start_delegate(modules: Sequence[str], request_fd: int, reply_fd: int) -> _Delegate | None:
+    """Fork the zygote that preloads and serves ``modules`` (see :class:`_Delegate`)."""
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (request_r, request_w, reply_r, reply_w):
+            os.close(fd)
+        return None  # the first zygote serves every module
+    if pid == 0:
+        code = 1
+        try:
+            die_with_parent()
+            if os.getppid() != parent:
+                os._exit(1)
+            for fd in (request_fd, reply_fd, request_w, reply_r):
+                os.close(fd)
+            _quietly(preload, list(modules))
+            _Zygote(request_r, reply_w).serve()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(request_r)
+    os.close(reply_w)
+    return _Delegate(modules, pid, request_w, reply_r)
 
 
 if __name__ == "__main__":
