@@ -109,10 +109,8 @@ def snapshot_rows(
         assign(crossed, first_day)
         .filter(pl.col("_since").is_null() | (pl.col("bar_seq") >= first_bar))
         .drop(*PARAM_COLUMNS, "_since", "_k_from")
-        .collect()
     )
-    # materialised first: the aggregation reads these rows several times
-    return _aggregate(rows.lazy()).select([pl.col(c).cast(t) for c, t in schema.items()]).collect()
+    return _aggregate(rows.cache()).select([pl.col(c).cast(t) for c, t in schema.items()]).collect()
 
 
 def _first_rows(
@@ -135,8 +133,12 @@ def _first_rows(
 
 
 def _aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
-    bar = ("tf", "bar_seq")
     rows = rows.sort("tf", "bar_seq", "timestamp")
+    # one integer per bar (rows are sorted by bar): a cheaper window key than (tf, bar_seq)
+    rows = rows.with_columns(
+        _bar=((pl.col("tf") != pl.col("tf").shift(1)) | (pl.col("bar_seq") != pl.col("bar_seq").shift(1)))
+        .fill_null(True).cum_sum())
+    bar = "_bar"
     vol_known = pl.col("volume").is_not_null().cum_sum().over(bar)
     # Extremum instants: the running max/min only moves on a strictly better value, so the
     # earliest row attaining it keeps its instant (earliest-tie rule).
@@ -187,7 +189,7 @@ def _missing_lists(out: pl.LazyFrame) -> pl.LazyFrame:
     Only rows that reveal a gap ("events") get a value computed; later rows of the same bar
     carry it forward. Work is proportional to the number of listed dates, not rows.
     """
-    bar = ["tf", "bar_seq"]
+    bar = ["_bar"]
     events = out.filter(pl.col("_gap") > 0).select(
         *bar, "timestamp", "count_missing_days",
         dates=pl.date_ranges("_gap_from", pl.col("day") - pl.duration(days=1)),
