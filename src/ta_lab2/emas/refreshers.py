@@ -24,7 +24,7 @@ from ta_lab2.bars.builders import deletions_since
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.db.bulk import copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
-from ta_lab2.emas.series import Grid, epoch_us, tf_rows
+from ta_lab2.emas.series import Grid, TfRows, epoch_us, rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, bulk_rebuild, clear_ids, resolve_ids, run_units
@@ -204,8 +204,9 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
         grid_change = grid_frame.filter(pl.col("ingested_at") > since)["timestamp"].min()
     else:
         deleted = None
-    frames: list[pl.DataFrame] = []
+    parts: list[TfRows] = []
     replaced: list[tuple[str, int, dt.datetime | None]] = []  # (tf, period, from) to delete
+    closes_by_tf = _closes_by_tf(canon)
     # Rows go out in primary-key order (tf byte order, period, ts): a bulk rebuild's index
     # build then sorts presorted input, several times faster.
     for tf in sorted(options.timeframes, key=lambda t: t.tf):
@@ -220,14 +221,14 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
                 cut[p] = first
         if not cut:
             continue
-        mask = _canonical_mask(grid, canon, tf.tf)
+        mask = _canonical_mask(grid, closes_by_tf, tf.tf)
         groups: dict[dt.datetime | None, list[int]] = {}
         for p, at in cut.items():
             groups.setdefault(at, []).append(p)
             replaced.append((tf.tf, p, at))
         for at, periods in groups.items():
-            frames.append(tf_rows(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
-                                  None if at is None else epoch_us(at)))
+            parts.append(tf_arrays(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
+                                   None if at is None else epoch_us(at)))
     if not replaced:
         return IdResult(ident, "unchanged")
     # One DELETE, one COPY and one state upsert per id, whatever the number of series.
@@ -243,7 +244,7 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
         ).format(t=table),
         ([r[0] for r in replaced], [r[1] for r in replaced], [r[2] for r in replaced], ident),
     ).rowcount
-    rows = pl.concat(frames) if frames else pl.DataFrame()
+    rows = rows_frame(refresher.kind, grid, parts)
     if rows.height:
         copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
     _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark, rows, options.bulk)
@@ -251,11 +252,19 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
     return IdResult(ident, mode if grid.n else "empty", rows.height, deleted_rows)
 
 
-def _canonical_mask(grid: Grid, canon: pl.DataFrame, tf: str) -> np.ndarray:
+def _closes_by_tf(canon: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The canonical closes (epoch µs) of each tf of ``canon`` (rows ordered by tf)."""
+    tfs = canon["tf"].to_numpy()
+    closes = canon["time_close"].dt.epoch("us").to_numpy()
+    bounds = [0, *(np.flatnonzero(tfs[1:] != tfs[:-1]) + 1).tolist(), len(tfs)]
+    return {str(tfs[lo]): closes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo}
+
+
+def _canonical_mask(grid: Grid, closes_by_tf: dict[str, np.ndarray], tf: str) -> np.ndarray:
     """Grid rows that are canonical closes of ``tf`` (every row for ``1D``)."""
     if tf == "1D":
         return np.ones(grid.n, dtype=bool)
-    closes = canon.filter(pl.col("tf") == tf)["time_close"].dt.epoch("us").to_numpy()
+    closes = closes_by_tf.get(tf, np.zeros(0, dtype=np.int64))
     pos = np.searchsorted(grid.ts_us, closes)
     ok = (pos < grid.n) & (grid.ts_us[np.minimum(pos, grid.n - 1)] == closes) if grid.n else np.zeros(0, bool)
     if not ok.all():

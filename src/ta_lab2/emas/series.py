@@ -71,6 +71,82 @@ def _plain(a: np.ndarray | Sequence, dtype: type) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
+@dataclass(frozen=True)
+class TfRows:
+    """The rows of one (id, tf) for some periods, as the kernel's arrays (see :func:`tf_arrays`)."""
+
+    tf: str
+    n_days: int
+    row: np.ndarray  # grid index of each row
+    period: np.ndarray
+    roll: np.ndarray
+    floats: dict[str, np.ndarray]  # NaN = undefined
+
+
+def tf_arrays(
+    kind: str,
+    grid: Grid,
+    tf: str,
+    n_days: int,
+    canonical: np.ndarray,
+    periods: Sequence[int],
+    keep_from_us: int | None = None,
+) -> TfRows:
+    """The rows of one (id, tf) for ``periods``, from grid instant ``keep_from_us`` on (None: all).
+
+    ``kind`` is one of :data:`KINDS`; ``n_days`` the tf's nominal length in days (≥ 1);
+    ``canonical`` the grid rows that are canonical closes of the tf (bool, one per grid row;
+    unused by ``v2``); every period ≥ 1. Each (tf, period) series is computed over the whole
+    grid, so a tail is bit-identical to the same rows of a full computation. Rows come period
+    by period in the order given, ``ts`` ascending within a period. A period with no series
+    (too few closes for its seed) has no rows.
+    """
+    code = _KIND_CODES.get(kind)
+    if code is None:
+        raise ValueError(f"unknown EMA kind {kind!r} (expected one of {KINDS})")
+    # v2's canonical rows follow from n_days: its mask is not read (nor its size checked)
+    mask = _NO_MASK if kind == "v2" else _plain(canonical, np.bool_)
+    first_kept = 0 if keep_from_us is None else int(np.searchsorted(grid.ts_us, keep_from_us, side="left"))
+    # one compiled pass for all periods: per period Python and numpy work dominated short tails
+    out = ema_rows(code, _plain(grid.close, np.float64), mask, int(n_days),
+                   _plain(periods, np.int64), first_kept)
+    floats = dict(zip(_FLOATS, out[3:8]))
+    if kind == "dual":
+        floats.update(zip(_DUAL_FLOATS, out[8:]))
+    return TfRows(tf, int(n_days), out[0], out[1], out[2], floats)
+
+
+def rows_frame(kind: str, grid: Grid, parts: Sequence[TfRows]) -> pl.DataFrame:
+    """One frame of the rows of ``parts`` (in that order) with the columns of
+    :data:`EMA_SCHEMA` (:data:`DUAL_SCHEMA` for ``dual``); an undefined value is NULL.
+    Built once per id: per-part frames cost more than a short tail's computation."""
+    schema = DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA
+    parts = [p for p in parts if p.row.size]
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    counts = np.array([p.row.size for p in parts], dtype=np.int64)
+    m = int(counts.sum())
+    part_of_row = pl.Series(np.repeat(np.arange(len(parts), dtype=np.int64), counts))
+    # Series built directly in their final dtypes: polars expressions (pl.repeat, lit,
+    # replace_time_zone) cost ~0.2 ms each, more than the whole computation of a short tail.
+    columns = {
+        "id": pl.Series("id", [grid.id], dtype=pl.Int32).new_from_index(0, m),
+        "tf": pl.Series("tf", [p.tf for p in parts], dtype=pl.String).gather(part_of_row),
+        # epoch µs read as UTC instants: the same values as naive µs declared UTC
+        "ts": pl.Series("ts", grid.ts_us[np.concatenate([p.row for p in parts])].astype(np.int64, copy=False))
+        .cast(UTC_US),
+        "period": pl.Series("period", np.concatenate([p.period for p in parts])),
+        "tf_days": pl.Series("tf_days", np.repeat(np.array([p.n_days for p in parts], dtype=np.int32), counts)),
+        "roll": pl.Series("roll", np.concatenate([p.roll for p in parts])),
+        # NaN marks "undefined" in the arrays; the tables store NULL.
+        **{c: pl.Series(c, np.concatenate([p.floats[c] for p in parts]), nan_to_null=True)
+           for c in parts[0].floats},
+    }
+    if kind == "dual":
+        columns["roll_bar"] = columns["roll"].alias("roll_bar")
+    return pl.DataFrame([columns[c].alias(c) for c in schema])
+
+
 def tf_rows(
     kind: str,
     grid: Grid,
@@ -80,49 +156,8 @@ def tf_rows(
     periods: Sequence[int],
     keep_from_us: int | None = None,
 ) -> pl.DataFrame:
-    """All rows of one (id, tf) for ``periods``, from grid instant ``keep_from_us`` on (None: all).
-
-    ``kind`` is one of :data:`KINDS`; ``n_days`` the tf's nominal length in days (≥ 1);
-    ``canonical`` the grid rows that are canonical closes of the tf (bool, one per grid row;
-    unused by ``v2``); every period ≥ 1. Each (tf, period) series is computed over the whole
-    grid, so a tail is bit-identical to the same rows of a full computation. Rows come period
-    by period in the order given, ``ts`` ascending within a period, with the columns of
-    :data:`EMA_SCHEMA` (:data:`DUAL_SCHEMA` for ``dual``); an undefined value is NULL. A
-    period with no series (too few closes for its seed) has no rows.
-    """
-    code = _KIND_CODES.get(kind)
-    if code is None:
-        raise ValueError(f"unknown EMA kind {kind!r} (expected one of {KINDS})")
-    schema = DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA
-    # v2's canonical rows follow from n_days: its mask is not read (nor its size checked)
-    mask = _NO_MASK if kind == "v2" else _plain(canonical, np.bool_)
-    first_kept = 0 if keep_from_us is None else int(np.searchsorted(grid.ts_us, keep_from_us, side="left"))
-    # one compiled pass for all periods: per period Python and numpy work dominated short tails
-    out = ema_rows(code, _plain(grid.close, np.float64), mask, int(n_days),
-                   _plain(periods, np.int64), first_kept)
-    row, period, roll = out[0], out[1], out[2]
-    if row.size == 0:
-        return pl.DataFrame(schema=schema)
-    floats = dict(zip(_FLOATS, out[3:8]))
-    if kind == "dual":
-        floats.update(zip(_DUAL_FLOATS, out[8:]))
-    m = row.size
-    # Series built directly in their final dtypes: polars expressions (pl.repeat, lit,
-    # replace_time_zone) cost ~0.2 ms each, more than the whole computation of a short tail.
-    columns = {
-        "id": pl.Series("id", [grid.id], dtype=pl.Int32).new_from_index(0, m),
-        "tf": pl.Series("tf", [tf], dtype=pl.String).new_from_index(0, m),
-        # epoch µs read as UTC instants: the same values as naive µs declared UTC
-        "ts": pl.Series("ts", grid.ts_us[row].astype(np.int64, copy=False)).cast(UTC_US),
-        "period": pl.Series("period", period),
-        "tf_days": pl.Series("tf_days", [n_days], dtype=pl.Int32).new_from_index(0, m),
-        "roll": pl.Series("roll", roll),
-        # NaN marks "undefined" in the arrays; the tables store NULL.
-        **{c: pl.Series(c, a, nan_to_null=True) for c, a in floats.items()},
-    }
-    if kind == "dual":
-        columns["roll_bar"] = columns["roll"].alias("roll_bar")
-    return pl.DataFrame([columns[c] for c in schema])
+    """:func:`tf_arrays` of one (id, tf) as a frame (:func:`rows_frame`)."""
+    return rows_frame(kind, grid, [tf_arrays(kind, grid, tf, n_days, canonical, periods, keep_from_us)])
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
