@@ -17,7 +17,7 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import polars as pl
 import psycopg
@@ -25,7 +25,7 @@ from psycopg import sql
 
 from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, validate_days
 from ta_lab2.bars.families import Timeframe
-from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
+from ta_lab2.bars.snapshot import first_rows, prepare_days, snapshot_rows
 from ta_lab2.db.bulk import copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
@@ -108,7 +108,7 @@ def build(
     if bulk:
         # every id in one transaction, indexes built once at the end (workers cannot share it)
         with bulk_rebuild(conn, [builder.table], [state_table(builder.table)], schema):
-            results = run_units(conn, build_one, options, id_list, progress=progress)
+            results = run_units(conn, build_batch, options, id_list, progress=progress)
     else:
         if full_rebuild:
             if builder.name == "1d":
@@ -119,7 +119,8 @@ def build(
                     log_deletions(conn, schema, first)
             extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
             clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
-        results = run_units(conn, build_one, options, id_list, workers=workers, url=url, progress=progress)
+        results = run_units(conn, build_batch, options, id_list, batch_size=1 if full_rebuild else IDS_PER_BATCH,
+                            workers=workers, url=url, progress=progress)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
                        time.perf_counter() - started, tuple(results))
 
@@ -158,23 +159,36 @@ def log_deletions(conn: psycopg.Connection, schema: str, removed: Sequence[tuple
     )
 
 
-def deletions_since(conn: psycopg.Connection, schema: str, ident: int,
-                    since: dt.datetime | None) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """(earliest 1D instant removed after ``since``, newest removal time) for one id."""
-    row = conn.execute(
-        sql.SQL("SELECT min(from_ts) FILTER (WHERE %s::timestamptz IS NULL OR deleted_at > %s), max(deleted_at) "
-                "FROM {} WHERE id = %s").format(_ident(schema, BARS_1D_DELETIONS)),
-        (since, since, ident),
-    ).fetchone()
-    return (row[0], row[1]) if row else (None, None)
+def deletions_since(conn: psycopg.Connection, schema: str,
+                    since: Mapping[int, dt.datetime | None]) -> dict[int, tuple[dt.datetime | None, dt.datetime | None]]:
+    """Per id of ``since``: (earliest 1D instant removed after ``since[id]``, newest removal
+    time); ids with no logged removal are absent."""
+    rows = conn.execute(
+        sql.SQL("SELECT d.id, min(d.from_ts) FILTER (WHERE u.since IS NULL OR d.deleted_at > u.since), "
+                "max(d.deleted_at) FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, since) "
+                "JOIN {} d ON d.id = u.id GROUP BY d.id").format(_ident(schema, BARS_1D_DELETIONS)),
+        (list(since), list(since.values())),
+    ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def build_one(conn: psycopg.Connection, options: BuildOptions, ident: int) -> IdResult:
-    """Build one id in one transaction (the per-id work unit; any executor may call it)."""
+#: Ids one unit builds together when the run is not a full rebuild: an incremental run does
+#: little per id, and per-id queries, transactions and COPYs would dominate it.
+IDS_PER_BATCH = 16
+#: Snapshot rows (days × timeframes the engine processes) one transaction of a batch computes at
+#: most: a batch of ids that all need a full build is split to bound memory.
+CHUNK_ROWS = 300_000
+
+
+def build_batch(conn: psycopg.Connection, options: BuildOptions, ids: Sequence[int]) -> list[IdResult]:
+    """Build ``ids`` (the work unit; any executor may call it). 1D: one transaction per id;
+    multi-timeframe: the batch's inputs in one read, written in one transaction per chunk of
+    ids (a crash leaves each id's old or new rows)."""
     builder = BUILDERS[options.builder]
     if builder.name == "1d":
-        return _build_1d(conn, ident, options.tz, options.full, options.schema)
-    return _build_multi(conn, builder, options.timeframes, ident, options.tz, options.full, options.schema, options.bulk)
+        return [_build_1d(conn, ident, options.tz, options.full, options.schema) for ident in ids]
+    return _build_multi(conn, builder, options.timeframes, ids, options.tz, options.full, options.schema,
+                        options.bulk)
 
 
 def _ident(schema: str, table: str) -> sql.Identifier:
@@ -280,33 +294,68 @@ DAILY_READ_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+@dataclass
+class _Plan:
+    """One id's part of a batch: its days and, per timeframe to rebuild, where from."""
+
+    id: int
+    days: pl.DataFrame
+    first_day: dt.date | None
+    watermark: dt.datetime | None
+    change_at: dict[str, dt.datetime | None]  # tf -> None (whole) or the changed instant
+    work: list[Timeframe]
+    rows: int  # snapshot rows the engine will process (memory bound of a chunk)
+
+
 def _build_multi(
     conn: psycopg.Connection,
     builder: BarBuilder,
     tfs: Sequence[Timeframe],
-    ident: int,
+    ids: Sequence[int],
     tz: str,
     full: bool,
     schema: str,
     bulk: bool = False,
-) -> IdResult:
-    table = _ident(schema, builder.table)
+) -> list[IdResult]:
     state_t = _ident(schema, state_table(builder.table))
-    daily = read_frame(
-        conn, sql.SQL("{} WHERE id = %s").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (ident,),
-        small=True, order_by=("timestamp",),
+    daily_all = read_frame(
+        conn, sql.SQL("{} WHERE id = ANY(%s)").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (list(ids),),
+        small=True, order_by=("id", "timestamp"),
     )
+    dailies = {key[0]: frame for key, frame in daily_all.partition_by("id", as_dict=True).items()}
+    states: dict[int, dict[str, tuple[dt.datetime | None, dt.date | None]]] = {i: {} for i in ids}
+    for r in conn.execute(
+        sql.SQL("SELECT id, tf, watermark_ingested_at, first_day FROM {} WHERE id = ANY(%s)").format(state_t),
+        (list(ids),),
+    ).fetchall():
+        states[r[0]][r[1]] = (r[2], r[3])
+    since = {i: min((st[0] for st in states[i].values() if st[0] is not None), default=None) for i in ids}
+    removals = deletions_since(conn, schema, since)
+    results: dict[int, IdResult] = {}
+    plans: list[_Plan] = []
+    for ident in ids:
+        daily = dailies.get(ident, daily_all.clear())
+        plan = _plan(builder, tfs, ident, daily, tz, full, states[ident], removals.get(ident, (None, None)))
+        if plan is None:
+            results[ident] = IdResult(ident, "unchanged")
+        else:
+            plans.append(plan)
+    for chunk in _chunks(plans):
+        # bulk: already inside the rebuild's one transaction, and COPY FREEZE allows no savepoint
+        with nullcontext() if bulk else conn.transaction():
+            for result in _write_chunk(conn, builder, schema, chunk, bulk):
+                results[result.id] = result
+    return [results[i] for i in ids]
+
+
+def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.DataFrame, tz: str, full: bool,
+          states: Mapping[str, tuple[dt.datetime | None, dt.date | None]],
+          removal: tuple[dt.datetime | None, dt.datetime | None]) -> _Plan | None:
+    """What to rebuild for one id, or None when nothing changed."""
     days = prepare_days(daily, tz)
     first_day = days["day"].min() if days.height else None
     watermark = daily["ingested_at"].max() if daily.height else None
-    states = {
-        r[0]: r[1:]
-        for r in conn.execute(
-            sql.SQL("SELECT tf, watermark_ingested_at, first_day FROM {} WHERE id = %s").format(state_t), (ident,)
-        ).fetchall()
-    }
-    since = min((st[0] for st in states.values() if st[0] is not None), default=None)
-    deleted_from, last_removal = deletions_since(conn, schema, ident, since)
+    deleted_from, last_removal = removal
     if full or not states:
         deleted_from = None
     if last_removal is not None and (watermark is None or last_removal > watermark):
@@ -327,79 +376,95 @@ def _build_multi(
         if first is not None:
             change_at[tf.tf] = first
     if not change_at:
-        return IdResult(ident, "unchanged")
+        return None
     work = [tf for tf in tfs if tf.tf in change_at]
-    rows = snapshot_rows(days, work, builder.family, change_at)
+    rows = sum(days.height - k for k in first_rows(days, work, builder.family, change_at)) if days.height else 0
+    return _Plan(ident, days, first_day, watermark, change_at, work, rows)
+
+
+def _chunks(plans: Sequence[_Plan]) -> Iterator[list[_Plan]]:
+    """Consecutive plans whose snapshot rows add up to at most :data:`CHUNK_ROWS` (at least one)."""
+    chunk: list[_Plan] = []
+    total = 0
+    for plan in plans:
+        if chunk and total + plan.rows > CHUNK_ROWS:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(plan)
+        total += plan.rows
+    if chunk:
+        yield chunk
+
+
+def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chunk: Sequence[_Plan],
+                 bulk: bool) -> list[IdResult]:
+    """Compute and write the plans of ``chunk`` inside the caller's transaction."""
+    table = _ident(schema, builder.table)
+    parts = [snapshot_rows(p.days, p.work, builder.family, p.change_at) for p in chunk]
+    rows = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
     # A snapshot row depends only on the days of its bar up to its own day (and on the day
     # before it, through day_open), so rows before the first changed instant are unchanged even
     # inside the bar that holds it: replace from that instant on (docs/decisions.md).
-    cuts = pl.DataFrame({"tf": list(change_at), "_cut": list(change_at.values())},
-                        schema={"tf": pl.String, "_cut": UTC_US})
+    cuts = pl.DataFrame(
+        {"id": [p.id for p in chunk for _ in p.change_at], "tf": [tf for p in chunk for tf in p.change_at],
+         "_cut": [at for p in chunk for at in p.change_at.values()]},
+        schema={"id": pl.Int32, "tf": pl.String, "_cut": UTC_US})
     # rows are in primary-key order; the join keeps it (a bulk rebuild's index build then
     # sorts presorted input)
-    new_rows = rows.join(cuts, on="tf", how="left", maintain_order="left").filter(
+    new_rows = rows.join(cuts, on=["id", "tf"], how="left", maintain_order="left").filter(
         pl.col("_cut").is_null() | (pl.col("time_close") >= pl.col("_cut"))
     ).drop("_cut")
-    full_tfs = [tf for tf, at in change_at.items() if at is None]
-    cut_tfs = cuts.filter(pl.col("_cut").is_not_null())
-    # bulk: already inside the rebuild's one transaction, and COPY FREEZE allows no savepoint
-    with nullcontext() if bulk else conn.transaction():
-        deleted = 0
-        if full_tfs and not bulk:
-            deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s AND tf = ANY(%s)").format(table),
-                                    (ident, full_tfs)).rowcount
-        if cut_tfs.height:
-            # Every stored row at or after a cut lies in a bar numbered at least like the
-            # first recomputed bar (bars only grow in time, and the days before the cut are
-            # unchanged), so each tf is one primary-key range probe over its last bars;
-            # OFFSET 0 keeps the probes from being pulled up into a join that walks every
-            # row of the id.
-            first_bars = cut_tfs.join(rows.group_by("tf").agg(pl.col("bar_seq").min()), on="tf", how="left")
-            deleted += conn.execute(
-                sql.SQL(
-                    "DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
-                    "SELECT x.ctid FROM unnest(%s::text[], %s::timestamptz[], %s::int[]) AS c(tf, cut, bar) "
-                    "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = %s AND tf = c.tf "
-                    "AND bar_seq >= coalesce(c.bar, 0) AND time_close >= c.cut OFFSET 0) x))"
-                ).format(t=table),
-                (first_bars["tf"].to_list(), first_bars["_cut"].to_list(), first_bars["bar_seq"].to_list(), ident),
-            ).rowcount
-        copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
-        _write_state(conn, state_t, ident, rows, [t.tf for t in work], watermark, first_day, schema, builder.table,
-                     bulk)
-    mode = "full" if len(full_tfs) == len(work) else "incremental"
-    return IdResult(ident, mode if daily.height else "empty", new_rows.height, deleted)
+    deleted: dict[int, int] = {}
+    if not bulk:
+        # Every stored row at or after a cut lies in a bar numbered at least like the first
+        # recomputed bar (bars are numbered in time order and the days before the cut are
+        # unchanged), so each (id, tf) is one primary-key range probe over its last bars (a
+        # whole (id, tf) when it is rebuilt whole); OFFSET 0 keeps the probes from being pulled
+        # up into a join that walks every row of the ids (docs/decisions.md).
+        probes = cuts.join(rows.group_by("id", "tf").agg(pl.col("bar_seq").min()), on=["id", "tf"], how="left")
+        probes = probes.with_columns(bar_seq=pl.when(pl.col("_cut").is_null()).then(None).otherwise("bar_seq"))
+        deleted = dict(conn.execute(
+            sql.SQL(
+                "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
+                "SELECT x.ctid FROM unnest(%s::int[], %s::text[], %s::timestamptz[], %s::int[]) AS c(id, tf, cut, bar) "
+                "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = c.id AND tf = c.tf "
+                "AND bar_seq >= coalesce(c.bar, 0) AND time_close >= coalesce(c.cut, '-infinity') OFFSET 0) x)) "
+                "RETURNING e.id) SELECT id, count(*) FROM d GROUP BY id"
+            ).format(t=table),
+            (probes["id"].to_list(), probes["tf"].to_list(), probes["_cut"].to_list(), probes["bar_seq"].to_list()),
+        ).fetchall())
+    copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
+    _write_state(conn, chunk, rows, schema, builder.table, bulk)
+    inserted = dict(new_rows.group_by("id").len().iter_rows())
+    results = []
+    for p in chunk:
+        full_tfs = sum(at is None for at in p.change_at.values())
+        mode = "full" if full_tfs == len(p.work) else "incremental"
+        results.append(IdResult(p.id, mode if p.days.height else "empty", inserted.get(p.id, 0), deleted.get(p.id, 0)))
+    return results
 
 
-def _write_state(
-    conn: psycopg.Connection,
-    state_t: sql.Identifier,
-    ident: int,
-    rows: pl.DataFrame,
-    tfs: list[str],
-    watermark: dt.datetime | None,
-    first_day: dt.date | None,
-    schema: str,
-    table: str,
-    bulk: bool = False,
-) -> None:
+def _write_state(conn: psycopg.Connection, chunk: Sequence[_Plan], rows: pl.DataFrame, schema: str, table: str,
+                 bulk: bool = False) -> None:
+    """Upsert the state of every (id, tf) the plans of ``chunk`` rebuilt, from their new ``rows``."""
+    plans = pl.DataFrame(
+        {"id": [p.id for p in chunk for _ in p.work], "tf": [tf.tf for p in chunk for tf in p.work],
+         "watermark_ingested_at": [p.watermark for p in chunk for _ in p.work],
+         "first_day": [p.first_day for p in chunk for _ in p.work]},
+        schema={"id": pl.Int32, "tf": pl.String, "watermark_ingested_at": UTC_US, "first_day": pl.Date},
+    )
     summary = (
-        pl.DataFrame({"tf": tfs}, schema={"tf": pl.String})
-        .join(
-            rows.group_by("tf").agg(
+        plans.join(
+            rows.group_by("id", "tf").agg(
                 last_day=pl.col("time_close").max(),
                 last_bar_seq=pl.col("bar_seq").max(),
                 last_time_close=pl.col("time_close").max(),
             ),
-            on="tf",
+            on=["id", "tf"],
             how="left",
+            maintain_order="left",
         )
-        .with_columns(
-            id=pl.lit(ident, pl.Int32),
-            watermark_ingested_at=pl.lit(watermark, UTC_US),
-            first_day=pl.lit(first_day, pl.Date),
-            last_day=pl.col("last_day").dt.date(),
-        )
+        .with_columns(last_day=pl.col("last_day").dt.date())
         .select("id", "tf", "watermark_ingested_at", "first_day", "last_day", "last_bar_seq", "last_time_close")
     )
     if bulk:  # the state table was truncated in this transaction: nothing to upsert against

@@ -95,11 +95,11 @@ def snapshot_rows(
         return pl.DataFrame(schema=schema)
     assign: Callable[[pl.LazyFrame, dt.date], pl.LazyFrame] = ASSIGNERS[family]
     first_day: dt.date = days["day"][0]
-    first_rows = _first_rows(days, timeframes, family, since)
+    starts = first_rows(days, timeframes, family, since)
     params = timeframe_params(timeframes, family).with_columns(
         _since=pl.Series([(since or {}).get(tf.tf) for tf in timeframes], dtype=UTC_US),
-        _k_from=pl.Series(first_rows, dtype=pl.Int32))
-    crossed = (days.slice(min(first_rows)).lazy().join(params.lazy(), how="cross")
+        _k_from=pl.Series(starts, dtype=pl.Int32))
+    crossed = (days.slice(min(starts)).lazy().join(params.lazy(), how="cross")
                .filter(pl.col("k") >= pl.col("_k_from")))
     # per tf with a cut: bars from the one holding the first day at or after it (the last
     # bar when no day is that late)
@@ -113,7 +113,7 @@ def snapshot_rows(
     return _aggregate(rows.cache()).select([pl.col(c).cast(t) for c, t in schema.items()]).collect()
 
 
-def _first_rows(
+def first_rows(
     days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str, since: Mapping[str, dt.datetime | None] | None
 ) -> list[int]:
     """Per timeframe, the first row of ``days`` that :func:`snapshot_rows` needs: the start of

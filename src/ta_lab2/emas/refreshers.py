@@ -141,11 +141,12 @@ def refresh(
     if bulk:
         # every id in one transaction, indexes built once at the end (workers cannot share it)
         with bulk_rebuild(conn, [refresher.table], [state_table(refresher.table)], schema):
-            results = run_units(conn, refresh_one, options, id_list, progress=progress)
+            results = run_units(conn, refresh_batch, options, id_list, progress=progress)
     else:
         if full_refresh:
             clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
-        results = run_units(conn, refresh_one, options, id_list, workers=workers, url=url, progress=progress)
+        results = run_units(conn, refresh_batch, options, id_list, batch_size=1 if full_refresh else IDS_PER_BATCH,
+                            workers=workers, url=url, progress=progress)
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
                        tuple(results), plist)
 
@@ -154,59 +155,123 @@ _GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64(), "ingested_at": UTC_U
 _CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
 
 
-def refresh_one(conn: psycopg.Connection, options: RefreshOptions, ident: int) -> IdResult:
-    """One id in one REPEATABLE READ transaction (inputs and watermark from one snapshot), or
-    as part of the caller's bulk transaction."""
+#: Ids one unit refreshes together when the run is not a full refresh (see the bar builders).
+IDS_PER_BATCH = 16
+#: EMA rows a batch holds in memory before it writes them (a batch of ids that all need a
+#: whole recomputation is written in several steps of its one transaction).
+CHUNK_ROWS = 1_000_000
+
+
+@dataclass
+class _Inputs:
+    """What a batch read once for all its ids."""
+
+    grids: dict[int, pl.DataFrame]
+    canon: dict[int, pl.DataFrame]
+    states: dict[int, dict[tuple[str, int], dt.datetime | None]]
+    newest_bar: dict[int, dt.datetime | None]
+    bar_changes: dict[int, dict[str, dt.datetime]]
+    removals: dict[int, tuple[dt.datetime | None, dt.datetime | None]]
+
+
+def refresh_batch(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
+    """Refresh ``ids`` (the work unit) in one REPEATABLE READ transaction (inputs and
+    watermarks from one snapshot), or as part of the caller's bulk transaction."""
     if options.bulk:
-        return _refresh_id(conn, options, ident)
+        return _refresh(conn, options, ids)
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        return _refresh_id(conn, options, ident)
+        return _refresh(conn, options, ids)
 
 
-def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -> IdResult:
+def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> _Inputs:
     refresher = REFRESHERS[options.refresher]
     s = options.schema
-    table = sql.Identifier(s, refresher.table)
-    state_t = sql.Identifier(s, state_table(refresher.table))
-    grid_frame = read_frame(conn, sql.SQL("{} WHERE id = %s").format(sql.Identifier(s, BARS_1D)),
-                            _GRID_SCHEMA, (ident,), small=True, order_by=("timestamp",))
-    grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
+    id_list = list(ids)
+    grid_all = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(sql.Identifier(s, BARS_1D)),
+                          {"id": pl.Int32(), **_GRID_SCHEMA}, (id_list,), small=True, order_by=("id", "timestamp"))
+    grids = {k[0]: f.drop("id") for k, f in grid_all.partition_by("id", as_dict=True).items()}
+    states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
+    for r in conn.execute(sql.SQL("SELECT id, tf, period, watermark_ingested_at FROM {} WHERE id = ANY(%s)").format(
+            sql.Identifier(s, state_table(refresher.table))), (id_list,)).fetchall():
+        states[r[0]][(r[1], r[2])] = r[3]
+    # None: no usable watermark, every series of the id is recomputed whole
+    since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
+             for i in ids}
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
-    canon = pl.DataFrame(schema=_CANON_SCHEMA)
-    bar_changes: dict[str, dt.datetime] = {}
-    watermark = grid_frame["ingested_at"].max()
-    states = {(r[0], r[1]): r[2] for r in conn.execute(
-        sql.SQL("SELECT tf, period, watermark_ingested_at FROM {} WHERE id = %s").format(state_t), (ident,)).fetchall()}
-    # None: no usable watermark, every series is recomputed whole
-    since = min((w for w in states.values() if w is not None), default=None) if not options.full else None
+    canon: dict[int, pl.DataFrame] = {}
+    newest: dict[int, dt.datetime | None] = {}
+    changes: dict[int, dict[str, dt.datetime]] = {i: {} for i in ids}
     if refresher.bar_table and bar_tfs:
         bars = sql.Identifier(s, refresher.bar_table)
-        canon = read_frame(conn, sql.SQL("{} WHERE id = %s AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
-                           _CANON_SCHEMA, (ident, bar_tfs), small=True, order_by=("tf", "time_close"))
-        # The newest bar write (the watermark) and, per tf, the first bar written since the
-        # last refresh: index-only scans of (id, ingested_at), which cover only the new rows.
-        per_tf = conn.execute(
-            sql.SQL("SELECT NULL::text, (SELECT max(ingested_at) FROM {b} WHERE id = %(id)s AND tf = ANY(%(tfs)s)) "
-                    "UNION ALL SELECT tf, min(time_close) FROM {b} WHERE id = %(id)s AND tf = ANY(%(tfs)s) "
-                    "AND ingested_at > %(since)s GROUP BY tf").format(b=bars),
-            {"id": ident, "tfs": bar_tfs, "since": since}).fetchall()
-        newest = per_tf[0][1]
-        if newest is not None and (watermark is None or newest > watermark):
-            watermark = newest
-        if since is not None:
-            bar_changes = {r[0]: r[1] for r in per_tf[1:]}
-    grid_change = None
-    deleted, last_removal = deletions_since(conn, s, ident, since)
+        canon_all = read_frame(
+            conn, sql.SQL("{} WHERE id = ANY(%s) AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
+            {"id": pl.Int32(), **_CANON_SCHEMA}, (id_list, bar_tfs), small=True, order_by=("id", "tf", "time_close"))
+        canon = {k[0]: f.drop("id") for k, f in canon_all.partition_by("id", as_dict=True).items()}
+        # Per id, the newest bar write (the watermark) and, per tf, the first bar written since
+        # its last refresh: index-only scans of (id, ingested_at), which cover only the new
+        # rows (OFFSET 0: one probe per id, never a scan of the table).
+        for r in conn.execute(
+            sql.SQL("SELECT u.id, NULL::text, (SELECT max(ingested_at) FROM {b} WHERE id = u.id AND tf = ANY(%(tfs)s)) "
+                    "FROM unnest(%(ids)s::int[]) AS u(id) "
+                    "UNION ALL SELECT u.id, x.tf, min(x.time_close) "
+                    "FROM unnest(%(ids)s::int[], %(since)s::timestamptz[]) AS u(id, since) "
+                    "CROSS JOIN LATERAL (SELECT tf, time_close FROM {b} WHERE id = u.id AND ingested_at > u.since "
+                    "AND tf = ANY(%(tfs)s) OFFSET 0) x GROUP BY u.id, x.tf").format(b=bars),
+                {"ids": id_list, "tfs": bar_tfs, "since": [since[i] for i in ids]}).fetchall():
+            if r[1] is None:
+                newest[r[0]] = r[2]
+            elif since[r[0]] is not None:
+                changes[r[0]][r[1]] = r[2]
+    removals = deletions_since(conn, s, since)
+    return _Inputs(grids, canon, states, newest, changes, removals)
+
+
+def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
+    refresher = REFRESHERS[options.refresher]
+    inputs = _read_inputs(conn, options, ids)
+    results: dict[int, IdResult] = {}
+    pending: list[tuple[int, dt.datetime | None, list[tuple[str, int, dt.datetime | None]], pl.DataFrame]] = []
+    pending_rows = 0
+    for ident in ids:
+        planned = _plan(refresher, options, ident, inputs)
+        if planned is None:
+            results[ident] = IdResult(ident, "unchanged")
+            continue
+        pending.append(planned)
+        pending_rows += planned[3].height
+        if pending_rows >= CHUNK_ROWS:
+            results.update(_write(conn, options, pending, inputs))
+            pending, pending_rows = [], 0
+    if pending:
+        results.update(_write(conn, options, pending, inputs))
+    return [results[i] for i in ids]
+
+
+def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: _Inputs
+          ) -> tuple[int, dt.datetime | None, list[tuple[str, int, dt.datetime | None]], pl.DataFrame] | None:
+    """One id: (id, watermark, the series to replace from where, their new rows), or None
+    when nothing changed."""
+    grid_frame = inputs.grids.get(ident, pl.DataFrame(schema=_GRID_SCHEMA))
+    grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
+    states = inputs.states[ident]
+    since = None if options.full else min((w for w in states.values() if w is not None), default=None)
+    watermark = grid_frame["ingested_at"].max()
+    newest = inputs.newest_bar.get(ident)
+    if newest is not None and (watermark is None or newest > watermark):
+        watermark = newest
+    bar_changes = inputs.bar_changes.get(ident, {})
+    deleted, last_removal = inputs.removals.get(ident, (None, None))
     if last_removal is not None and (watermark is None or last_removal > watermark):
         watermark = last_removal  # a removal from the grid is input too: do not see it again
+    grid_change = None
     if since is not None:
         grid_change = grid_frame.filter(pl.col("ingested_at") > since)["timestamp"].min()
     else:
         deleted = None
     parts: list[TfRows] = []
     replaced: list[tuple[str, int, dt.datetime | None]] = []  # (tf, period, from) to delete
-    closes_by_tf = _closes_by_tf(canon)
+    closes_by_tf = _closes_by_tf(inputs.canon.get(ident, pl.DataFrame(schema=_CANON_SCHEMA)))
     # Rows go out in primary-key order (tf byte order, period, ts): a bulk rebuild's index
     # build then sorts presorted input, several times faster.
     for tf in sorted(options.timeframes, key=lambda t: t.tf):
@@ -230,26 +295,45 @@ def _refresh_id(conn: psycopg.Connection, options: RefreshOptions, ident: int) -
             parts.append(tf_arrays(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
                                    None if at is None else epoch_us(at)))
     if not replaced:
-        return IdResult(ident, "unchanged")
-    # One DELETE, one COPY and one state upsert per id, whatever the number of series.
-    # Rows are located by one primary-key range probe per series and deleted by their ctid
-    # (OFFSET 0 keeps the probe a nested loop: pulled up into a join, the planner hashes
-    # every row of the id — 170 ms instead of 1 ms per id).
-    deleted_rows = 0 if options.bulk else conn.execute(
-        sql.SQL(
-            "DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
-            "SELECT x.ctid FROM unnest(%s::text[], %s::int[], %s::timestamptz[]) AS c(tf, period, cut) "
-            "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = %s AND tf = c.tf AND period = c.period "
-            "AND ts >= coalesce(c.cut, '-infinity') OFFSET 0) x))"
-        ).format(t=table),
-        ([r[0] for r in replaced], [r[1] for r in replaced], [r[2] for r in replaced], ident),
-    ).rowcount
-    rows = rows_frame(refresher.kind, grid, parts)
+        return None
+    return ident, watermark, replaced, rows_frame(refresher.kind, grid, parts)
+
+
+def _write(conn: psycopg.Connection, options: RefreshOptions,
+           planned: Sequence[tuple[int, dt.datetime | None, list[tuple[str, int, dt.datetime | None]], pl.DataFrame]],
+           inputs: _Inputs) -> dict[int, IdResult]:
+    """One DELETE, one COPY and one state upsert for the planned ids, whatever the number of
+    series. Rows are located by one primary-key range probe per series and deleted by their
+    ctid (OFFSET 0 keeps each probe a nested loop: pulled up into a join, the planner hashes
+    every row of the ids — 170 ms instead of 1 ms per id)."""
+    refresher = REFRESHERS[options.refresher]
+    s = options.schema
+    table = sql.Identifier(s, refresher.table)
+    series = [(ident, tf, p, at) for ident, _, replaced, _ in planned for tf, p, at in replaced]
+    deleted: dict[int, int] = {}
+    if not options.bulk:
+        deleted = dict(conn.execute(
+            sql.SQL(
+                "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
+                "SELECT x.ctid FROM unnest(%s::int[], %s::text[], %s::int[], %s::timestamptz[]) AS c(id, tf, period, cut) "
+                "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = c.id AND tf = c.tf AND period = c.period "
+                "AND ts >= coalesce(c.cut, '-infinity') OFFSET 0) x)) RETURNING e.id) "
+                "SELECT id, count(*) FROM d GROUP BY id"
+            ).format(t=table),
+            ([r[0] for r in series], [r[1] for r in series], [r[2] for r in series], [r[3] for r in series]),
+        ).fetchall())
+    frames = [rows for *_, rows in planned if rows.height]
+    rows = pl.concat(frames) if len(frames) > 1 else (frames[0] if frames else pl.DataFrame())
     if rows.height:
         copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
-    _write_state(conn, refresher.table, s, ident, [(r[0], r[1]) for r in replaced], watermark, rows, options.bulk)
-    mode = "full" if options.full or not states else "incremental"
-    return IdResult(ident, mode if grid.n else "empty", rows.height, deleted_rows)
+    _write_state(conn, refresher.table, s, [(ident, tf, p, wm) for ident, wm, replaced, _ in planned
+                                            for tf, p, _ in replaced], rows, options.bulk)
+    out = {}
+    for ident, _, _, new in planned:
+        mode = "full" if options.full or not inputs.states[ident] else "incremental"
+        has_grid = ident in inputs.grids and inputs.grids[ident].height > 0
+        out[ident] = IdResult(ident, mode if has_grid else "empty", new.height, deleted.get(ident, 0))
+    return out
 
 
 def _closes_by_tf(canon: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -274,35 +358,37 @@ def _canonical_mask(grid: Grid, closes_by_tf: dict[str, np.ndarray], tf: str) ->
     return mask
 
 
-def _write_state(conn: psycopg.Connection, table: str, schema: str, ident: int, series: list[tuple[str, int]],
-                 watermark: dt.datetime | None, rows: pl.DataFrame, bulk: bool = False) -> None:
-    """Upsert the state of ``series``, whose rows from their cut to their end are ``rows``:
-    a series' last instant is its newest row there, else (nothing written) the table's."""
+def _write_state(conn: psycopg.Connection, table: str, schema: str,
+                 series: list[tuple[int, str, int, dt.datetime | None]], rows: pl.DataFrame, bulk: bool = False) -> None:
+    """Upsert the state of ``series`` (id, tf, period, watermark), whose rows from their cut to
+    their end are ``rows``: a series' last instant is its newest row there, else (nothing
+    written) the table's."""
     state_ref = table_ref(state_table(table), schema)
     frame = pl.DataFrame(
-        {"tf": [t for t, _ in series], "period": [p for _, p in series]},
-        schema={"tf": pl.String, "period": pl.Int32},
+        {"id": [r[0] for r in series], "tf": [r[1] for r in series], "period": [r[2] for r in series],
+         "watermark_ingested_at": [r[3] for r in series]},
+        schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "watermark_ingested_at": UTC_US},
     )
-    last = rows.group_by("tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
-        pl.DataFrame(schema={"tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
-    frame = frame.join(last, on=["tf", "period"], how="left", maintain_order="left")
+    last = rows.group_by("id", "tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
+        pl.DataFrame(schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
+    frame = frame.join(last, on=["id", "tf", "period"], how="left", maintain_order="left")
     if bulk:  # the state table was truncated in this transaction: nothing to upsert against
-        copy_frame(conn, state_ref, frame.with_columns(
-            id=pl.lit(ident, pl.Int32), watermark_ingested_at=pl.lit(watermark, UTC_US),
-            updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US)), freeze=True)
+        copy_frame(conn, state_ref, frame.with_columns(updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US)),
+                   freeze=True)
         return
     conn.execute(
         sql.SQL(
             """
             INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
-            SELECT %(id)s, u.tf, u.period, %(wm)s,
+            SELECT u.id, u.tf, u.period, u.wm,
                    coalesce(u.last_ts, (SELECT max(e.ts) FROM {t} e
-                                        WHERE e.id = %(id)s AND e.tf = u.tf AND e.period = u.period)), now()
-            FROM unnest(%(tfs)s::text[], %(periods)s::int[], %(last)s::timestamptz[]) AS u(tf, period, last_ts)
+                                        WHERE e.id = u.id AND e.tf = u.tf AND e.period = u.period)), now()
+            FROM unnest(%(ids)s::int[], %(tfs)s::text[], %(periods)s::int[], %(wm)s::timestamptz[],
+                        %(last)s::timestamptz[]) AS u(id, tf, period, wm, last_ts)
             ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
                 last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
             """
         ).format(st=state_ref.ident, t=sql.Identifier(schema, table)),
-        {"id": ident, "wm": watermark, "tfs": frame["tf"].to_list(), "periods": frame["period"].to_list(),
-         "last": frame["last_ts"].to_list()},
+        {"ids": frame["id"].to_list(), "tfs": frame["tf"].to_list(), "periods": frame["period"].to_list(),
+         "wm": frame["watermark_ingested_at"].to_list(), "last": frame["last_ts"].to_list()},
     )

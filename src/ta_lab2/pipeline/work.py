@@ -1,9 +1,11 @@
 """Per-id work units shared by the bar builders and EMA refreshers: id resolution, the
 result objects, and running units sequentially or spread over worker processes.
 
-A unit is ``fn(conn, options, id) -> IdResult`` — a module-level function and a picklable
-options object — so the same builder code runs in-process, in a process pool, or in any other
-executor that can hand it a connection.
+A unit is ``fn(conn, options, ids) -> [IdResult, …]`` for a batch of ids — a module-level
+function and a picklable options object — so the same builder code runs in-process, in a
+process pool, or in any other executor that can hand it a connection. Batching amortises what
+every id would otherwise pay on its own (queries, a transaction, a COPY, a polars query):
+an incremental refresh of a day per id is mostly that.
 """
 
 from __future__ import annotations
@@ -141,7 +143,13 @@ def bulk_rebuild(conn: psycopg.Connection, tables: Sequence[str], state_tables: 
             yield
 
 
-UnitFn = Callable[[psycopg.Connection, Any, int], IdResult]
+UnitFn = Callable[[psycopg.Connection, Any, Sequence[int]], list[IdResult]]
+
+
+def batches(ids: Sequence[int], size: int) -> list[list[int]]:
+    """``ids`` in order, cut into lists of at most ``size``."""
+    size = max(1, size)
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
 
 
 def run_units(
@@ -150,29 +158,32 @@ def run_units(
     options: Any,
     ids: Sequence[int],
     *,
+    batch_size: int = 1,
     workers: int = 1,
     url: str | None = None,
     progress: ProgressFn | None = None,
 ) -> list[IdResult]:
-    """Run ``fn`` for every id, in this process or over ``workers`` processes, sorted by id."""
-    if workers <= 1 or len(ids) <= 1 or url is None:
-        results = []
-        for ident in ids:
-            results.append(fn(conn, options, ident))
+    """Run ``fn`` over ``ids`` in batches of ``batch_size``, in this process or over
+    ``workers`` processes; results sorted by id (in this process: in ``ids`` order)."""
+    units = batches(ids, batch_size)
+    if workers <= 1 or len(units) <= 1 or url is None:
+        results: list[IdResult] = []
+        for unit in units:
+            results.extend(fn(conn, options, unit))
             if progress:
-                progress(1)
+                progress(len(unit))
         return results
-    return sorted(_parallel(url, fn, options, list(ids), workers, progress), key=lambda r: r.id)
+    return sorted(_parallel(url, fn, options, units, workers, progress), key=lambda r: r.id)
 
 
-def _worker(url: str, fn: UnitFn, options: Any, ids: list[int]) -> list[IdResult]:
+def _worker(url: str, fn: UnitFn, options: Any, units: list[list[int]]) -> list[IdResult]:
     from ta_lab2.db.connect import Target, connect
 
     with connect(Target(url, "worker"), autocommit=True) as conn:
-        return [fn(conn, options, ident) for ident in ids]
+        return [r for unit in units for r in fn(conn, options, unit)]
 
 
-def _parallel(url: str, fn: UnitFn, options: Any, ids: list[int], workers: int,
+def _parallel(url: str, fn: UnitFn, options: Any, units: list[list[int]], workers: int,
               progress: ProgressFn | None) -> list[IdResult]:
     """Each worker gets a polars pool of one thread: the workers (and the PostgreSQL backends
     they feed) are the parallelism; oversubscribing the cores is slower."""
@@ -184,7 +195,7 @@ def _parallel(url: str, fn: UnitFn, options: Any, ids: list[int], workers: int,
     os.environ["POLARS_MAX_THREADS"] = "1"
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, url, fn, options, ids[i::workers]) for i in range(workers)]
+            futures = [pool.submit(_worker, url, fn, options, units[i::workers]) for i in range(workers)]
             for fut in as_completed(futures):
                 done = fut.result()
                 results.extend(done)
