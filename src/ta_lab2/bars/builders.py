@@ -1,5 +1,6 @@
-"""The six bar builders: full rebuild and incremental refresh, one transaction per id
-(spec 02 §1, §4). Computation is delegated to the pure modules (:mod:`.daily`,
+"""The six bar builders: full rebuild and incremental refresh (spec 02 §1, §4). The 1D
+builder writes one transaction per id; the multi-timeframe builders one per chunk of a batch
+of ids (a crash leaves each id's old or new rows either way; docs/decisions.md). Computation is delegated to the pure modules (:mod:`.daily`,
 :mod:`.snapshot`); this module decides *what* to recompute and moves rows.
 
 Incremental contract: for each id, find the earliest input change since the last run (new or
@@ -91,14 +92,14 @@ def build(
     workers: int = 1,
     url: str | None = None,
 ) -> TableResult:
-    """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id is
-    one explicit transaction, so a crash leaves either the old or the new rows of an id.
+    """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id (1D)
+    or chunk of ids is one explicit transaction, so a crash leaves either the old or the new rows of an id.
     With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
     that many processes."""
     if builder_name not in BUILDERS:
         raise UsageError(f"unknown bar builder {builder_name!r}; choose from {', '.join(BUILDERS)}")
     if not conn.autocommit:
-        raise ValueError("build() needs an autocommit connection (one transaction per id)")
+        raise ValueError("build() needs an autocommit connection (it opens its own transactions)")
     builder = BUILDERS[builder_name]
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)

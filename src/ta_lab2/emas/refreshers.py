@@ -1,6 +1,7 @@
-"""The six EMA refreshers: full and incremental refresh, one transaction per id (spec 03).
+"""The six EMA refreshers: full and incremental refresh, one transaction per batch of ids
+(spec 03).
 
-Per id: read the daily grid (1D closes) and, per timeframe, the canonical closes of the bar
+Per batch, the inputs of all its ids are read at once; per id: read the daily grid (1D closes) and, per timeframe, the canonical closes of the bar
 table; find the earliest input change since the last refresh (1D or bar rows with a newer
 ``ingested_at``, or EMA rows whose day left the grid); recompute every series over the whole
 history in memory and replace only rows from that instant on. An EMA row depends only on
@@ -130,7 +131,7 @@ def refresh(
     if name not in REFRESHERS:
         raise UsageError(f"unknown EMA refresher {name!r}; choose from {', '.join(REFRESHERS)}")
     if not conn.autocommit:
-        raise ValueError("refresh() needs an autocommit connection (one transaction per id)")
+        raise ValueError("refresh() needs an autocommit connection (it opens its own transactions)")
     refresher = REFRESHERS[name]
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)
