@@ -133,6 +133,7 @@ def empty_db(fresh_db: Target):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5))
 @example(seed=39, ops=["backfill", "duplicate_day", "new_asset", "append", "noop"])  # append after a new asset
+@example(seed=1021, ops=["append", "reject", "backfill"])  # a backfill after a rejected day
 def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int, ops: list[str]) -> None:
     conn = empty_db
     conn.execute("DROP SCHEMA IF EXISTS public CASCADE")

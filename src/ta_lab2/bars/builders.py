@@ -417,22 +417,24 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
     ).drop("_cut")
     deleted: dict[int, int] = {}
     if not bulk:
-        # Every stored row at or after a cut lies in a bar numbered at least like the first
-        # recomputed bar (bars are numbered in time order and the days before the cut are
-        # unchanged), so each (id, tf) is one primary-key range probe over its last bars (a
+        # Every stored row at or after a cut lies in a bar numbered at least like the last
+        # stored row before the cut (bars are numbered in time order, and the rows before the
+        # cut are unchanged; the first recomputed bar is no bound: when the cut's own day was
+        # removed, its bar may keep older rows after the cut). So each (id, tf) is a short
+        # backward probe for that bar, then one primary-key range probe over the last bars (a
         # whole (id, tf) when it is rebuilt whole); OFFSET 0 keeps the probes from being pulled
         # up into a join that walks every row of the ids (docs/decisions.md).
-        probes = cuts.join(rows.group_by("id", "tf").agg(pl.col("bar_seq").min()), on=["id", "tf"], how="left")
-        probes = probes.with_columns(bar_seq=pl.when(pl.col("_cut").is_null()).then(None).otherwise("bar_seq"))
         deleted = dict(conn.execute(
             sql.SQL(
                 "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
-                "SELECT x.ctid FROM unnest(%s::int[], %s::text[], %s::timestamptz[], %s::int[]) AS c(id, tf, cut, bar) "
+                "SELECT x.ctid FROM unnest(%s::int[], %s::text[], %s::timestamptz[]) AS c(id, tf, cut) "
                 "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = c.id AND tf = c.tf "
-                "AND bar_seq >= coalesce(c.bar, 0) AND time_close >= coalesce(c.cut, '-infinity') OFFSET 0) x)) "
+                "AND bar_seq >= coalesce((SELECT b.bar_seq FROM {t} b WHERE b.id = c.id AND b.tf = c.tf "
+                "AND b.time_close < c.cut ORDER BY b.bar_seq DESC, b.time_close DESC LIMIT 1), 0) "
+                "AND time_close >= coalesce(c.cut, '-infinity') OFFSET 0) x)) "
                 "RETURNING e.id) SELECT id, count(*) FROM d GROUP BY id"
             ).format(t=table),
-            (probes["id"].to_list(), probes["tf"].to_list(), probes["_cut"].to_list(), probes["bar_seq"].to_list()),
+            (cuts["id"].to_list(), cuts["tf"].to_list(), cuts["_cut"].to_list()),
         ).fetchall())
     copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
     _write_state(conn, chunk, rows, schema, builder.table, bulk)
