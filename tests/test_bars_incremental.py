@@ -31,6 +31,17 @@ def _universe(seed: int, n: int = 3, days: int = 120) -> pl.DataFrame:
     return generate_universe(cfg).frame
 
 
+def _built(conn: psycopg.Connection, seed: int, n: int = 3, days: int = 120) -> pl.DataFrame:
+    """Load a synthetic universe and build every table in full; returns the universe (the pool
+    later edits copy rows from)."""
+    pool = _universe(seed, n, days)
+    upsert_assets(conn, pool)
+    upsert_source(conn, pool.drop("symbol"))
+    build_all(conn, full=True)
+    refresh_all(conn, full=True)
+    return pool
+
+
 def _apply(conn: psycopg.Connection, op: str, rng: random.Random, pool: pl.DataFrame) -> None:
     """One edit of public.cmc_price_histories7, with load_ts bumped as a loader would."""
     ids = [r[0] for r in conn.execute("SELECT DISTINCT id FROM cmc_price_histories7 ORDER BY id").fetchall()]
@@ -138,11 +149,7 @@ def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int
     conn = empty_db
     conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
     ensure_schema(conn)
-    pool = _universe(seed)
-    upsert_assets(conn, pool)
-    upsert_source(conn, pool.drop("symbol"))
-    build_all(conn, full=True)
-    refresh_all(conn, full=True)
+    pool = _built(conn, seed)
     rng = random.Random(seed)
     for op in ops:
         _apply(conn, op, rng, pool)
@@ -154,11 +161,7 @@ def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int
 def test_each_operation_alone(empty_db: psycopg.Connection) -> None:
     """Every operation kind at least once, deterministically (hypothesis may not draw all)."""
     conn = empty_db
-    pool = _universe(5)
-    upsert_assets(conn, pool)
-    upsert_source(conn, pool.drop("symbol"))
-    build_all(conn, full=True)
-    refresh_all(conn, full=True)
+    pool = _built(conn, 5)
     rng = random.Random(5)
     for op in OPS:
         _apply(conn, op, rng, pool)
@@ -171,11 +174,7 @@ def test_unchanged_source_is_a_no_op(empty_db: psycopg.Connection) -> None:
     from ta_lab2.bars.builders import build
 
     conn = empty_db
-    pool = _universe(9, n=2, days=120)
-    upsert_assets(conn, pool)
-    upsert_source(conn, pool.drop("symbol"))
-    build_all(conn, full=True)
-    refresh_all(conn, full=True)
+    _built(conn, 9, n=2, days=120)
     for name in ("1d", "multi_tf", "cal_anchor_us"):
         result = build(conn, name, None)
         assert result.rows_inserted == 0 and result.rows_deleted == 0
@@ -198,11 +197,7 @@ def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, mon
         monkeypatch.setattr(module, "IDS_PER_BATCH", 2)
         monkeypatch.setattr(module, "CHUNK_ROWS", 1)
     conn = empty_db
-    pool = _universe(11)
-    upsert_assets(conn, pool)
-    upsert_source(conn, pool.drop("symbol"))
-    build_all(conn, full=True)
-    refresh_all(conn, full=True)
+    pool = _built(conn, 11)
     rng = random.Random(11)
     _apply(conn, "new_asset", rng, pool)
     _refresh(conn, "noop", rng)

@@ -412,14 +412,10 @@ class _Zygote:
         # The child closes its end of this pipe once it leads its own process group: the reply
         # waits for that, so the runner can never killpg() a group that does not exist yet.
         ready_r, ready_w = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
         zygote = os.getpid()
         try:
-            pid = os.fork()
+            pid = _fork(ready_r, ready_w)
         except OSError as exc:
-            os.close(ready_r)
-            os.close(ready_w)
             self.reply({"error": str(exc)})
             return
         if pid == 0:
@@ -473,6 +469,20 @@ class _Zygote:
             except ChildProcessError:
                 pass
             self.delegate = None
+
+
+def _fork(*pipe_fds: int) -> int:
+    """``os.fork()`` with the standard streams flushed first (or their buffered output would
+    be written twice); if the fork fails, ``pipe_fds`` (made for the child) are closed and the
+    ``OSError`` propagates."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        return os.fork()
+    except OSError:
+        for fd in pipe_fds:
+            os.close(fd)
+        raise
 
 
 def _drain(fd: int) -> None:
@@ -656,14 +666,10 @@ def _start_delegate(modules: Sequence[str], request_fd: int, reply_fd: int) -> _
     """Fork the zygote that preloads and serves ``modules`` (see :class:`_Delegate`)."""
     request_r, request_w = os.pipe()
     reply_r, reply_w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
     parent = os.getpid()
     try:
-        pid = os.fork()
+        pid = _fork(request_r, request_w, reply_r, reply_w)
     except OSError:
-        for fd in (request_r, request_w, reply_r, reply_w):
-            os.close(fd)
         return None  # the first zygote serves every module
     if pid == 0:
         code = 1
