@@ -192,9 +192,10 @@ def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, mon
     path through that bookkeeping still gives the full rebuild's tables."""
     import ta_lab2.bars.builders as bars
     import ta_lab2.emas.refreshers as emas
+    import ta_lab2.pipeline.work as work
 
+    monkeypatch.setattr(work, "IDS_PER_BATCH", 2)
     for module in (bars, emas):
-        monkeypatch.setattr(module, "IDS_PER_BATCH", 2)
         monkeypatch.setattr(module, "CHUNK_ROWS", 1)
     conn = empty_db
     pool = _built(conn, 11)

@@ -1,7 +1,8 @@
 """The six bar builders: full rebuild and incremental refresh (spec 02 §1, §4). The 1D
 builder writes one transaction per id; the multi-timeframe builders one per chunk of a batch
-of ids (a crash leaves each id's old or new rows either way; docs/decisions.md). Computation is delegated to the pure modules (:mod:`.daily`,
-:mod:`.snapshot`); this module decides *what* to recompute and moves rows.
+of ids (a crash leaves each id's old or new rows either way; docs/decisions.md). Computation
+is delegated to the pure modules (:mod:`.daily`, :mod:`.snapshot`); this module decides
+*what* to recompute and moves rows.
 
 Incremental contract: for each id, find the earliest input change since the last run (new or
 revised rows through ``load_ts`` / ``ingested_at``, rows removed from the 1D table through its
@@ -30,7 +31,8 @@ from ta_lab2.bars.snapshot import first_rows, prepare_days, snapshot_rows
 from ta_lab2.db.bulk import copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
-from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, bulk_rebuild, clear_ids, resolve_ids, run_units
+from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
+                                   run_units, unit_size)
 from ta_lab2.load.source_schema import UTC_US
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ def build(
     url: str | None = None,
 ) -> TableResult:
     """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id (1D)
-    or chunk of ids is one explicit transaction, so a crash leaves either the old or the new rows of an id.
+    or chunk of ids is one explicit transaction, so a crash leaves either the old or the new
+    rows of an id.
     With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
     that many processes."""
     if builder_name not in BUILDERS:
@@ -120,7 +123,7 @@ def build(
                     log_deletions(conn, schema, first)
             extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
             clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
-        results = run_units(conn, build_batch, options, id_list, batch_size=1 if full_rebuild else IDS_PER_BATCH,
+        results = run_units(conn, build_batch, options, id_list, batch_size=unit_size(full_rebuild),
                             workers=workers, url=url, progress=progress)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
                        time.perf_counter() - started, tuple(results))
@@ -173,9 +176,6 @@ def deletions_since(conn: psycopg.Connection, schema: str,
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-#: Ids one unit builds together when the run is not a full rebuild: an incremental run does
-#: little per id, and per-id queries, transactions and COPYs would dominate it.
-IDS_PER_BATCH = 16
 #: Snapshot rows (days × timeframes the engine processes) one transaction of a batch computes at
 #: most: a batch of ids that all need a full build is split to bound memory.
 CHUNK_ROWS = 300_000
@@ -305,7 +305,12 @@ class _Plan:
     watermark: dt.datetime | None
     change_at: dict[str, dt.datetime | None]  # tf -> None (whole) or the changed instant
     work: list[Timeframe]
-    rows: int  # snapshot rows the engine will process (memory bound of a chunk)
+    starts: list[int]  # per timeframe of work, the first day row the engine needs (first_rows)
+
+    @property
+    def rows(self) -> int:
+        """Snapshot rows the engine will process (the memory bound of a chunk)."""
+        return sum(self.days.height - k for k in self.starts)
 
 
 def _build_multi(
@@ -323,7 +328,7 @@ def _build_multi(
         conn, sql.SQL("{} WHERE id = ANY(%s)").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (list(ids),),
         small=True, order_by=("id", "timestamp"),
     )
-    dailies = {key[0]: frame for key, frame in daily_all.partition_by("id", as_dict=True).items()}
+    dailies = by_id(daily_all)
     states: dict[int, dict[str, tuple[dt.datetime | None, dt.date | None]]] = {i: {} for i in ids}
     for r in conn.execute(
         sql.SQL("SELECT id, tf, watermark_ingested_at, first_day FROM {} WHERE id = ANY(%s)").format(state_t),
@@ -379,8 +384,8 @@ def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.D
     if not change_at:
         return None
     work = [tf for tf in tfs if tf.tf in change_at]
-    rows = sum(days.height - k for k in first_rows(days, work, builder.family, change_at)) if days.height else 0
-    return _Plan(ident, days, first_day, watermark, change_at, work, rows)
+    starts = first_rows(days, work, builder.family, change_at) if days.height else []
+    return _Plan(ident, days, first_day, watermark, change_at, work, starts)
 
 
 def _chunks(plans: Sequence[_Plan]) -> Iterator[list[_Plan]]:
@@ -401,7 +406,7 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
                  bulk: bool) -> list[IdResult]:
     """Compute and write the plans of ``chunk`` inside the caller's transaction."""
     table = _ident(schema, builder.table)
-    parts = [snapshot_rows(p.days, p.work, builder.family, p.change_at) for p in chunk]
+    parts = [snapshot_rows(p.days, p.work, builder.family, p.change_at, p.starts) for p in chunk]
     rows = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
     # A snapshot row depends only on the days of its bar up to its own day (and on the day
     # before it, through day_open), so rows before the first changed instant are unchanged even

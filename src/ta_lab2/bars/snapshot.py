@@ -76,6 +76,7 @@ def snapshot_rows(
     timeframes: Sequence[Timeframe],
     family: str,
     since: Mapping[str, dt.datetime | None] | None = None,
+    starts: Sequence[int] | None = None,
 ) -> pl.DataFrame:
     """Snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`,
     the id's whole history).
@@ -84,7 +85,8 @@ def snapshot_rows(
     day at or after that instant are built (the last bar if no day is that late). A bar's rows
     depend only on its own days, on ``k``, ``day_open`` (derived from the whole history by
     :func:`prepare_days`) and on the id's first day, so these rows equal the same rows of a
-    full build; only the days those bars can hold are processed.
+    full build; only the days those bars can hold are processed (``starts``: the caller's
+    :func:`first_rows` of the same arguments, computed here when None).
 
     All timeframes go through one query (days × timeframes): an incremental build recomputes
     a handful of bars, where per-operation overhead, not data, is the cost.
@@ -95,7 +97,8 @@ def snapshot_rows(
         return pl.DataFrame(schema=schema)
     assign: Callable[[pl.LazyFrame, dt.date], pl.LazyFrame] = ASSIGNERS[family]
     first_day: dt.date = days["day"][0]
-    starts = first_rows(days, timeframes, family, since)
+    if starts is None:
+        starts = first_rows(days, timeframes, family, since)
     params = timeframe_params(timeframes, family).with_columns(
         _since=pl.Series([(since or {}).get(tf.tf) for tf in timeframes], dtype=UTC_US),
         _k_from=pl.Series(starts, dtype=pl.Int32))
@@ -119,12 +122,15 @@ def first_rows(
     """Per timeframe, the first row of ``days`` that :func:`snapshot_rows` needs: the start of
     the bar holding that timeframe's ``since`` instant (0 when it is built whole)."""
     out = []
+    first_touched: dict[dt.datetime, int] = {}  # timeframes mostly share one cut
     for tf in timeframes:
         at = (since or {}).get(tf.tf)
         if at is None:
             out.append(0)
             continue
-        k_at = min(int((days["timestamp"] < at).sum()), days.height - 1)  # the first row the cut touches
+        if at not in first_touched:  # the first row the cut touches
+            first_touched[at] = min(int((days["timestamp"] < at).sum()), days.height - 1)
+        k_at = first_touched[at]
         if family == "rolling":
             out.append(k_at // rolling_rows(tf) * rolling_rows(tf))
         else:

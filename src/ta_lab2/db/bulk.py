@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -366,7 +366,7 @@ def read_frame(
     ``order_by`` order (columns of ``source``), and ``source`` has no ``ORDER BY`` of its own.
     """
     if small:
-        return _read_arrays(conn, source, schema, params, order_by)
+        return _read_aggregated(conn, source, schema, params, order_by)
     select = sql.SQL(", ").join(
         sql.SQL("{} AS {}").format(_select_expr(c, t), sql.Identifier(c)) for c, t in schema.items()
     )
@@ -393,7 +393,7 @@ _SEND: dict[type[pl.DataType], tuple[str, str, str, int]] = {
 }
 
 
-def _read_arrays(
+def _read_aggregated(
     conn: psycopg.Connection,
     source: sql.Composable,
     schema: Mapping[str, pl.DataType],
@@ -443,7 +443,7 @@ def _read_arrays(
                 null_flags[c] = flags
     raw = pl.DataFrame([columns[c] for c in schema])
     if null_flags:
-        raw = raw.with_columns(pl.when(pl.Series(f) ).then(None).otherwise(pl.col(c)).alias(c)
+        raw = raw.with_columns(pl.when(pl.Series(f)).then(None).otherwise(pl.col(c)).alias(c)
                                for c, f in null_flags.items())
     return raw.select(_from_wire(schema))
 
@@ -483,15 +483,3 @@ def decode_csv(data: bytes, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
         return pl.DataFrame(schema=dict(schema))
     raw = pl.read_csv(data, has_header=False, new_columns=list(schema), schema=_wire_schema(schema), quote_char='"')
     return raw.select(_from_wire(schema))
-
-
-def iter_id_batches(ids: Iterable[int], size: int) -> Iterable[list[int]]:
-    """Chunks of ``size`` ids, to bound memory of per-id processing."""
-    batch: list[int] = []
-    for i in ids:
-        batch.append(i)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -28,7 +28,8 @@ from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.series import Grid, TfRows, epoch_us, rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
-from ta_lab2.pipeline.work import IdResult, ProgressFn, TableResult, bulk_rebuild, clear_ids, resolve_ids, run_units
+from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
+                                   run_units, unit_size)
 from ta_lab2.timeframes import V2_DEFAULT_PERIODS
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def refresh(
     else:
         if full_refresh:
             clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
-        results = run_units(conn, refresh_batch, options, id_list, batch_size=1 if full_refresh else IDS_PER_BATCH,
+        results = run_units(conn, refresh_batch, options, id_list, batch_size=unit_size(full_refresh),
                             workers=workers, url=url, progress=progress)
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
                        tuple(results), plist)
@@ -156,8 +157,6 @@ _GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64(), "ingested_at": UTC_U
 _CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
 
 
-#: Ids one unit refreshes together when the run is not a full refresh (see the bar builders).
-IDS_PER_BATCH = 16
 #: EMA rows a batch holds in memory before it writes them (a batch of ids that all need a
 #: whole recomputation is written in several steps of its one transaction).
 CHUNK_ROWS = 1_000_000
@@ -170,6 +169,7 @@ class _Inputs:
     grids: dict[int, pl.DataFrame]
     canon: dict[int, pl.DataFrame]
     states: dict[int, dict[tuple[str, int], dt.datetime | None]]
+    since: dict[int, dt.datetime | None]  # None: no usable watermark, recompute every series whole
     newest_bar: dict[int, dt.datetime | None]
     bar_changes: dict[int, dict[str, dt.datetime]]
     removals: dict[int, tuple[dt.datetime | None, dt.datetime | None]]
@@ -191,12 +191,11 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
     id_list = list(ids)
     grid_all = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(sql.Identifier(s, BARS_1D)),
                           {"id": pl.Int32(), **_GRID_SCHEMA}, (id_list,), small=True, order_by=("id", "timestamp"))
-    grids = {k[0]: f.drop("id") for k, f in grid_all.partition_by("id", as_dict=True).items()}
+    grids = by_id(grid_all)
     states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
     for r in conn.execute(sql.SQL("SELECT id, tf, period, watermark_ingested_at FROM {} WHERE id = ANY(%s)").format(
             sql.Identifier(s, state_table(refresher.table))), (id_list,)).fetchall():
         states[r[0]][(r[1], r[2])] = r[3]
-    # None: no usable watermark, every series of the id is recomputed whole
     since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
              for i in ids}
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
@@ -208,7 +207,7 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
         canon_all = read_frame(
             conn, sql.SQL("{} WHERE id = ANY(%s) AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
             {"id": pl.Int32(), **_CANON_SCHEMA}, (id_list, bar_tfs), small=True, order_by=("id", "tf", "time_close"))
-        canon = {k[0]: f.drop("id") for k, f in canon_all.partition_by("id", as_dict=True).items()}
+        canon = by_id(canon_all)
         # Per id, the newest bar write (the watermark) and, per tf, the first bar written since
         # its last refresh: index-only scans of (id, ingested_at), which cover only the new
         # rows (OFFSET 0: one probe per id, never a scan of the table).
@@ -225,14 +224,14 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return _Inputs(grids, canon, states, newest, changes, removals)
+    return _Inputs(grids, canon, states, since, newest, changes, removals)
 
 
 def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
     refresher = REFRESHERS[options.refresher]
     inputs = _read_inputs(conn, options, ids)
     results: dict[int, IdResult] = {}
-    pending: list[tuple[int, dt.datetime | None, list[tuple[str, int, dt.datetime | None]], pl.DataFrame]] = []
+    pending: list[_Planned] = []
     pending_rows = 0
     for ident in ids:
         planned = _plan(refresher, options, ident, inputs)
@@ -240,7 +239,7 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
             results[ident] = IdResult(ident, "unchanged")
             continue
         pending.append(planned)
-        pending_rows += planned[3].height
+        pending_rows += planned.rows.height
         if pending_rows >= CHUNK_ROWS:
             results.update(_write(conn, options, pending, inputs))
             pending, pending_rows = [], 0
@@ -249,14 +248,23 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
     return [results[i] for i in ids]
 
 
-def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: _Inputs
-          ) -> tuple[int, dt.datetime | None, list[tuple[str, int, dt.datetime | None]], pl.DataFrame] | None:
-    """One id: (id, watermark, the series to replace from where, their new rows), or None
-    when nothing changed."""
+@dataclass(frozen=True)
+class _Planned:
+    """One id's refresh: the series to replace (tf, period, from where; None = whole), their
+    new rows and the id's new watermark."""
+
+    id: int
+    watermark: dt.datetime | None
+    replaced: list[tuple[str, int, dt.datetime | None]]
+    rows: pl.DataFrame
+
+
+def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: _Inputs) -> _Planned | None:
+    """What one id's refresh replaces, or None when nothing changed."""
     grid_frame = inputs.grids.get(ident, pl.DataFrame(schema=_GRID_SCHEMA))
     grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
     states = inputs.states[ident]
-    since = None if options.full else min((w for w in states.values() if w is not None), default=None)
+    since = inputs.since[ident]
     watermark = grid_frame["ingested_at"].max()
     newest = inputs.newest_bar.get(ident)
     if newest is not None and (watermark is None or newest > watermark):
@@ -297,11 +305,11 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
                                    None if at is None else epoch_us(at)))
     if not replaced:
         return None
-    return ident, watermark, replaced, rows_frame(refresher.kind, grid, parts)
+    return _Planned(ident, watermark, replaced, rows_frame(refresher.kind, grid, parts))
 
 
 def _write(conn: psycopg.Connection, options: RefreshOptions,
-           planned: Sequence[tuple[int, dt.datetime | None, list[tuple[str, int, dt.datetime | None]], pl.DataFrame]],
+           planned: Sequence[_Planned],
            inputs: _Inputs) -> dict[int, IdResult]:
     """One DELETE, one COPY and one state upsert for the planned ids, whatever the number of
     series. Rows are located by one primary-key range probe per series and deleted by their
@@ -310,7 +318,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
     refresher = REFRESHERS[options.refresher]
     s = options.schema
     table = sql.Identifier(s, refresher.table)
-    series = [(ident, tf, p, at) for ident, _, replaced, _ in planned for tf, p, at in replaced]
+    series = [(p.id, tf, period, at) for p in planned for tf, period, at in p.replaced]
     deleted: dict[int, int] = {}
     if not options.bulk:
         deleted = dict(conn.execute(
@@ -323,17 +331,17 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
             ).format(t=table),
             ([r[0] for r in series], [r[1] for r in series], [r[2] for r in series], [r[3] for r in series]),
         ).fetchall())
-    frames = [rows for *_, rows in planned if rows.height]
+    frames = [p.rows for p in planned if p.rows.height]
     rows = pl.concat(frames) if len(frames) > 1 else (frames[0] if frames else pl.DataFrame())
     if rows.height:
         copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
-    _write_state(conn, refresher.table, s, [(ident, tf, p, wm) for ident, wm, replaced, _ in planned
-                                            for tf, p, _ in replaced], rows, options.bulk)
+    _write_state(conn, refresher.table, s, [(p.id, tf, period, p.watermark) for p in planned
+                                            for tf, period, _ in p.replaced], rows, options.bulk)
     out = {}
-    for ident, _, _, new in planned:
-        mode = "full" if options.full or not inputs.states[ident] else "incremental"
-        has_grid = ident in inputs.grids and inputs.grids[ident].height > 0
-        out[ident] = IdResult(ident, mode if has_grid else "empty", new.height, deleted.get(ident, 0))
+    for p in planned:
+        mode = "full" if options.full or not inputs.states[p.id] else "incremental"
+        has_grid = p.id in inputs.grids and inputs.grids[p.id].height > 0
+        out[p.id] = IdResult(p.id, mode if has_grid else "empty", p.rows.height, deleted.get(p.id, 0))
     return out
 
 

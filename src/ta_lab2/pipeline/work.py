@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+import polars as pl
 import psycopg
 from psycopg import sql
 
@@ -144,6 +145,21 @@ def bulk_rebuild(conn: psycopg.Connection, tables: Sequence[str], state_tables: 
 
 
 UnitFn = Callable[[psycopg.Connection, Any, Sequence[int]], list[IdResult]]
+
+#: Ids one unit handles together when the run is not a full rebuild: an incremental run does
+#: little per id, and per-id queries, transactions and COPYs would dominate it. A full
+#: rebuild keeps one id per unit (its work per id is large, and so is its memory).
+IDS_PER_BATCH = 16
+
+
+def unit_size(full: bool) -> int:
+    """Ids per work unit for a full or an incremental run."""
+    return 1 if full else IDS_PER_BATCH
+
+
+def by_id(frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
+    """``frame``'s rows split by their ``id`` column (each part keeps the rows' order)."""
+    return {key[0]: part for key, part in frame.partition_by("id", as_dict=True).items()}
 
 
 def batches(ids: Sequence[int], size: int) -> list[list[int]]:
