@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from ta_lab2.db.bulk import copy_frame, read_frame, table_ref
+from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 
 SCHEMA = {
     "i4": pl.Int32(),
@@ -129,3 +129,25 @@ def test_roundtrip_property(conn: psycopg.Connection, rows: list[dict]) -> None:
         if col == "f8":  # NaN never equals itself
             a, b = [repr(x) for x in a], [repr(x) for x in b]
         assert a == b, col
+
+
+PG_TYPES = {"i4": "int4", "i8": "int8", "f8": "float8", "b": "bool", "t": "text", "ts": "timestamptz", "d": "date"}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row, max_size=30))
+def test_array_params_property(conn: psycopg.Connection, rows: list[dict]) -> None:
+    """Binary array parameters reach the server as exactly the Python values (psycopg's own
+    result decoding is the oracle), NULLs and empty arrays included."""
+    frame = pl.DataFrame([{**r, "i8": i} for i, r in enumerate(rows)], schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
+    params = array_params(conn, frame, [PG_TYPES[c] for c in frame.columns])
+    names = ", ".join(frame.columns)
+    got = conn.execute(f"SELECT {names} FROM unnest({', '.join(['%b'] * frame.width)}) AS u({names})",
+                       params).fetchall()
+    assert got == list(frame.iter_rows())  # the strategy's floats are never NaN
+    typed = conn.execute("SELECT " + ", ".join(["pg_typeof(%b)::text"] * frame.width), params).fetchone()
+    assert list(typed) == [SQL_ARRAY_TYPES[c] for c in frame.columns]
+
+
+SQL_ARRAY_TYPES = {"i4": "integer[]", "i8": "bigint[]", "f8": "double precision[]", "b": "boolean[]", "t": "text[]",
+                   "ts": "timestamp with time zone[]", "d": "date[]"}

@@ -15,6 +15,7 @@ of the wrong type is an error here rather than garbage in the table.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ import numpy as np
 import polars as pl
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
@@ -211,6 +214,76 @@ def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
     return out if out_buffer is None else [out_buffer.tobytes()]
 
 
+#: PostgreSQL type name -> (element type oid, array type oid), for binary array parameters.
+_ARRAY_OIDS: dict[str, tuple[int, int]] = {
+    "int2": (21, 1005), "int4": (23, 1007), "int8": (20, 1016), "float4": (700, 1021), "float8": (701, 1022),
+    "bool": (16, 1000), "timestamptz": (1184, 1185), "date": (1082, 1182), "text": (25, 1009),
+    "varchar": (1043, 1015),
+}
+
+
+class _EncodedArray:
+    """A one-dimensional array already in PostgreSQL's binary format (see :func:`array_params`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _EncodedArrayDumper(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: _EncodedArray) -> bytes:
+        return obj.data
+
+
+# one wrapper and one dumper class per type: a dumper's oid is a class attribute
+_ARRAY_CLASSES: dict[str, tuple[type[_EncodedArray], type[Dumper]]] = {
+    name: (type(f"_{name}Array", (_EncodedArray,), {"__slots__": ()}),
+           type(f"_{name}ArrayDumper", (_EncodedArrayDumper,), {"oid": oids[1]}))
+    for name, oids in _ARRAY_OIDS.items()
+}
+
+
+def _encode_array(series: pl.Series, pg_type: str) -> bytes:
+    """``series`` as the binary form of a one-dimensional ``pg_type[]`` (``array_recv``'s input):
+    a header, then per element its int32 length (-1 = NULL) and big-endian payload — the same
+    fields as in binary COPY, so :func:`_column_payloads` prepares them; numpy places them."""
+    elem_oid = _ARRAY_OIDS[pg_type][0]
+    n = series.len()
+    if n == 0:
+        return struct.pack(">iii", 0, 0, elem_oid)
+    ((lengths, payload, starts),) = _column_payloads(series.to_frame(), [pg_type])
+    sizes = np.maximum(lengths, 0).astype(np.int64)
+    offsets = np.zeros(n, dtype=np.int64)  # of each element's length field
+    np.cumsum(4 + sizes[:-1], out=offsets[1:])
+    out = np.empty(int(offsets[-1] + 4 + sizes[-1]), dtype=np.uint8)
+    out[offsets[:, None] + np.arange(4)] = lengths.astype(">i4").view(np.uint8).reshape(n, 4)
+    if starts is None:
+        valid = lengths >= 0
+        width = int(sizes[valid][0]) if valid.any() else 0
+        if width:
+            values = payload[valid].astype(_PG_TYPES[pg_type][1]).view(np.uint8).reshape(-1, width)
+            out[(offsets[valid] + 4)[:, None] + np.arange(width)] = values
+    elif payload.size:  # text: each element's bytes follow its length field
+        owner = np.repeat(np.arange(n), sizes)
+        out[offsets[owner] + 4 + np.arange(payload.size) - starts[owner]] = payload
+    return struct.pack(">iiiii", 1, int((lengths < 0).any()), elem_oid, n, 1) + out.tobytes()
+
+
+def array_params(conn: psycopg.Connection, frame: pl.DataFrame, pg_types: Sequence[str]) -> list[object]:
+    """``frame``'s columns as query parameters of types ``pg_types[]`` (use ``%b`` placeholders),
+    encoded in binary with numpy: no Python loop per element and no text quoting, so a state
+    upsert of thousands of rows costs about as much as one of ten."""
+    params: list[object] = []
+    for column, pg_type in zip(frame.columns, pg_types):
+        wrapper, dumper = _ARRAY_CLASSES[pg_type]
+        conn.adapters.register_dumper(wrapper, dumper)
+        params.append(wrapper(_encode_array(frame[column], pg_type)))
+    return params
+
+
 def copy_frame(
     conn: psycopg.Connection,
     table: TableRef,
@@ -278,9 +351,9 @@ def upsert_small(
     now_columns: Sequence[str] = (),
 ) -> int:
     """``INSERT … ON CONFLICT (key) DO UPDATE`` of a small frame (state rows: tens to hundreds)
-    in one statement: each column travels as one typed array through ``unnest``, so there is no
-    temporary table to create and drop (:func:`staged` is for large frames). ``now_columns``
-    are set to ``now()``. Returns the number of rows written."""
+    in one statement: each column travels as one binary array (:func:`array_params`) through
+    ``unnest``, so there is no temporary table to create and drop (:func:`staged` is for large
+    frames). ``now_columns`` are set to ``now()``. Returns the number of rows written."""
     if not frame.height:
         return 0
     types = column_types(conn, table)
@@ -289,7 +362,7 @@ def upsert_small(
         raise ValueError(f"table {table} has no column(s) {unknown}")
     cols = list(frame.columns)
     names = sql.SQL(", ").join(map(sql.Identifier, [*cols, *now_columns]))
-    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.Identifier(types[c])) for c in cols)
+    arrays = sql.SQL(", ").join(sql.SQL("%b") for _ in cols)
     values = sql.SQL(", ").join([*(sql.Identifier("u", c) for c in cols), *(sql.SQL("now()") for _ in now_columns)])
     update = [c for c in [*cols, *now_columns] if c not in key]
     stmt = sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM unnest({arrays}) AS u({cols}) "
@@ -299,7 +372,7 @@ def upsert_small(
         key=sql.SQL(", ").join(map(sql.Identifier, key)),
         set=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in update),
     )
-    return conn.execute(stmt, [frame[c].to_list() for c in cols]).rowcount
+    return conn.execute(stmt, array_params(conn, frame, [types[c] for c in cols])).rowcount
 
 
 @contextmanager

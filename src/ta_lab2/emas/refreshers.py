@@ -23,7 +23,7 @@ from psycopg import sql
 
 from ta_lab2.bars.builders import deletions_since
 from ta_lab2.bars.families import Timeframe
-from ta_lab2.db.bulk import copy_frame, read_frame, table_ref
+from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.series import Grid, TfRows, epoch_us, rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
@@ -392,12 +392,11 @@ def _write_state(conn: psycopg.Connection, table: str, schema: str,
             SELECT u.id, u.tf, u.period, u.wm,
                    coalesce(u.last_ts, (SELECT max(e.ts) FROM {t} e
                                         WHERE e.id = u.id AND e.tf = u.tf AND e.period = u.period)), now()
-            FROM unnest(%(ids)s::int[], %(tfs)s::text[], %(periods)s::int[], %(wm)s::timestamptz[],
-                        %(last)s::timestamptz[]) AS u(id, tf, period, wm, last_ts)
+            FROM unnest(%b, %b, %b, %b, %b) AS u(id, tf, period, wm, last_ts)
             ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
                 last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
             """
         ).format(st=state_ref.ident, t=sql.Identifier(schema, table)),
-        {"ids": frame["id"].to_list(), "tfs": frame["tf"].to_list(), "periods": frame["period"].to_list(),
-         "wm": frame["watermark_ingested_at"].to_list(), "last": frame["last_ts"].to_list()},
+        array_params(conn, frame.select("id", "tf", "period", "watermark_ingested_at", "last_ts"),
+                     ("int4", "text", "int4", "timestamptz", "timestamptz")),
     )
