@@ -27,7 +27,7 @@ from psycopg import sql
 
 from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, validate_days
 from ta_lab2.bars.families import Timeframe
-from ta_lab2.bars.snapshot import first_rows, prepare_days, snapshot_rows
+from ta_lab2.bars.snapshot import SnapshotInput, first_rows, prepare_days, snapshot_batch
 from ta_lab2.db.bulk import copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
@@ -406,8 +406,7 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
                  bulk: bool) -> list[IdResult]:
     """Compute and write the plans of ``chunk`` inside the caller's transaction."""
     table = _ident(schema, builder.table)
-    parts = [snapshot_rows(p.days, p.work, builder.family, p.change_at, p.starts) for p in chunk]
-    rows = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
+    rows = snapshot_batch([SnapshotInput(p.days, p.work, p.change_at, p.starts) for p in chunk], builder.family)
     # A snapshot row depends only on the days of its bar up to its own day (and on the day
     # before it, through day_open), so rows before the first changed instant are unchanged even
     # inside the bar that holds it: replace from that instant on (docs/decisions.md).

@@ -1,10 +1,10 @@
 """Which bar a day belongs to, and what the bar expected — the only thing the five
 multi-timeframe families differ in (spec 02 §2.3–§2.5). Pure polars expressions.
 
-An assigner takes the daily rows of ONE id crossed with the timeframes to build (one row per
-(day, timeframe): columns ``day`` (local date), ``k`` (0-based row index in the id's whole
-history) and the timeframe's parameters from :func:`timeframe_params`), the id's first day, and
-returns the rows that belong to a bar with these columns added:
+An assigner takes daily rows crossed with the timeframes to build (one row per (id, day,
+timeframe): columns ``day`` (local date), ``k`` (0-based row index in the id's whole history)
+and the timeframe's parameters from :func:`timeframe_params`), an expression for the row's id's
+first day, and returns the rows that belong to a bar with these columns added:
 
 * ``bar_seq``            int   — bar number (holes allowed for calendar families)
 * ``eff_start``          date  — first date of ``expected`` (spec 02 §2.2)
@@ -17,7 +17,7 @@ returns the rows that belong to a bar with these columns added:
 All timeframes of a family are one set of column expressions (the timeframe's quantity, unit
 and week scheme are columns), so building 18 timeframes costs one pass, not 18. Nothing
 depends on rows other than the row itself, ``k`` and the first day, so the days may be any
-suffix of the history (an incremental build passes only the bars it recomputes) and give the
+suffix of the history, and of many ids at once (an incremental build passes only the bars it recomputes) and give the
 same values as the whole history.
 
 For rolling bars ``eff_start`` is the bar's first observed day, which the snapshot engine
@@ -119,7 +119,7 @@ def rolling_rows(tf: Timeframe) -> int:
     return tf.tf_qty if tf.base_unit == "D" else tf.tf_days_nominal
 
 
-def assign_rolling(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
+def assign_rolling(days: pl.LazyFrame, first: pl.Expr) -> pl.LazyFrame:
     n = pl.col("_rows")
     pos = pl.col("k") % n + 1
     return days.with_columns(
@@ -132,11 +132,10 @@ def assign_rolling(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
     )
 
 
-def assign_calendar(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
+def assign_calendar(days: pl.LazyFrame, first: pl.Expr) -> pl.LazyFrame:
     """Calendar-aligned blocks of n units from the id's first full unit (spec 02 §2.4)."""
     n = pl.col("_n")
     day = pl.col("day")
-    first = pl.lit(first_day, pl.Date)
     # weeks: from the first week that starts on or after the first day
     first_ws = _week_start(first)
     anchor_w = pl.when(first_ws == _days(first)).then(first_ws).otherwise(first_ws + 7)
@@ -184,10 +183,9 @@ def _anchored_window(day: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     )
 
 
-def assign_anchored(days: pl.LazyFrame, first_day: dt.date) -> pl.LazyFrame:
+def assign_anchored(days: pl.LazyFrame, first: pl.Expr) -> pl.LazyFrame:
     """Windows on a global grid; a window the data covers only partly is flagged (spec 02 §2.5)."""
     ws, we, widx = _anchored_window(pl.col("day"))
-    first = pl.lit(first_day, pl.Date)
     first_widx = _anchored_window(first)[2]  # bar 1 is the window of the first day
     frame = days.with_columns(_ws=ws, _we=we, _widx=widx - first_widx)
     eff = pl.max_horizontal(pl.col("_ws"), first)

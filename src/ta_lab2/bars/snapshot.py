@@ -1,15 +1,16 @@
 """The snapshot engine shared by the five multi-timeframe families (spec 02 §2.1–§2.2).
 
-Given an id's validated daily rows and a family assigner (:mod:`ta_lab2.bars.families`), it
+Given ids' validated daily rows and a family assigner (:mod:`ta_lab2.bars.families`), it
 emits one row per (bar, observed day) describing the bar as of that day's close: running
 OHLCV with earliest-tie extremum instants, position/count columns, partial flags and the
-missing-day diagnostics. Everything is a polars window expression over ``(tf, bar_seq)``;
+missing-day diagnostics. Everything is a polars window expression over ``(id, tf, bar_seq)``;
 nothing loops per row in Python.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import polars as pl
@@ -71,6 +72,22 @@ def prepare_days(daily: pl.DataFrame, tz: str) -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class SnapshotInput:
+    """One id's share of a :func:`snapshot_batch` query.
+
+    ``days``: the id's whole history from :func:`prepare_days`. ``since`` (per tf; missing or
+    None = every bar): only bars from the one holding the first day at or after that instant
+    are built (the last bar if no day is that late). ``starts``: the caller's
+    :func:`first_rows` of the same arguments, computed when None.
+    """
+
+    days: pl.DataFrame
+    timeframes: Sequence[Timeframe]
+    since: Mapping[str, dt.datetime | None] | None = None
+    starts: Sequence[int] | None = None
+
+
 def snapshot_rows(
     days: pl.DataFrame,
     timeframes: Sequence[Timeframe],
@@ -78,40 +95,50 @@ def snapshot_rows(
     since: Mapping[str, dt.datetime | None] | None = None,
     starts: Sequence[int] | None = None,
 ) -> pl.DataFrame:
-    """Snapshot rows of one id for ``timeframes`` of ``family`` (``days`` from :func:`prepare_days`,
-    the id's whole history).
+    """Snapshot rows of one id (:func:`snapshot_batch` of one :class:`SnapshotInput`)."""
+    return snapshot_batch([SnapshotInput(days, timeframes, since, starts)], family)
 
-    ``since`` (per tf; missing or None = every bar): only bars from the one holding the first
-    day at or after that instant are built (the last bar if no day is that late). A bar's rows
-    depend only on its own days, on ``k``, ``day_open`` (derived from the whole history by
-    :func:`prepare_days`) and on the id's first day, so these rows equal the same rows of a
-    full build; only the days those bars can hold are processed (``starts``: the caller's
-    :func:`first_rows` of the same arguments, computed here when None).
 
-    All timeframes go through one query (days × timeframes): an incremental build recomputes
-    a handful of bars, where per-operation overhead, not data, is the cost.
+def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame:
+    """Snapshot rows for ``family`` of every id of ``inputs``, in primary-key order.
+
+    A bar's rows depend only on its own days, on ``k``, ``day_open`` (derived from the whole
+    history by :func:`prepare_days`) and on the id's first day, so rows built from a suffix of
+    the history equal the same rows of a full build; only the days the requested bars can hold
+    are processed.
+
+    Every id and timeframe goes through one query (days joined to (id, timeframe) parameters):
+    an incremental build recomputes a handful of bars per id, where per-query overhead, not
+    data, is the cost.
     """
-    anchored = family == "cal_anchor"
-    schema = ANCHORED_SCHEMA if anchored else BAR_SCHEMA
-    if days.is_empty() or not timeframes:
+    schema = ANCHORED_SCHEMA if family == "cal_anchor" else BAR_SCHEMA
+    assign: Callable[[pl.LazyFrame, pl.Expr], pl.LazyFrame] = ASSIGNERS[family]
+    days_parts: list[pl.DataFrame] = []
+    param_parts: list[pl.DataFrame] = []
+    for part in inputs:
+        if part.days.is_empty() or not part.timeframes:
+            continue
+        starts = part.starts if part.starts is not None else first_rows(part.days, part.timeframes, family, part.since)
+        days_parts.append(part.days.slice(min(starts)))
+        param_parts.append(timeframe_params(part.timeframes, family).with_columns(
+            id=pl.lit(part.days["id"][0], part.days.schema["id"]),
+            _first=pl.lit(part.days["day"][0], pl.Date),
+            _since=pl.Series([(part.since or {}).get(tf.tf) for tf in part.timeframes], dtype=UTC_US),
+            _k_from=pl.Series(starts, dtype=pl.Int32)))
+    if not days_parts:
         return pl.DataFrame(schema=schema)
-    assign: Callable[[pl.LazyFrame, dt.date], pl.LazyFrame] = ASSIGNERS[family]
-    first_day: dt.date = days["day"][0]
-    if starts is None:
-        starts = first_rows(days, timeframes, family, since)
-    params = timeframe_params(timeframes, family).with_columns(
-        _since=pl.Series([(since or {}).get(tf.tf) for tf in timeframes], dtype=UTC_US),
-        _k_from=pl.Series(starts, dtype=pl.Int32))
-    crossed = (days.slice(min(starts)).lazy().join(params.lazy(), how="cross")
-               .filter(pl.col("k") >= pl.col("_k_from")))
-    # per tf with a cut: bars from the one holding the first day at or after it (the last
-    # bar when no day is that late)
-    first_bar = pl.coalesce(pl.when(pl.col("timestamp") >= pl.col("_since")).then(pl.col("bar_seq")).min().over("tf"),
-                            pl.col("bar_seq").max().over("tf"))
+    days = pl.concat(days_parts, how="vertical")
+    params = pl.concat(param_parts, how="vertical")
+    crossed = days.lazy().join(params.lazy(), on="id").filter(pl.col("k") >= pl.col("_k_from"))
+    # per (id, tf) with a cut: bars from the one holding the first day at or after it (the
+    # last bar when no day is that late)
+    series = ("id", "tf")
+    first_bar = pl.coalesce(pl.when(pl.col("timestamp") >= pl.col("_since")).then(pl.col("bar_seq")).min().over(series),
+                            pl.col("bar_seq").max().over(series))
     rows = (
-        assign(crossed, first_day)
+        assign(crossed, pl.col("_first"))
         .filter(pl.col("_since").is_null() | (pl.col("bar_seq") >= first_bar))
-        .drop(*PARAM_COLUMNS, "_since", "_k_from")
+        .drop(*PARAM_COLUMNS, "_first", "_since", "_k_from")
     )
     return _aggregate(rows.cache()).select([pl.col(c).cast(t) for c, t in schema.items()]).collect()
 
@@ -139,10 +166,11 @@ def first_rows(
 
 
 def _aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
-    rows = rows.sort("tf", "bar_seq", "timestamp")
-    # one integer per bar (rows are sorted by bar): a cheaper window key than (tf, bar_seq)
+    rows = rows.sort("id", "tf", "bar_seq", "timestamp")
+    # one integer per bar (rows are sorted by bar): a cheaper window key than (id, tf, bar_seq)
     rows = rows.with_columns(
-        _bar=((pl.col("tf") != pl.col("tf").shift(1)) | (pl.col("bar_seq") != pl.col("bar_seq").shift(1)))
+        _bar=((pl.col("id") != pl.col("id").shift(1)) | (pl.col("tf") != pl.col("tf").shift(1))
+              | (pl.col("bar_seq") != pl.col("bar_seq").shift(1)))
         .fill_null(True).cum_sum())
     bar = "_bar"
     vol_known = pl.col("volume").is_not_null().cum_sum().over(bar)
