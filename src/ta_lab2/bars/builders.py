@@ -28,7 +28,7 @@ from psycopg import sql
 from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, validate_days
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.bars.snapshot import SnapshotInput, first_rows, prepare_days, snapshot_batch
-from ta_lab2.db.bulk import copy_frame, read_frame, table_ref, upsert_small
+from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
@@ -187,7 +187,7 @@ def build_batch(conn: psycopg.Connection, options: BuildOptions, ids: Sequence[i
     ids (a crash leaves each id's old or new rows)."""
     builder = BUILDERS[options.builder]
     if builder.name == "1d":
-        return [_build_1d(conn, ident, options.tz, options.full, options.schema) for ident in ids]
+        return _build_1d(conn, ids, options.tz, options.full, options.schema)
     return _build_multi(conn, builder, options.timeframes, ids, options.tz, options.full, options.schema,
                         options.bulk)
 
@@ -196,82 +196,108 @@ def _ident(schema: str, table: str) -> sql.Identifier:
     return sql.Identifier(schema, table)
 
 
-def _build_1d(conn: psycopg.Connection, ident: int, tz: str, full: bool, schema: str) -> IdResult:
-    source = read_frame(
-        conn,
-        sql.SQL("{} WHERE id = %s").format(_ident(schema, SOURCE_TABLE)),
-        SOURCE_READ_SCHEMA,
-        (ident,),
-        small=True,
-        order_by=("timestamp",),
+def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool, schema: str) -> list[IdResult]:
+    """Build the 1D rows of ``ids``: one read of their source rows, then one transaction that
+    replaces each changed id's rows from the start of the local day of its first change
+    (all of them when it has no state, another tz or ``full``)."""
+    source_t, bars_t, rejects_t = (_ident(schema, t) for t in (SOURCE_TABLE, BARS_1D, BARS_1D_REJECTS))
+    source_all = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(source_t), SOURCE_READ_SCHEMA,
+                            (list(ids),), small=True, order_by=("id", "timestamp"))
+    states = {r[0]: (r[1], r[2]) for r in conn.execute(
+        sql.SQL("SELECT id, tz, watermark_load_ts FROM {} WHERE id = ANY(%s)").format(
+            _ident(schema, state_table(BARS_1D))), (list(ids),)).fetchall()}
+    # id -> None (replace everything of the id) or the instant rows are replaced from
+    cuts: dict[int, dt.datetime | None] = {}
+    incremental = [i for i in ids if not full and i in states and states[i][0] == tz]
+    for ident in ids:
+        if ident not in incremental:
+            cuts[ident] = None
+    if incremental:
+        watermarks = pl.DataFrame({"id": incremental, "_wm": [states[i][1] for i in incremental]},
+                                  schema={"id": pl.Int32, "_wm": UTC_US})
+        changed = dict(source_all.join(watermarks, on="id").filter(pl.col("load_ts") > pl.col("_wm"))
+                       .group_by("id").agg(pl.col("timestamp").min()).iter_rows())
+        # rows of the 1D or rejects table whose source row is gone
+        deleted = dict(conn.execute(
+            sql.SQL(
+                """
+                SELECT t.id, min(t."timestamp") FROM (
+                    SELECT id, "timestamp" FROM {b} WHERE id = ANY(%(ids)s)
+                    UNION ALL SELECT id, "timestamp" FROM {r} WHERE id = ANY(%(ids)s)) t
+                WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.id = t.id AND s."timestamp" = t."timestamp")
+                GROUP BY t.id
+                """
+            ).format(b=bars_t, r=rejects_t, s=source_t),
+            {"ids": incremental},
+        ).fetchall())
+        for ident in incremental:
+            first = min((t for t in (changed.get(ident), deleted.get(ident)) if t is not None), default=None)
+            if first is not None:
+                # Start of the local day of the first change: a change can flip
+                # duplicate_local_day for earlier rows of the same day.
+                local = first.astimezone(_zone(tz)).date()
+                cuts[ident] = dt.datetime.combine(local, dt.time(), tzinfo=_zone(tz)).astimezone(dt.timezone.utc)
+    work = [i for i in ids if i in cuts]
+    results = {i: IdResult(i, "unchanged") for i in ids if i not in cuts}
+    if work:
+        cut_frame = pl.DataFrame({"id": work, "_cut": [cuts[i] for i in work]}, schema={"id": pl.Int32, "_cut": UTC_US})
+        accepted, rejects = validate_days(source_all.filter(pl.col("id").is_in(work)), tz)
+        after_cut = pl.col("_cut").is_null() | (pl.col("timestamp") >= pl.col("_cut"))
+        accepted = accepted.join(cut_frame, on="id", maintain_order="left").filter(after_cut).drop("_cut")
+        rejects = rejects.join(cut_frame, on="id", maintain_order="left").filter(after_cut).drop("_cut")
+        with conn.transaction():
+            removed = _delete_from_cuts(conn, bars_t, cut_frame, returning=True)
+            log_deletions(conn, schema, [(i, r[1]) for i, r in removed.items()])
+            _delete_from_cuts(conn, rejects_t, cut_frame)
+            copy_frame(conn, table_ref(BARS_1D, schema), accepted.select(list(BARS_1D_SCHEMA)))
+            copy_frame(conn, table_ref(BARS_1D_REJECTS, schema), rejects.select(list(REJECTS_1D_COLUMNS)))
+            _write_1d_state(conn, schema, work, tz)
+        sources = dict(source_all.group_by("id").len().iter_rows())
+        inserted = dict(accepted.group_by("id").len().iter_rows())
+        rejected = dict(rejects.group_by("id").len().iter_rows())
+        for i in work:
+            mode = "full" if cuts[i] is None else "incremental"
+            results[i] = IdResult(i, mode if sources.get(i) else "empty", inserted.get(i, 0),
+                                  removed.get(i, (0, None))[0], rejected.get(i, 0))
+    return [results[i] for i in ids]
+
+
+def _delete_from_cuts(conn: psycopg.Connection, table: sql.Composable, cuts: pl.DataFrame,
+                      returning: bool = False) -> dict[int, tuple[int, dt.datetime]]:
+    """Delete the rows of each id of ``cuts`` at or after its ``_cut`` (all when NULL): one
+    primary-key range probe per id (OFFSET 0 keeps the planner from turning the probes into a
+    join over every row). With ``returning``: per id, (rows deleted, earliest instant deleted)."""
+    stmt = sql.SQL(
+        "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
+        "SELECT x.ctid FROM unnest(%b, %b) AS c(id, cut) CROSS JOIN LATERAL (SELECT ctid FROM {t} "
+        "WHERE id = c.id AND \"timestamp\" >= coalesce(c.cut, '-infinity') OFFSET 0) x)) "
+        "RETURNING e.id, e.\"timestamp\") SELECT id, count(*), min(\"timestamp\") FROM d GROUP BY id").format(t=table)
+    rows = conn.execute(stmt, array_params(conn, cuts.select("id", "_cut"), ("int4", "timestamptz"))).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows} if returning else {}
+
+
+def _write_1d_state(conn: psycopg.Connection, schema: str, ids: Sequence[int], tz: str) -> None:
+    """Upsert the 1D state of ``ids`` from the source and the 1D table as they now are."""
+    conn.execute(
+        sql.SQL(
+            """
+            INSERT INTO {st} (id, tz, watermark_load_ts, source_rows, first_day, last_day, last_bar_seq,
+                              last_time_close, updated_at)
+            SELECT u.id, %(tz)s, max(s.load_ts), count(s.id),
+                   (SELECT min(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = u.id),
+                   (SELECT max(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = u.id),
+                   (SELECT max(bar_seq) FROM {b} WHERE id = u.id),
+                   (SELECT max(time_close) FROM {b} WHERE id = u.id), now()
+            FROM unnest(%(ids)s::int[]) AS u(id) LEFT JOIN {s} s ON s.id = u.id
+            GROUP BY u.id
+            ON CONFLICT (id) DO UPDATE SET tz = EXCLUDED.tz, watermark_load_ts = EXCLUDED.watermark_load_ts,
+                source_rows = EXCLUDED.source_rows, first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day,
+                last_bar_seq = EXCLUDED.last_bar_seq, last_time_close = EXCLUDED.last_time_close,
+                updated_at = EXCLUDED.updated_at
+            """
+        ).format(st=_ident(schema, state_table(BARS_1D)), b=_ident(schema, BARS_1D), s=_ident(schema, SOURCE_TABLE)),
+        {"ids": list(ids), "tz": tz},
     )
-    state = conn.execute(
-        sql.SQL("SELECT tz, watermark_load_ts FROM {} WHERE id = %s").format(_ident(schema, state_table(BARS_1D))),
-        (ident,),
-    ).fetchone()
-    cut: dt.datetime | None = None  # None: replace everything of this id
-    mode = "full"
-    if not full and state is not None and state[0] == tz:
-        changed = source.filter(pl.col("load_ts") > state[1])["timestamp"].min() if state[1] is not None else None
-        deleted = conn.execute(
-            sql.SQL(
-                """
-                SELECT min(t."timestamp") FROM (
-                    SELECT "timestamp" FROM {b} WHERE id = %(id)s
-                    UNION ALL SELECT "timestamp" FROM {r} WHERE id = %(id)s) t
-                WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.id = %(id)s AND s."timestamp" = t."timestamp")
-                """
-            ).format(b=_ident(schema, BARS_1D), r=_ident(schema, BARS_1D_REJECTS), s=_ident(schema, SOURCE_TABLE)),
-            {"id": ident},
-        ).fetchone()[0]
-        first = min((t for t in (changed, deleted) if t is not None), default=None)
-        if first is None:
-            return IdResult(ident, "unchanged")
-        # Start of the local day of the first change: a change can flip duplicate_local_day
-        # for earlier rows of the same day.
-        local = first.astimezone(_zone(tz)).date()
-        cut = dt.datetime.combine(local, dt.time(), tzinfo=_zone(tz)).astimezone(dt.timezone.utc)
-        mode = "incremental"
-    accepted, rejects = validate_days(source, tz)
-    if cut is not None:
-        accepted = accepted.filter(pl.col("timestamp") >= cut)
-        rejects = rejects.filter(pl.col("timestamp") >= cut)
-    where, params = _cut_clause(ident, cut, "timestamp")
-    with conn.transaction():
-        deleted_rows, removed_from = conn.execute(
-            sql.SQL("WITH d AS (DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D)) + where
-            + sql.SQL(' RETURNING "timestamp") SELECT count(*), min("timestamp") FROM d'), params).fetchone()
-        if removed_from is not None:
-            log_deletions(conn, schema, [(ident, removed_from)])
-        conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(_ident(schema, BARS_1D_REJECTS)) + where, params)
-        copy_frame(conn, table_ref(BARS_1D, schema), accepted.select(list(BARS_1D_SCHEMA)))
-        copy_frame(conn, table_ref(BARS_1D_REJECTS, schema), rejects.select(list(REJECTS_1D_COLUMNS)))
-        conn.execute(
-            sql.SQL(
-                """
-                INSERT INTO {st} (id, tz, watermark_load_ts, source_rows, first_day, last_day, last_bar_seq,
-                                  last_time_close, updated_at)
-                SELECT %(id)s, %(tz)s, max(s.load_ts), count(*),
-                       (SELECT min(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = %(id)s),
-                       (SELECT max(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = %(id)s),
-                       (SELECT max(bar_seq) FROM {b} WHERE id = %(id)s),
-                       (SELECT max(time_close) FROM {b} WHERE id = %(id)s), now()
-                FROM {s} s WHERE s.id = %(id)s
-                ON CONFLICT (id) DO UPDATE SET tz = EXCLUDED.tz, watermark_load_ts = EXCLUDED.watermark_load_ts,
-                    source_rows = EXCLUDED.source_rows, first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day,
-                    last_bar_seq = EXCLUDED.last_bar_seq, last_time_close = EXCLUDED.last_time_close,
-                    updated_at = EXCLUDED.updated_at
-                """
-            ).format(st=_ident(schema, state_table(BARS_1D)), b=_ident(schema, BARS_1D), s=_ident(schema, SOURCE_TABLE)),
-            {"id": ident, "tz": tz},
-        )
-    return IdResult(ident, mode if source.height else "empty", accepted.height, deleted_rows, rejects.height)
-
-
-def _cut_clause(ident: int, cut: dt.datetime | None, column: str) -> tuple[sql.Composable, dict[str, object]]:
-    if cut is None:
-        return sql.SQL("id = %(id)s"), {"id": ident}
-    return sql.SQL("id = %(id)s AND {} >= %(cut)s").format(sql.Identifier(column)), {"id": ident, "cut": cut}
 
 
 def _zone(tz: str) -> dt.tzinfo:
