@@ -332,6 +332,7 @@ class _Plan:
     change_at: dict[str, dt.datetime | None]  # tf -> None (whole) or the changed instant
     work: list[Timeframe]
     starts: list[int]  # per timeframe of work, the first day row the engine needs (first_rows)
+    stored_until: dict[str, dt.datetime | None]  # tf -> the state's newest time_close (None: unknown)
 
     @property
     def rows(self) -> int:
@@ -355,12 +356,12 @@ def _build_multi(
         small=True, order_by=("id", "timestamp"),
     )
     dailies = by_id(daily_all)
-    states: dict[int, dict[str, tuple[dt.datetime | None, dt.date | None]]] = {i: {} for i in ids}
+    states: dict[int, dict[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]]] = {i: {} for i in ids}
     for r in conn.execute(
-        sql.SQL("SELECT id, tf, watermark_ingested_at, first_day FROM {} WHERE id = ANY(%s)").format(state_t),
-        (list(ids),),
+        sql.SQL("SELECT id, tf, watermark_ingested_at, first_day, last_time_close FROM {} WHERE id = ANY(%s)")
+        .format(state_t), (list(ids),),
     ).fetchall():
-        states[r[0]][r[1]] = (r[2], r[3])
+        states[r[0]][r[1]] = (r[2], r[3], r[4])
     since = {i: min((st[0] for st in states[i].values() if st[0] is not None), default=None) for i in ids}
     removals = deletions_since(conn, schema, since)
     results: dict[int, IdResult] = {}
@@ -381,7 +382,7 @@ def _build_multi(
 
 
 def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.DataFrame, tz: str, full: bool,
-          states: Mapping[str, tuple[dt.datetime | None, dt.date | None]],
+          states: Mapping[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]],
           removal: tuple[dt.datetime | None, dt.datetime | None]) -> _Plan | None:
     """What to rebuild for one id, or None when nothing changed."""
     days = prepare_days(daily, tz)
@@ -411,7 +412,10 @@ def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.D
         return None
     work = [tf for tf in tfs if tf.tf in change_at]
     starts = first_rows(days, work, builder.family, change_at) if days.height else []
-    return _Plan(ident, days, first_day, watermark, change_at, work, starts)
+    # the state's last_time_close is the (id, tf)'s newest stored row when it is not NULL: the
+    # state is written with the rows, from the recomputed rows, which end with the newest one
+    stored_until = {tf: states[tf][2] if tf in states else None for tf in change_at}
+    return _Plan(ident, days, first_day, watermark, change_at, work, starts, stored_until)
 
 
 def _chunks(plans: Sequence[_Plan]) -> Iterator[list[_Plan]]:
@@ -446,7 +450,10 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
         pl.col("_cut").is_null() | (pl.col("time_close") >= pl.col("_cut"))
     ).drop("_cut")
     deleted: dict[int, int] = {}
-    if not bulk:
+    # an (id, tf) whose newest stored row is before its cut has nothing to delete (a new day)
+    probes = cuts.filter(~pl.Series([p.stored_until[tf] is not None and at is not None and p.stored_until[tf] < at
+                                     for p in chunk for tf, at in p.change_at.items()], dtype=pl.Boolean))
+    if probes.height and not bulk:
         # Every stored row at or after a cut lies in a bar numbered at least like the last
         # stored row before the cut (bars are numbered in time order, and the rows before the
         # cut are unchanged; the first recomputed bar is no bound: when the cut's own day was
@@ -457,14 +464,14 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
         deleted = dict(conn.execute(
             sql.SQL(
                 "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
-                "SELECT x.ctid FROM unnest(%s::int[], %s::text[], %s::timestamptz[]) AS c(id, tf, cut) "
+                "SELECT x.ctid FROM unnest(%b, %b, %b) AS c(id, tf, cut) "
                 "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = c.id AND tf = c.tf "
                 "AND bar_seq >= coalesce((SELECT b.bar_seq FROM {t} b WHERE b.id = c.id AND b.tf = c.tf "
                 "AND b.time_close < c.cut ORDER BY b.bar_seq DESC, b.time_close DESC LIMIT 1), 0) "
                 "AND time_close >= coalesce(c.cut, '-infinity') OFFSET 0) x)) "
                 "RETURNING e.id) SELECT id, count(*) FROM d GROUP BY id"
             ).format(t=table),
-            (cuts["id"].to_list(), cuts["tf"].to_list(), cuts["_cut"].to_list()),
+            array_params(conn, probes, ("int4", "text", "timestamptz")),
         ).fetchall())
     copy_frame(conn, table_ref(builder.table, schema), new_rows, freeze=bulk)
     _write_state(conn, chunk, rows, schema, builder.table, bulk)

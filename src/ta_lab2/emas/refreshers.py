@@ -169,6 +169,7 @@ class _Inputs:
     grids: dict[int, pl.DataFrame]
     canon: dict[int, pl.DataFrame]
     states: dict[int, dict[tuple[str, int], dt.datetime | None]]
+    last_ts: dict[tuple[int, str, int], dt.datetime | None]  # the state's newest row per series
     since: dict[int, dt.datetime | None]  # None: no usable watermark, recompute every series whole
     newest_bar: dict[int, dt.datetime | None]
     bar_changes: dict[int, dict[str, dt.datetime]]
@@ -193,9 +194,11 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
                           {"id": pl.Int32(), **_GRID_SCHEMA}, (id_list,), small=True, order_by=("id", "timestamp"))
     grids = by_id(grid_all)
     states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
-    for r in conn.execute(sql.SQL("SELECT id, tf, period, watermark_ingested_at FROM {} WHERE id = ANY(%s)").format(
-            sql.Identifier(s, state_table(refresher.table))), (id_list,)).fetchall():
+    last_ts: dict[tuple[int, str, int], dt.datetime | None] = {}
+    for r in conn.execute(sql.SQL("SELECT id, tf, period, watermark_ingested_at, last_ts FROM {} WHERE id = ANY(%s)")
+                          .format(sql.Identifier(s, state_table(refresher.table))), (id_list,)).fetchall():
         states[r[0]][(r[1], r[2])] = r[3]
+        last_ts[(r[0], r[1], r[2])] = r[4]
     since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
              for i in ids}
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
@@ -224,7 +227,7 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return _Inputs(grids, canon, states, since, newest, changes, removals)
+    return _Inputs(grids, canon, states, last_ts, since, newest, changes, removals)
 
 
 def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
@@ -319,17 +322,22 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
     s = options.schema
     table = sql.Identifier(s, refresher.table)
     series = [(p.id, tf, period, at) for p in planned for tf, period, at in p.replaced]
+    # A series whose newest stored row (its state's last_ts, written with its rows) is before
+    # its cut has nothing to delete: a new day usually adds a row to every series.
+    probed = [r for r in series if not _stored_before(inputs.last_ts.get(r[:3]), r[3])]
     deleted: dict[int, int] = {}
-    if not options.bulk:
+    if probed and not options.bulk:
         deleted = dict(conn.execute(
             sql.SQL(
                 "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
-                "SELECT x.ctid FROM unnest(%s::int[], %s::text[], %s::int[], %s::timestamptz[]) AS c(id, tf, period, cut) "
+                "SELECT x.ctid FROM unnest(%b, %b, %b, %b) AS c(id, tf, period, cut) "
                 "CROSS JOIN LATERAL (SELECT ctid FROM {t} WHERE id = c.id AND tf = c.tf AND period = c.period "
                 "AND ts >= coalesce(c.cut, '-infinity') OFFSET 0) x)) RETURNING e.id) "
                 "SELECT id, count(*) FROM d GROUP BY id"
             ).format(t=table),
-            ([r[0] for r in series], [r[1] for r in series], [r[2] for r in series], [r[3] for r in series]),
+            array_params(conn, pl.DataFrame(probed, schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32,
+                                                            "cut": UTC_US}, orient="row"),
+                         ("int4", "text", "int4", "timestamptz")),
         ).fetchall())
     frames = [p.rows for p in planned if p.rows.height]
     rows = pl.concat(frames) if len(frames) > 1 else (frames[0] if frames else pl.DataFrame())
@@ -343,6 +351,12 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
         has_grid = p.id in inputs.grids and inputs.grids[p.id].height > 0
         out[p.id] = IdResult(p.id, mode if has_grid else "empty", p.rows.height, deleted.get(p.id, 0))
     return out
+
+
+def _stored_before(last: dt.datetime | None, cut: dt.datetime | None) -> bool:
+    """Whether every stored row of a series is before ``cut`` (None: the whole series), as
+    far as its state's newest row ``last`` tells (None: unknown)."""
+    return last is not None and cut is not None and last < cut
 
 
 def _closes_by_tf(canon: pl.DataFrame) -> dict[str, np.ndarray]:

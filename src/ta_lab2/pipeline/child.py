@@ -24,6 +24,9 @@ ENV_LOCKS_HELD = "TA_LAB2_LOCKS_HELD"
 #: Set by a runner for its children: how many children it runs at once.
 ENV_SIBLINGS = "TA_LAB2_CONCURRENT_CHILDREN"
 
+#: Set by a runner for its children: the schema it has just made sure of (children skip the check).
+ENV_SCHEMA_READY = "TA_LAB2_SCHEMA_READY"
+
 IDS_PER_WORKER = 8
 
 
@@ -48,10 +51,12 @@ def run_locked(
     work: Callable[[psycopg.Connection, Target], Any],
     schema: str = "public",
 ) -> Any:
-    """Connect (autocommit), make sure the schema exists, hold ``role``'s locks, run ``work``."""
+    """Connect (autocommit), make sure the schema exists (unless the parent runner just did),
+    hold ``role``'s locks, run ``work``."""
     target = resolve_target(db_url)
-    with connect(target) as conn:
-        ensure_schema(conn, schema)
+    if os.environ.get(ENV_SCHEMA_READY) != schema:
+        with connect(target) as conn:
+            ensure_schema(conn, schema)
     held = tuple(n for n in os.environ.get(ENV_LOCKS_HELD, "").split(",") if n)
     with connect(target, autocommit=True) as conn:
         # locks a parent runner holds for the whole run are not taken again

@@ -21,7 +21,7 @@ from ta_lab2.db.schema import ensure_schema
 from ta_lab2.db.tables import BAR_TABLES
 from ta_lab2.emas.refreshers import REFRESHERS
 from ta_lab2.errors import UsageError
-from ta_lab2.pipeline.child import ENV_LOCKS_HELD, ENV_SIBLINGS
+from ta_lab2.pipeline.child import ENV_LOCKS_HELD, ENV_SCHEMA_READY, ENV_SIBLINGS
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, default_parallel, python_module_argv, run_children
 from ta_lab2.pipeline.work import resolve_ids
 
@@ -140,6 +140,8 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
         inherited = tuple(n for n in os.environ.get(ENV_LOCKS_HELD, "").split(",") if n)
         env[ENV_LOCKS_HELD] = ",".join(dict.fromkeys([*inherited, *held_locks(*roles).split(",")]))
         env[ENV_SIBLINGS] = str(options.max_parallel or default_parallel())
+        if not options.dry_run:
+            env[ENV_SCHEMA_READY] = options.schema
         if options.dry_run:
             return run_children(runner, specs, env=env, dry_run=True)
         with writer_locks(conn, roles, options.wait_lock, skip=inherited):
