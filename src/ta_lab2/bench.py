@@ -208,13 +208,14 @@ def _compare_rate(conn: psycopg.Connection, rows: int) -> Phase:
         "AND c.relkind = 'r' ORDER BY c.reltuples DESC LIMIT 1").fetchone()[0]
     for name in ("bench_cmp_a", "bench_cmp_b"):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-    # repeat the table's rows (shifted ids) until there are enough
+    # repeat the table's rows (shifted ids) until there are enough; in key order, as a capture
+    # compares them (its snapshots are copied in key order, a full rebuild writes in key order)
     conn.execute(sql.SQL(
-        "CREATE TABLE bench_cmp_a AS SELECT (s.id + k * 1000000) AS id, s.tf, s.ts, s.period, s.tf_days, s.roll, s.ema, "
-        "s.d1, s.d2, s.d1_roll, s.d2_roll FROM {} s CROSS JOIN generate_series(0, 99) k LIMIT %s").format(
-        sql.Identifier(source)), (rows,))
+        "CREATE TABLE bench_cmp_a AS SELECT * FROM (SELECT (s.id + k * 1000000) AS id, s.tf, s.ts, s.period, "
+        "s.tf_days, s.roll, s.ema, s.d1, s.d2, s.d1_roll, s.d2_roll FROM {} s CROSS JOIN generate_series(0, 99) k "
+        "LIMIT %s) x ORDER BY id, tf, period, ts").format(sql.Identifier(source)), (rows,))
     conn.execute("ALTER TABLE bench_cmp_a ADD PRIMARY KEY (id, tf, period, ts)")
-    conn.execute("CREATE TABLE bench_cmp_b AS SELECT * FROM bench_cmp_a")
+    conn.execute("CREATE TABLE bench_cmp_b AS SELECT * FROM bench_cmp_a ORDER BY id, tf, period, ts")
     conn.execute("ALTER TABLE bench_cmp_b ADD PRIMARY KEY (id, tf, period, ts)")
     conn.execute("VACUUM ANALYZE bench_cmp_a")
     conn.execute("VACUUM ANALYZE bench_cmp_b")

@@ -89,19 +89,23 @@ def take_snapshots(conn: psycopg.Connection, suffix: str, tables: Sequence[str],
     where = _ids_clause(ids)
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        # the copies arrive in key order; a serial sort of presorted rows is ~2x faster than a
-        # parallel build on 2 cores (docs/performance.md)
+        # the copies arrive in key order; a serial build from presorted rows is ~2x faster than
+        # a parallel build on 2 cores (docs/performance.md)
         conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(aux)))
         copies = [(t, sql.Identifier(schema, snapshot_name(t, suffix))) for t in tables]
         copies += [(t, sql.Identifier(aux, t)) for t in aux_tables()]
         for n, (table, target) in enumerate(copies, start=1):
             live = sql.Identifier(schema, table)
-            # the server's own count of the rows it wrote into the copy
-            # read-only archives: no autovacuum pass competing with the rebuild and the compare
-            copied = conn.execute(sql.SQL("CREATE TABLE {} WITH (autovacuum_enabled = false) AS SELECT * FROM {}").format(
-                target, live) + where).rowcount
             key = primary_key(conn, live)
+            # Copied in key order (an index scan of the live table, whose days were appended
+            # out of key order): the primary key is then built from presorted rows, ~3x faster
+            # than sorting them (7 s for 3.4M EMA rows), and the compare's joins read both
+            # sides in the same order. The rowcount is the server's own count of the rows it
+            # wrote; read-only archives: no autovacuum pass competing with the rebuild and compare.
+            order = sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, key))) if key else sql.SQL("")
+            copied = conn.execute(sql.SQL("CREATE TABLE {} WITH (autovacuum_enabled = false) AS SELECT * FROM {}").format(
+                target, live) + where + order).rowcount
             if key:
                 conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
                     target, sql.Identifier(constraint_name(suffix, n)), sql.SQL(", ").join(map(sql.Identifier, key))))
