@@ -353,8 +353,19 @@ def compare_table(
             """
         ).format(series=series, k0=k0, t=tcol, s=snap, rr=rebuilt_rows, k=key_list, s_row=s_row, r_row=r_row,
                  seed=sql.Literal(sampling.seed)))
-    flagged = sql.SQL("({series}) IN (SELECT {series} FROM _cmp_series WHERE {cond})").format
-    onesided_series = flagged(series=series, cond=sql.SQL("n_onesided > 0"))
+    any_onesided, any_differing = conn.execute(
+        "SELECT coalesce(bool_or(n_onesided > 0), false), coalesce(bool_or(n_differing > 0), false) FROM _cmp_series"
+    ).fetchone()
+
+    def flagged(cond: str, anything: bool) -> sql.Composable:
+        # a constant FALSE when no series is flagged: the planner then reads no row at all,
+        # where a filter that happens to match nothing would still scan both tables
+        if not anything:
+            return sql.SQL("FALSE")
+        return sql.SQL("({series}) IN (SELECT {series} FROM _cmp_series WHERE {cond})").format(
+            series=series, cond=sql.SQL(cond))
+
+    onesided_series = flagged("n_onesided > 0", any_onesided)
     conn.execute(
         sql.SQL(
             """
@@ -370,7 +381,7 @@ def compare_table(
         "SELECT count(*) FILTER (WHERE in_snapshot), count(*) FILTER (WHERE NOT in_snapshot) FROM _cmp_onesided").fetchone())
     n_s, n_r = (int(v or 0) for v in conn.execute("SELECT sum(n_s), sum(n_r) FROM _cmp_series").fetchone())
     # Values are compared again (cell by cell) only in series with a differing row.
-    differing = flagged(series=series, cond=sql.SQL("n_differing > 0"))
+    differing = flagged("n_differing > 0", any_differing)
     snap_d = sql.SQL("(SELECT * FROM {s} WHERE {f})").format(s=snap, f=differing)
     reb_d = sql.SQL("(SELECT * FROM {r} WHERE {ids} AND {f})").format(r=reb, ids=ids_r, f=differing)
     # --- which keys get their values compared: all, or per-series first/last N + interior sample
