@@ -195,3 +195,10 @@ def test_script_path_runs(loaded: Target, tmp_path: Path) -> None:
     for flag in ("--ids", "--db-url", "--builders", "--skip", "--full-rebuild", "--include-non-canonical",
                  "--num-processes", "--tz", "--continue-on-error", "--verbose", "--dry-run"):
         assert flag in help_text, flag
+
+
+def test_refresher_order_names_every_refresher_once() -> None:
+    from ta_lab2.emas.refreshers import REFRESHERS
+    from ta_lab2.pipeline.runners import REFRESHER_ORDER
+
+    assert sorted(REFRESHER_ORDER) == sorted(REFRESHERS)
