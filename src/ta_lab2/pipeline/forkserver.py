@@ -65,12 +65,14 @@ FORK_MODULE_PREFIXES: tuple[str, ...] = ("ta_lab2.",)
 #: error as usual.
 PRELOAD_COMMON: tuple[str, ...] = (
     "numpy",
+    "numpy.ma",  # polars imports it on its first numpy conversion (~70 ms in every child)
     "polars",
     "psycopg",
     "psycopg.sql",
     "typer",
     "typer._adapters",  # typer imports it (and pydantic) lazily when it parses the first option
     "typer._click.decorators",
+    "pydantic.plugin._loader",  # imported when typer validates the first option
     "rich.logging",
     "rich.progress",
     "logging.handlers",
