@@ -404,3 +404,42 @@ def test_unknown_id_and_bad_options_exit_2(pipeline: Target, tmp_path: Path) -> 
     bad.write_text("[columns.ema]\nrtol = 'x'\n")
     result = _cli(pipeline, tmp_path, "--ids", "all", "--tolerances", str(bad))
     assert result.returncode == 2 and "rtol" in result.stderr
+
+
+def test_split_compare_equals_single_pass(pipeline: Target, tmp_path: Path) -> None:
+    """The pass over every row split over two connections (a table compared on its own) finds
+    exactly what the single pass finds: differences on both sides of the split, one-sided rows
+    on both sides, in the sampled and the full mode."""
+    from dataclasses import asdict
+
+    from psycopg import sql
+
+    from ta_lab2.baseline.capture import table_spec
+    from ta_lab2.baseline.comparison_utils import Tolerances, _split_point, compare_table
+
+    table = "cmc_ema_multi_tf"
+    with _self_check(pipeline, tmp_path) as suffix:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            ids = [r[0] for r in conn.execute(f"SELECT DISTINCT id FROM {table} ORDER BY id").fetchall()]
+            assert len(ids) == 2
+            for ident in ids:  # damage both halves: a value, a deleted row, an extra row
+                conn.execute(f"UPDATE {table} SET ema = ema * 1.5 WHERE id = %s AND tf = '1D' AND period = 3 "
+                             "AND ts = (SELECT min(ts) + interval '40 days' FROM {table} WHERE id = %s)".replace(
+                                 "{table}", table), (ident, ident))
+                conn.execute(f"DELETE FROM {table} WHERE id = %s AND tf = '1D' AND period = 5 "
+                             "AND ts = (SELECT max(ts) FROM {table} WHERE id = %s)".replace("{table}", table),
+                             (ident, ident))
+                cols = "id, tf, ts, period, tf_days, roll, ema, d1, d2, d1_roll, d2_roll"
+                conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols.replace('ts,', 'ts + interval ' + repr('1000 days') + ',')} "
+                             f"FROM {table} WHERE id = %s AND tf = '1D' AND period = 3 ORDER BY ts DESC LIMIT 1", (ident,))
+        with connect(pipeline, autocommit=True) as conn, connect(pipeline, autocommit=True) as helper:
+            spec = table_spec(conn, table, suffix, "public")
+            assert _split_point(conn, spec.snapshot, [sql.Identifier("id")]) == (ids[1],)
+            for sampling in (Sampling(), Sampling(full=True)):
+                with conn.transaction():
+                    single = compare_table(conn, spec, None, sampling, Tolerances())
+                with conn.transaction():
+                    split = compare_table(conn, spec, None, sampling, Tolerances(), helper=helper)
+                assert asdict(split) == asdict(single)
+                assert not single.passed and single.only_in_snapshot == 2 and single.only_in_rebuilt == 2
+                assert {d.series["id"] for d in single.divergences} == set(ids)

@@ -220,7 +220,11 @@ def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], id
     comparison is a few large joins that a single backend runs on one core."""
     ordered = [t for t in (*BAR_TABLES.values(), *EMA_TABLES.values()) if t in tables]
     workers = min(os.cpu_count() or 1, len(ordered)) if target is not None else 1
-    if workers > 1:
+    if target is not None and len(ordered) == 1 and (os.cpu_count() or 1) > 1:
+        # one table: its pass over every row runs in two halves on two connections instead
+        with connect(target, autocommit=True) as helper:
+            raw = [_compare_one(conn, ordered[0], suffix, ids, options, rebuilt_schema, schema, helper)]
+    elif workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         local = threading.local()
@@ -257,11 +261,12 @@ def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], id
 
 
 def _compare_one(conn: psycopg.Connection, table: str, suffix: str, ids: list[int] | None, options: CaptureOptions,
-                 rebuilt_schema: str, schema: str) -> TableComparison:
+                 rebuilt_schema: str, schema: str, helper: psycopg.Connection | None = None) -> TableComparison:
     try:
         with conn.transaction():
             spec = table_spec(conn, table, suffix, rebuilt_schema, schema)
-            return compare_table(conn, spec, ids, options.sampling, options.tolerances, options.expected, options.top_n)
+            return compare_table(conn, spec, ids, options.sampling, options.tolerances, options.expected, options.top_n,
+                                 helper=helper)
     except Exception as exc:  # noqa: BLE001 - a broken table must not stop the others
         log.error("compare %s failed: %s", table, exc)
         return TableComparison(table, snapshot_name(table, suffix), f"{rebuilt_schema}.{table}", 0, 0, 0, 0, 0, 0, 0,

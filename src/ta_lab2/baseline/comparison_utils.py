@@ -18,12 +18,17 @@ the top differences only.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+import polars as pl
 import psycopg
 from psycopg import sql
+
+from ta_lab2.db.bulk import array_params
 
 CRITICAL, WARNING, INFO = "CRITICAL", "WARNING", "INFO"
 SEVERITIES = (CRITICAL, WARNING, INFO)
@@ -310,6 +315,38 @@ def _settings(conn: psycopg.Connection, **values: str) -> Iterator[None]:
                 conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
+#: format_type() names of the first pass's columns -> the type names :func:`array_params` takes.
+_ARRAY_TYPE_NAMES = {"integer": "int4", "bigint": "int8", "smallint": "int2", "text": "text",
+                     "timestamp with time zone": "timestamptz", "date": "date", "double precision": "float8",
+                     "boolean": "bool", "character varying": "varchar"}
+
+
+def _split_point(conn: psycopg.Connection, table: sql.Composable, columns: Sequence[sql.Composable]) -> Any:
+    """The value of ``columns`` (the key's first columns, as a tuple) that best halves
+    ``table``'s rows, judged from a sample of its pages; None when no value splits it."""
+    pages = conn.execute("SELECT pg_relation_size(to_regclass(%s)) / current_setting('block_size')::int",
+                         (table.as_string(conn),)).fetchone()[0] or 0
+    pct = min(100.0, max(0.1, 100.0 * 200 / max(pages, 1)))  # ~200 pages: ~20,000 rows
+    cols = sql.SQL(", ").join(columns)
+    counts = conn.execute(sql.SQL(
+        "SELECT {c}, count(*) FROM {t} TABLESAMPLE SYSTEM ({p}) REPEATABLE (0) GROUP BY {c} ORDER BY {c}").format(
+        c=cols, t=table, p=sql.Literal(pct))).fetchall()
+    if len(counts) < 2:
+        return None
+    # rows below each candidate value (a split at counts[i] puts counts[:i] below it)
+    below = np.cumsum([r[-1] for r in counts])[:-1]
+    best = int(np.argmin(np.abs(2 * below - below[-1] - counts[-1][-1])))
+    return tuple(counts[best + 1][:-1])
+
+
+def _fetch_frame(conn: psycopg.Connection, query: sql.Composable, settings: Mapping[str, str]) -> pl.DataFrame:
+    """Run ``query`` (with the first pass's settings and ``settings``) and return its rows as a frame."""
+    with _settings(conn, enable_sort="off", jit="off", **settings):
+        cur = conn.execute(query)
+        names = [d.name for d in cur.description]
+        return pl.DataFrame(cur.fetchall(), schema=names, orient="row")
+
+
 def compare_table(
     conn: psycopg.Connection,
     spec: TableSpec,
@@ -318,8 +355,13 @@ def compare_table(
     tolerances: Tolerances,
     expected: Sequence[ExpectedDiff] = (),
     top_n: int = 20,
+    helper: psycopg.Connection | None = None,
 ) -> TableComparison:
-    """Compare ``spec.snapshot`` with ``spec.rebuilt`` (restricted to ``ids``) entirely in SQL."""
+    """Compare ``spec.snapshot`` with ``spec.rebuilt`` (restricted to ``ids``) entirely in SQL.
+
+    ``helper``: a second (autocommit) connection to the same database; the pass over every row
+    then runs half on it, concurrently. Meant for a table compared on its own (a capture
+    already compares several tables at once)."""
     key = [sql.Identifier(c) for c in spec.key]
     key_list = sql.SQL(", ").join(key)
     snap, reb = spec.snapshot, spec.rebuilt
@@ -338,21 +380,46 @@ def compare_table(
     # columns) and guesses one per row, so it sorts every joined row to group them; a hash
     # aggregate over the few series is about twice as fast. JIT compilation of this pass's
     # many expressions costs ~0.2 s and saves nothing measurable.
-    with _settings(conn, enable_sort="off", jit="off"):
-        conn.execute(sql.SQL(
-            """
-            CREATE TEMP TABLE _cmp_series AS
-            SELECT {series}, hashtextextended(concat_ws('|', {series}), {seed}) AS series_hash,
-                   count(s.{k0}) AS n_s, count(r.{k0}) AS n_r, min(s.{t}) AS lo_s, max(s.{t}) AS hi_s,
-                   min(r.{t}) AS lo_r, max(r.{t}) AS hi_r,
-                   count(*) FILTER (WHERE s.{k0} IS NULL OR r.{k0} IS NULL) AS n_onesided,
-                   count(*) FILTER (WHERE s.{k0} IS NOT NULL AND r.{k0} IS NOT NULL
-                                    AND ROW({s_row}) IS DISTINCT FROM ROW({r_row})) AS n_differing
-            FROM {s} s FULL JOIN {rr} r USING ({k})
-            GROUP BY {series}
-            """
-        ).format(series=series, k0=k0, t=tcol, s=snap, rr=rebuilt_rows, k=key_list, s_row=s_row, r_row=r_row,
-                 seed=sql.Literal(sampling.seed)))
+    first_pass = sql.SQL(
+        """
+        SELECT {series}, hashtextextended(concat_ws('|', {series}), {seed}) AS series_hash,
+               count(s.{k0}) AS n_s, count(r.{k0}) AS n_r, min(s.{t}) AS lo_s, max(s.{t}) AS hi_s,
+               min(r.{t}) AS lo_r, max(r.{t}) AS hi_r,
+               count(*) FILTER (WHERE s.{k0} IS NULL OR r.{k0} IS NULL) AS n_onesided,
+               count(*) FILTER (WHERE s.{k0} IS NOT NULL AND r.{k0} IS NOT NULL
+                                AND ROW({s_row}) IS DISTINCT FROM ROW({r_row})) AS n_differing
+        FROM (SELECT * FROM {s} WHERE {part}) s FULL JOIN (SELECT * FROM {rr} r WHERE {part}) r USING ({k})
+        GROUP BY {series}
+        """
+    ).format
+    args = dict(series=series, k0=k0, t=tcol, s=snap, rr=rebuilt_rows, k=key_list, s_row=s_row, r_row=r_row,
+                seed=sql.Literal(sampling.seed))
+    split_on = key[:2]  # id and the next key column: a few ids may hold most rows
+    split = _split_point(conn, snap, split_on) if helper is not None else None
+    # two halves on two backends are the parallelism: no parallel workers on top of them
+    workers = {} if split is None else {"max_parallel_workers_per_gather": "0"}
+    with _settings(conn, enable_sort="off", jit="off", **workers):
+        if split is None or helper is None:
+            conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_series AS ") + first_pass(part=sql.SQL("TRUE"), **args))
+        else:
+            # The two halves of the key space on two backends at once (PostgreSQL's own
+            # parallel hash join gains nothing here on two cores; two backends run ~1.7x
+            # faster): the helper's per-series rows are added to the temporary table.
+            on = sql.SQL("ROW({})").format(sql.SQL(", ").join(split_on))
+            at = sql.SQL("ROW({})").format(sql.SQL(", ").join(map(sql.Literal, split)))
+            below = sql.SQL("{} < {}").format(on, at)
+            above = sql.SQL("{} >= {}").format(on, at)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                upper = pool.submit(_fetch_frame, helper, first_pass(part=above, **args), workers)
+                conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_series AS ") + first_pass(part=below, **args))
+                rows = upper.result()
+            types = [r[0] for r in conn.execute(
+                "SELECT format_type(atttypid, -1) FROM pg_attribute WHERE attrelid = 'pg_temp._cmp_series'::regclass "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
+            if rows.height:
+                conn.execute(sql.SQL("INSERT INTO _cmp_series SELECT * FROM unnest({})").format(
+                    sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types)),
+                    array_params(conn, rows, [_ARRAY_TYPE_NAMES[t] for t in types]))
     any_onesided, any_differing = conn.execute(
         "SELECT coalesce(bool_or(n_onesided > 0), false), coalesce(bool_or(n_differing > 0), false) FROM _cmp_series"
     ).fetchone()
