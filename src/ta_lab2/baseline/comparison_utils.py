@@ -315,6 +315,11 @@ def _settings(conn: psycopg.Connection, **values: str) -> Iterator[None]:
                 conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
+#: ``work_mem`` of the pass over every row: the hash of a 3.4M-row EMA table takes ~360 MB; with
+#: the server's 64 MB it went to disk in batches and took twice as long. Per query (and up to
+#: ``hash_mem_multiplier`` times it for the hash), two tables at a time in a capture.
+PASS_WORK_MEM = "512MB"
+
 #: format_type() names of the first pass's columns -> the type names :func:`array_params` takes.
 _ARRAY_TYPE_NAMES = {"integer": "int4", "bigint": "int8", "smallint": "int2", "text": "text",
                      "timestamp with time zone": "timestamptz", "date": "date", "double precision": "float8",
@@ -397,8 +402,8 @@ def compare_table(
     split_on = key[:2]  # id and the next key column: a few ids may hold most rows
     split = _split_point(conn, snap, split_on) if helper is not None else None
     # two halves on two backends are the parallelism: no parallel workers on top of them
-    workers = {} if split is None else {"max_parallel_workers_per_gather": "0"}
-    with _settings(conn, enable_sort="off", jit="off", **workers):
+    settings = {"work_mem": PASS_WORK_MEM, **({} if split is None else {"max_parallel_workers_per_gather": "0"})}
+    with _settings(conn, enable_sort="off", jit="off", **settings):
         if split is None or helper is None:
             conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_series AS ") + first_pass(part=sql.SQL("TRUE"), **args))
         else:
@@ -410,7 +415,7 @@ def compare_table(
             below = sql.SQL("{} < {}").format(on, at)
             above = sql.SQL("{} >= {}").format(on, at)
             with ThreadPoolExecutor(max_workers=1) as pool:
-                upper = pool.submit(_fetch_frame, helper, first_pass(part=above, **args), workers)
+                upper = pool.submit(_fetch_frame, helper, first_pass(part=above, **args), settings)
                 conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_series AS ") + first_pass(part=below, **args))
                 rows = upper.result()
             types = [r[0] for r in conn.execute(
