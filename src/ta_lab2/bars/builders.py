@@ -1,6 +1,7 @@
-"""The six bar builders: full rebuild and incremental refresh (spec 02 §1, §4). The 1D
-builder writes one transaction per id; the multi-timeframe builders one per chunk of a batch
-of ids (a crash leaves each id's old or new rows either way; docs/decisions.md). Computation
+"""The six bar builders: full rebuild and incremental refresh (spec 02 §1, §4). Every builder
+works on batches of ids: one read of the batch's inputs, then one transaction per batch (1D)
+or per chunk of the batch (multi-timeframe); a crash leaves each id's old or new rows either
+way (docs/decisions.md). Computation
 is delegated to the pure modules (:mod:`.daily`, :mod:`.snapshot`); this module decides
 *what* to recompute and moves rows.
 
@@ -94,9 +95,9 @@ def build(
     workers: int = 1,
     url: str | None = None,
 ) -> TableResult:
-    """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each id (1D)
-    or chunk of ids is one explicit transaction, so a crash leaves either the old or the new
-    rows of an id.
+    """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each batch
+    (1D) or chunk of a batch of ids is one explicit transaction, so a crash leaves either the
+    old or the new rows of an id.
     With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
     that many processes."""
     if builder_name not in BUILDERS:
@@ -182,9 +183,9 @@ CHUNK_ROWS = 300_000
 
 
 def build_batch(conn: psycopg.Connection, options: BuildOptions, ids: Sequence[int]) -> list[IdResult]:
-    """Build ``ids`` (the work unit; any executor may call it). 1D: one transaction per id;
-    multi-timeframe: the batch's inputs in one read, written in one transaction per chunk of
-    ids (a crash leaves each id's old or new rows)."""
+    """Build ``ids`` (the work unit; any executor may call it): the batch's inputs in one read,
+    written in one transaction (1D) or one per chunk of ids (multi-timeframe); a crash leaves
+    each id's old or new rows."""
     builder = BUILDERS[options.builder]
     if builder.name == "1d":
         return _build_1d(conn, ids, options.tz, options.full, options.schema)
