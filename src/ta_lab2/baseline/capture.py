@@ -28,7 +28,7 @@ from ta_lab2.baseline.comparison_utils import (
 )
 from ta_lab2.baseline.naming import make_suffix, snapshot_name
 from ta_lab2.baseline.snapshots import (
-    SnapshotInfo, check_tables, registry_insert, registry_update, take_snapshots, truncate,
+    SnapshotInfo, check_tables, registry_insert, registry_update, settle, take_snapshots, truncate,
 )
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import WRITER_LOCKS, writer_locks
@@ -316,6 +316,21 @@ def run_capture(target: Target, options: CaptureOptions, argv: Sequence[str] = (
             return _phases(conn, target, options, suffix, now, id_list, argv)
 
 
+def _settle_in_background(target: Target, snaps: Sequence[SnapshotInfo]) -> threading.Thread:
+    """:func:`settle` the snapshots on a connection of their own while the rebuild runs (its
+    children work in other processes); a failure there only costs the compare that time."""
+    def work() -> None:
+        try:
+            with connect(target, autocommit=True) as conn:
+                settle(conn, snaps)
+        except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason to fail
+            log.warning("reading the snapshots ahead of the compare failed: %s", redact(str(exc)))
+
+    thread = threading.Thread(target=work, name="settle-snapshots", daemon=True)
+    thread.start()
+    return thread
+
+
 def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, suffix: str, now: dt.datetime,
             id_list: list[int], argv: Sequence[str]) -> CaptureResult:
     ids = options.ids  # None = every id (TRUNCATE); else only these ids are touched
@@ -349,6 +364,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
     phase = "snapshotted"
     runs: list[ChildRun] = []
     rebuilt_schema = options.scratch_schema or "public"
+    settling = None if options.skip_rebuild else _settle_in_background(target, snaps)
     # From here on nothing may escape: record, continue, report.
     try:
         if not options.skip_rebuild:
@@ -372,6 +388,8 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
     except Exception as exc:  # noqa: BLE001
         problems.append(f"{phase}: {redact(str(exc))}")
         log.error("capture %s: %s", suffix, problems[-1])
+    if settling is not None:
+        settling.join()
     comparisons: list[TableComparison] = []
     try:
         comparisons = compare_all(conn, suffix, options.tables, ids, options, rebuilt_schema, target=target)
