@@ -33,7 +33,7 @@ from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref, ups
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
-                                   run_units, unit_size)
+                                   run_units, stored_before, unit_size)
 from ta_lab2.load.source_schema import UTC_US
 
 log = logging.getLogger(__name__)
@@ -452,7 +452,7 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
     ).drop("_cut")
     deleted: dict[int, int] = {}
     # an (id, tf) whose newest stored row is before its cut has nothing to delete (a new day)
-    probes = cuts.filter(~pl.Series([p.stored_until[tf] is not None and at is not None and p.stored_until[tf] < at
+    probes = cuts.filter(~pl.Series([stored_before(p.stored_until[tf], at)
                                      for p in chunk for tf, at in p.change_at.items()], dtype=pl.Boolean))
     if probes.height and not bulk:
         # Every stored row at or after a cut lies in a bar numbered at least like the last

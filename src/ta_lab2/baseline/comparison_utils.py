@@ -28,7 +28,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.db.bulk import array_params
+from ta_lab2.db.bulk import TableRef, array_params, column_types
 
 CRITICAL, WARNING, INFO = "CRITICAL", "WARNING", "INFO"
 SEVERITIES = (CRITICAL, WARNING, INFO)
@@ -320,12 +320,6 @@ def _settings(conn: psycopg.Connection, **values: str) -> Iterator[None]:
 #: ``hash_mem_multiplier`` times it for the hash), two tables at a time in a capture.
 PASS_WORK_MEM = "512MB"
 
-#: format_type() names of the first pass's columns -> the type names :func:`array_params` takes.
-_ARRAY_TYPE_NAMES = {"integer": "int4", "bigint": "int8", "smallint": "int2", "text": "text",
-                     "timestamp with time zone": "timestamptz", "date": "date", "double precision": "float8",
-                     "boolean": "bool", "character varying": "varchar"}
-
-
 def _split_point(conn: psycopg.Connection, table: sql.Composable, columns: Sequence[sql.Composable]) -> Any:
     """The value of ``columns`` (the key's first columns, as a tuple) that best halves
     ``table``'s rows, judged from a sample of its pages; None when no value splits it."""
@@ -418,13 +412,10 @@ def compare_table(
                 upper = pool.submit(_fetch_frame, helper, first_pass(part=above, **args), settings)
                 conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_series AS ") + first_pass(part=below, **args))
                 rows = upper.result()
-            types = [r[0] for r in conn.execute(
-                "SELECT format_type(atttypid, -1) FROM pg_attribute WHERE attrelid = 'pg_temp._cmp_series'::regclass "
-                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
             if rows.height:
+                types = column_types(conn, TableRef("pg_temp", "_cmp_series"))
                 conn.execute(sql.SQL("INSERT INTO _cmp_series SELECT * FROM unnest({})").format(
-                    sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types)),
-                    array_params(conn, rows, [_ARRAY_TYPE_NAMES[t] for t in types]))
+                    sql.SQL(", ").join(sql.SQL("%b") for _ in types)), array_params(conn, rows, list(types.values())))
     any_onesided, any_differing = conn.execute(
         "SELECT coalesce(bool_or(n_onesided > 0), false), coalesce(bool_or(n_differing > 0), false) FROM _cmp_series"
     ).fetchone()

@@ -29,7 +29,7 @@ from ta_lab2.emas.series import Grid, TfRows, epoch_us, rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
-                                   run_units, unit_size)
+                                   run_units, stored_before, unit_size)
 from ta_lab2.timeframes import V2_DEFAULT_PERIODS
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
     series = [(p.id, tf, period, at) for p in planned for tf, period, at in p.replaced]
     # A series whose newest stored row (its state's last_ts, written with its rows) is before
     # its cut has nothing to delete: a new day usually adds a row to every series.
-    probed = [r for r in series if not _stored_before(inputs.last_ts.get(r[:3]), r[3])]
+    probed = [r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])]
     deleted: dict[int, int] = {}
     if probed and not options.bulk:
         deleted = dict(conn.execute(
@@ -351,12 +351,6 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
         has_grid = p.id in inputs.grids and inputs.grids[p.id].height > 0
         out[p.id] = IdResult(p.id, mode if has_grid else "empty", p.rows.height, deleted.get(p.id, 0))
     return out
-
-
-def _stored_before(last: dt.datetime | None, cut: dt.datetime | None) -> bool:
-    """Whether every stored row of a series is before ``cut`` (None: the whole series), as
-    far as its state's newest row ``last`` tells (None: unknown)."""
-    return last is not None and cut is not None and last < cut
 
 
 def _closes_by_tf(canon: pl.DataFrame) -> dict[str, np.ndarray]:

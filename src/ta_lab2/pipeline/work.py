@@ -157,6 +157,14 @@ def unit_size(full: bool) -> int:
     return 1 if full else IDS_PER_BATCH
 
 
+def stored_before(last: Any, cut: Any) -> bool:
+    """Whether every stored row of a series is before ``cut`` (None: the whole series is
+    replaced), as far as its state's newest row instant ``last`` tells (None: unknown). The
+    state is written in the same transaction as the rows, so a series it places before its
+    cut has nothing to delete there (docs/decisions.md)."""
+    return last is not None and cut is not None and last < cut
+
+
 def by_id(frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
     """``frame``'s rows split by their ``id`` column (each part keeps the rows' order)."""
     return {key[0]: part for key, part in frame.partition_by("id", as_dict=True).items()}
