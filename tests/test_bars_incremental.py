@@ -212,3 +212,35 @@ def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, mon
     _refresh(conn, "noop", rng)
     problems = _check(conn)
     assert not problems, "\n".join(problems[:20])
+
+
+def test_calendar_bars_resumed_after_long_gaps_equal_full_rebuild(empty_db: psycopg.Connection) -> None:
+    """Calendar and anchored bars are resumed from the stored row before the cut (a snapshot
+    seed). Bars whose earlier days miss more dates than a row lists (50), new days that reveal
+    a gap of their own, and a revision inside such a bar still give the full rebuild's tables."""
+    conn = empty_db
+    pool = _universe(21, n=2, days=540)  # ends 2025-12-31
+    end = pool["timestamp"].max()
+    held = pool.filter(pl.col("timestamp") > end - dt.timedelta(days=12))
+    # an 80-day hole inside the 2025 bars of the 6-month to 5-year timeframes
+    hole = pl.col("timestamp").is_between(end - dt.timedelta(days=150), end - dt.timedelta(days=70))
+    upsert_assets(conn, pool)
+    upsert_source(conn, pool.filter(~hole).join(held, on=["id", "timestamp"], how="anti").drop("symbol"))
+    build_all(conn, full=True)
+    refresh_all(conn, full=True)
+    days = held["timestamp"].unique().sort()
+    for step in (days[:3], days[8:10]):  # the second step's first day reveals a five-day gap
+        upsert_source(conn, held.filter(pl.col("timestamp").is_in(step.implode())).drop("symbol"))
+        build_all(conn, full=False)
+        refresh_all(conn, full=False)
+    conn.execute("UPDATE cmc_price_histories7 SET high = high * 1.5, load_ts = now() WHERE \"timestamp\" = "
+                 "(SELECT \"timestamp\" FROM cmc_price_histories7 ORDER BY \"timestamp\" DESC OFFSET 30 LIMIT 1)")
+    build_all(conn, full=False)
+    refresh_all(conn, full=False)
+    problems = _check(conn)
+    assert not problems, "\n".join(problems[:20])
+    # the case this test is for: rows written incrementally list 50 dates of a longer run
+    for table in ("cmc_price_bars_multi_tf_cal_iso", "cmc_price_bars_multi_tf_cal_anchor_us"):
+        listed = conn.execute(f"SELECT count(*) FROM {table} WHERE time_close > %s AND missing_days_where LIKE '%%,...(+%%'",
+                              (end - dt.timedelta(days=12),)).fetchone()[0]
+        assert listed > 0, table

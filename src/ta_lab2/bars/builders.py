@@ -19,16 +19,17 @@ import datetime as dt
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, validate_days
+from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, local_day, validate_days
 from ta_lab2.bars.families import Timeframe
-from ta_lab2.bars.snapshot import SnapshotInput, first_rows, prepare_days, snapshot_batch
+from ta_lab2.bars.snapshot import (SEED_SCHEMA, SEEDED_FAMILIES, SnapshotInput, first_rows, prepare_days,
+                                    snapshot_batch)
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
@@ -332,8 +333,9 @@ class _Plan:
     watermark: dt.datetime | None
     change_at: dict[str, dt.datetime | None]  # tf -> None (whole) or the changed instant
     work: list[Timeframe]
-    starts: list[int]  # per timeframe of work, the first day row the engine needs (first_rows)
     stored_until: dict[str, dt.datetime | None]  # tf -> the state's newest time_close (None: unknown)
+    starts: list[int] = field(default_factory=list)  # per timeframe of work, the first day row the engine needs
+    seeds: pl.DataFrame | None = None  # per timeframe with a cut, the stored row before it (snapshot seeds)
 
     @property
     def rows(self) -> int:
@@ -374,6 +376,11 @@ def _build_multi(
             results[ident] = IdResult(ident, "unchanged")
         else:
             plans.append(plan)
+    seeds = _read_seeds(conn, builder, schema, tz, plans) if builder.family in SEEDED_FAMILIES else {}
+    for plan in plans:
+        plan.seeds = seeds.get(plan.id)
+        seeded = set(plan.seeds["tf"].to_list()) if plan.seeds is not None else set()
+        plan.starts = first_rows(plan.days, plan.work, builder.family, plan.change_at, seeded) if plan.days.height else []
     for chunk in _chunks(plans):
         # bulk: already inside the rebuild's one transaction, and COPY FREEZE allows no savepoint
         with nullcontext() if bulk else conn.transaction():
@@ -412,11 +419,35 @@ def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.D
     if not change_at:
         return None
     work = [tf for tf in tfs if tf.tf in change_at]
-    starts = first_rows(days, work, builder.family, change_at) if days.height else []
     # the state's last_time_close is the (id, tf)'s newest stored row when it is not NULL: the
     # state is written with the rows, from the recomputed rows, which end with the newest one
     stored_until = {tf: states[tf][2] if tf in states else None for tf in change_at}
-    return _Plan(ident, days, first_day, watermark, change_at, work, starts, stored_until)
+    return _Plan(ident, days, first_day, watermark, change_at, work, stored_until)
+
+
+def _read_seeds(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: str,
+                plans: Sequence[_Plan]) -> dict[int, pl.DataFrame]:
+    """Per id, the snapshot seeds of its timeframes with a cut: the stored row of the last day
+    before the cut (rows before a cut are unchanged). With them the engine recomputes a bar
+    from the cut instead of from the bar's first day. One short backward probe of the primary
+    key per (id, tf); OFFSET 0 keeps each probe a probe."""
+    cuts = pl.DataFrame(
+        {"id": [p.id for p in plans if p.days.height for at in p.change_at.values() if at is not None],
+         "tf": [tf for p in plans if p.days.height for tf, at in p.change_at.items() if at is not None],
+         "cut": [at for p in plans if p.days.height for at in p.change_at.values() if at is not None]},
+        schema={"id": pl.Int32, "tf": pl.String, "cut": UTC_US})
+    if not cuts.height:
+        return {}
+    stored = {c: t for c, t in SEED_SCHEMA.items() if c != "day"}
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in stored if c not in ("id", "tf", "timestamp"))
+    source = sql.SQL(
+        "(SELECT c.id, c.tf, r.* FROM unnest(%b, %b, %b) AS c(id, tf, cut) CROSS JOIN LATERAL ("
+        "SELECT time_close AS \"timestamp\", {cols} FROM {t} WHERE id = c.id AND tf = c.tf AND time_close < c.cut "
+        "ORDER BY bar_seq DESC, time_close DESC LIMIT 1 OFFSET 0) r) s"
+    ).format(cols=columns, t=_ident(schema, builder.table))
+    seeds = read_frame(conn, source, stored, array_params(conn, cuts, ("int4", "text", "timestamptz")), small=True,
+                       order_by=("id", "tf"))
+    return by_id(seeds.with_columns(day=local_day(pl.col("timestamp"), tz)).select(list(SEED_SCHEMA)))
 
 
 def _chunks(plans: Sequence[_Plan]) -> Iterator[list[_Plan]]:
@@ -437,7 +468,8 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
                  bulk: bool) -> list[IdResult]:
     """Compute and write the plans of ``chunk`` inside the caller's transaction."""
     table = _ident(schema, builder.table)
-    rows = snapshot_batch([SnapshotInput(p.days, p.work, p.change_at, p.starts) for p in chunk], builder.family)
+    rows = snapshot_batch([SnapshotInput(p.days, p.work, p.change_at, p.starts, p.seeds) for p in chunk],
+                          builder.family)
     # A snapshot row depends only on the days of its bar up to its own day (and on the day
     # before it, through day_open), so rows before the first changed instant are unchanged even
     # inside the bar that holds it: replace from that instant on (docs/decisions.md).

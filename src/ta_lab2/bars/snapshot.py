@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import polars as pl
 
@@ -80,12 +80,48 @@ class SnapshotInput:
     None = every bar): only bars from the one holding the first day at or after that instant
     are built (the last bar if no day is that late). ``starts``: the caller's
     :func:`first_rows` of the same arguments, computed when None.
+
+    ``seeds`` (calendar and anchored families only; :data:`SEED_SCHEMA`): per tf with a
+    ``since``, the stored row of the last day before it. When that row lies in the first bar
+    to build, it stands for the bar's days before ``since``: their running values are its
+    columns, so those days need not be in ``days`` (``starts`` may begin at ``since``; see
+    :func:`first_rows`). A seed in an earlier bar is ignored.
     """
 
     days: pl.DataFrame
     timeframes: Sequence[Timeframe]
     since: Mapping[str, dt.datetime | None] | None = None
     starts: Sequence[int] | None = None
+    seeds: pl.DataFrame | None = None
+
+
+#: Engine input (day, timeframe) pairs up to which a snapshot query runs on polars' in-memory
+#: engine (an incremental refresh's few bars) rather than the streaming one.
+SMALL_QUERY_ROWS = 10_000
+
+#: A seed: the stored bar row (of a calendar or anchored table) of the last day before a cut,
+#: with ``timestamp`` its ``time_close`` and ``day`` that instant's local date.
+SEED_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.Int32(),
+    "tf": pl.String(),
+    "timestamp": UTC_US,
+    "day": pl.Date(),
+    "time_open": UTC_US,
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "time_high": UTC_US,
+    "time_low": UTC_US,
+    "volume": pl.Float64(),
+    "pos_in_bar": pl.Int32(),
+    "count_missing_days": pl.Int32(),
+    "count_missing_days_start": pl.Int32(),
+    "missing_days_where": pl.String(),
+    "last_missing_day": pl.Date(),
+}
+#: The families whose bars a seed can stand in for: their bars cover every day from the first
+#: bar on, and ``eff_start`` gives back a bar's first day from ``count_missing_days_start``.
+SEEDED_FAMILIES = ("cal", "cal_anchor")
 
 
 def snapshot_rows(
@@ -115,39 +151,86 @@ def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame
     assign: Callable[[pl.LazyFrame, pl.Expr], pl.LazyFrame] = ASSIGNERS[family]
     days_parts: list[pl.DataFrame] = []
     param_parts: list[pl.DataFrame] = []
+    seed_parts: list[pl.DataFrame] = []
+    work_rows = 0  # (day, timeframe) pairs the query will process
     for part in inputs:
         if part.days.is_empty() or not part.timeframes:
             continue
         starts = part.starts if part.starts is not None else first_rows(part.days, part.timeframes, family, part.since)
         days_parts.append(part.days.slice(min(starts)))
+        work_rows += sum(part.days.height - k for k in starts)
         param_parts.append(timeframe_params(part.timeframes, family).with_columns(
             id=pl.lit(part.days["id"][0], part.days.schema["id"]),
             _first=pl.lit(part.days["day"][0], pl.Date),
             _since=pl.Series([(part.since or {}).get(tf.tf) for tf in part.timeframes], dtype=UTC_US),
             _k_from=pl.Series(starts, dtype=pl.Int32)))
+        if part.seeds is not None and part.seeds.height:
+            if family not in SEEDED_FAMILIES:
+                raise ValueError(f"seeds stand in for {' and '.join(SEEDED_FAMILIES)} bars only, not {family}")
+            seed_parts.append(part.seeds)
     if not days_parts:
         return pl.DataFrame(schema=schema)
     days = pl.concat(days_parts, how="vertical")
     params = pl.concat(param_parts, how="vertical")
     crossed = days.lazy().join(params.lazy(), on="id").filter(pl.col("k") >= pl.col("_k_from"))
+    seeded = bool(seed_parts)
+    if seeded:
+        crossed = pl.concat([crossed.with_columns(_seed=pl.lit(False)),
+                             _seed_rows(pl.concat(seed_parts, how="vertical")).join(params.lazy(), on=["id", "tf"])],
+                            how="diagonal_relaxed")
     # per (id, tf) with a cut: bars from the one holding the first day at or after it (the
     # last bar when no day is that late)
     series = ("id", "tf")
-    first_bar = pl.coalesce(pl.when(pl.col("timestamp") >= pl.col("_since")).then(pl.col("bar_seq")).min().over(series),
-                            pl.col("bar_seq").max().over(series))
+    real = ~pl.col("_seed") if seeded else pl.lit(True)
+    first_bar = pl.coalesce(
+        pl.when(real & (pl.col("timestamp") >= pl.col("_since"))).then(pl.col("bar_seq")).min().over(series),
+        pl.when(real).then(pl.col("bar_seq")).max().over(series))
+    keep = pl.col("bar_seq") >= first_bar
+    if seeded:
+        # a seed in the first bar replaces that bar's days before the cut; one in an earlier
+        # bar (the cut opens a new bar) is dropped
+        seed_used = (pl.col("_seed") & (pl.col("bar_seq") == first_bar)).any().over(series)
+        keep = pl.when(pl.col("_seed")).then(pl.col("bar_seq") == first_bar).otherwise(
+            keep & ~(seed_used & (pl.col("timestamp") < pl.col("_since"))))
     rows = (
         assign(crossed, pl.col("_first"))
-        .filter(pl.col("_since").is_null() | (pl.col("bar_seq") >= first_bar))
+        .filter(pl.col("_since").is_null() | keep)
         .drop(*PARAM_COLUMNS, "_first", "_since", "_k_from")
     )
-    return _aggregate(rows.cache()).select([pl.col(c).cast(t) for c, t in schema.items()]).collect()
+    # A query over a few thousand rows costs its fixed overhead, which is about half as large on
+    # the in-memory engine; larger ones run faster streamed.
+    engine = "in-memory" if work_rows <= SMALL_QUERY_ROWS else "auto"
+    return _aggregate(rows.cache(), seeded).select([pl.col(c).cast(t) for c, t in schema.items()]).collect(
+        engine=engine)
+
+
+def _seed_rows(seeds: pl.DataFrame) -> pl.LazyFrame:
+    """Seeds as rows of the engine's input: the running values in the day columns they feed
+    (``open`` is the bar's first open, ``high``/``low`` and their instants the running
+    extremes, ``volume`` the running total or NULL) and the rest in ``_s_*`` columns."""
+    return seeds.lazy().select(
+        "id", "tf", "timestamp", "day", "open", "high", "low", "time_high", "time_low", "volume",
+        _seed=pl.lit(True),
+        _s_time_open=pl.col("time_open"),
+        _s_pos=pl.col("pos_in_bar"),
+        _s_gap=pl.col("count_missing_days"),
+        _s_cmds=pl.col("count_missing_days_start"),
+        # the bar's first missing dates (all that a later row can list): the stored list
+        # without its "…(+n)" tail
+        _s_dates=pl.col("missing_days_where").str.replace(r",\.\.\.\(\+\d+\)$", "").str.split(",")
+        .list.eval(pl.element().str.to_date("%Y-%m-%d")),
+        _s_last=pl.col("last_missing_day"),
+    )
 
 
 def first_rows(
-    days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str, since: Mapping[str, dt.datetime | None] | None
+    days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str, since: Mapping[str, dt.datetime | None] | None,
+    seeded: Collection[str] = (),
 ) -> list[int]:
     """Per timeframe, the first row of ``days`` that :func:`snapshot_rows` needs: the start of
-    the bar holding that timeframe's ``since`` instant (0 when it is built whole)."""
+    the bar holding that timeframe's ``since`` instant (0 when it is built whole), or, for the
+    timeframes in ``seeded`` (a seed stands for the bar's days before the cut), the first row
+    the cut touches."""
     out = []
     first_touched: dict[dt.datetime, int] = {}  # timeframes mostly share one cut
     for tf in timeframes:
@@ -158,14 +241,18 @@ def first_rows(
         if at not in first_touched:  # the first row the cut touches
             first_touched[at] = min(int((days["timestamp"] < at).sum()), days.height - 1)
         k_at = first_touched[at]
-        if family == "rolling":
+        if tf.tf in seeded:
+            out.append(k_at)
+        elif family == "rolling":
             out.append(k_at // rolling_rows(tf) * rolling_rows(tf))
         else:
             out.append(int((days["day"] < days["day"][k_at] - dt.timedelta(days=max_bar_days(tf))).sum()))
     return out
 
 
-def _aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
+def _aggregate(rows: pl.LazyFrame, seeded: bool = False) -> pl.LazyFrame:
+    """The snapshot columns of ``rows`` (assigned days; with ``seeded``, also seed rows, which
+    sort first in their bar and carry the running values of the days they stand for)."""
     rows = rows.sort("id", "tf", "bar_seq", "timestamp")
     # one integer per bar (rows are sorted by bar): a cheaper window key than (id, tf, bar_seq)
     rows = rows.with_columns(
@@ -180,31 +267,38 @@ def _aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
     run_low = pl.col("low").cum_min().over(bar)
     new_high = pl.col("high") > pl.col("high").cum_max().shift(1).over(bar).fill_null(float("-inf"))
     new_low = pl.col("low") < pl.col("low").cum_min().shift(1).over(bar).fill_null(float("inf"))
+    first_day, time_open = pl.col("day"), pl.col("day_open")
+    pos_in_bar = pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(bar)
+    if seeded:  # a seed counts as the days it stands for
+        first_day = pl.coalesce(pl.col("eff_start") + pl.duration(days=pl.col("_s_cmds")), first_day)
+        time_open = pl.coalesce("_s_time_open", time_open)
+        pos_in_bar = pl.coalesce("_s_pos", pl.lit(1, pl.Int32)).cum_sum().over(bar)
     out = rows.with_columns(
-        first_day=pl.col("day").first().over(bar),
-        time_open=pl.col("day_open").first().over(bar),
+        first_day=first_day.first().over(bar),
+        time_open=time_open.first().over(bar),
         open=pl.col("open").first().over(bar),
         high=run_high,
         low=run_low,
         time_high=pl.when(new_high).then("time_high").otherwise(None).forward_fill().over(bar),
         time_low=pl.when(new_low).then("time_low").otherwise(None).forward_fill().over(bar),
         volume=pl.when(vol_known > 0).then(pl.col("volume").fill_null(0.0).cum_sum().over(bar)).otherwise(None),
-        pos_in_bar=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(bar),
+        pos_in_bar=pos_in_bar,
         prev_day=pl.col("day").shift(1).over(bar),
     )
     out = out.with_columns(eff_start=pl.coalesce("eff_start", "first_day"))
     # Missing dates revealed by each row: the run between the previous observed day of the bar
     # (or the effective start) and this day.
     gap_start = pl.coalesce(pl.col("prev_day") + pl.duration(days=1), pl.col("eff_start"))
+    gap = (pl.col("day").cast(pl.Int32) - gap_start.cast(pl.Int32)).cast(pl.Int32)
     out = out.with_columns(
         _gap_from=gap_start,
-        _gap=(pl.col("day").cast(pl.Int32) - gap_start.cast(pl.Int32)).cast(pl.Int32),
+        _gap=pl.coalesce("_s_gap", gap) if seeded else gap,  # a seed reveals all its days' gaps
     )
     out = out.with_columns(
         count_missing_days=pl.col("_gap").cum_sum().over(bar).cast(pl.Int32),
         count_missing_days_start=(pl.col("first_day").cast(pl.Int32) - pl.col("eff_start").cast(pl.Int32)).cast(pl.Int32),
     )
-    out = _missing_lists(out)
+    out = _missing_lists(out, seeded)
     return out.with_columns(
         time_close=pl.col("timestamp"),
         last_ts_half_open=pl.col("timestamp") + ONE_MS,
@@ -217,16 +311,22 @@ def _aggregate(rows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _missing_lists(out: pl.LazyFrame) -> pl.LazyFrame:
+def _missing_lists(out: pl.LazyFrame, seeded: bool = False) -> pl.LazyFrame:
     """``missing_days_where``, ``first_missing_day``, ``last_missing_day`` for every row.
 
     Only rows that reveal a gap ("events") get a value computed; later rows of the same bar
-    carry it forward. Work is proportional to the number of listed dates, not rows.
+    carry it forward. Work is proportional to the number of listed dates, not rows. A seed's
+    dates are the first ones its days revealed (all a later row can list) and its last date
+    the last one.
     """
     bar = ["_bar"]
+    dates = pl.date_ranges("_gap_from", pl.col("day") - pl.duration(days=1))
+    last = pl.col("dates").list.last()
+    if seeded:
+        dates = pl.when(pl.col("_seed")).then(pl.col("_s_dates")).otherwise(dates)
+        last = pl.coalesce("_s_last", last)
     events = out.filter(pl.col("_gap") > 0).select(
-        *bar, "timestamp", "count_missing_days",
-        dates=pl.date_ranges("_gap_from", pl.col("day") - pl.duration(days=1)),
+        *bar, "timestamp", "count_missing_days", *(["_s_last"] if seeded else []), dates=dates,
     )
     # The bar's missing dates in order; an event lists the first min(50, count) of them.
     listed = (
@@ -253,7 +353,7 @@ def _missing_lists(out: pl.LazyFrame) -> pl.LazyFrame:
             .otherwise("_where")
         )
     )
-    last = events.select(*bar, "timestamp", _last=pl.col("dates").list.last())
+    last = events.select(*bar, "timestamp", _last=last)
     joined = out.join(strings.drop("_count"), on=[*bar, "timestamp"], how="left").join(
         last, on=[*bar, "timestamp"], how="left"
     )
