@@ -199,12 +199,12 @@ def _ident(schema: str, table: str) -> sql.Identifier:
 
 
 def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool, schema: str) -> list[IdResult]:
-    """Build the 1D rows of ``ids``: one read of their source rows, then one transaction that
-    replaces each changed id's rows from the start of the local day of its first change
-    (all of them when it has no state, another tz or ``full``)."""
+    """Build the 1D rows of ``ids``: find each id's first change, read its source rows from
+    there on, then one transaction that replaces each changed id's rows from the start of the
+    local day of its first change (all of them when it has no state, another tz or ``full``).
+    Validation is per row and per local day, and ``bar_seq`` counts the source rows before,
+    so the rows from a local day's start on are all an incremental build reads."""
     source_t, bars_t, rejects_t = (_ident(schema, t) for t in (SOURCE_TABLE, BARS_1D, BARS_1D_REJECTS))
-    source_all = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(source_t), SOURCE_READ_SCHEMA,
-                            (list(ids),), small=True, order_by=("id", "timestamp"))
     states = {r[0]: (r[1], r[2]) for r in conn.execute(
         sql.SQL("SELECT id, tz, watermark_load_ts FROM {} WHERE id = ANY(%s)").format(
             _ident(schema, state_table(BARS_1D))), (list(ids),)).fetchall()}
@@ -215,10 +215,11 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
         if ident not in incremental:
             cuts[ident] = None
     if incremental:
-        watermarks = pl.DataFrame({"id": incremental, "_wm": [states[i][1] for i in incremental]},
-                                  schema={"id": pl.Int32, "_wm": UTC_US})
-        changed = dict(source_all.join(watermarks, on="id").filter(pl.col("load_ts") > pl.col("_wm"))
-                       .group_by("id").agg(pl.col("timestamp").min()).iter_rows())
+        # per id, its first source row loaded since the watermark (index (id, load_ts))
+        changed = dict(conn.execute(
+            sql.SQL("SELECT u.id, (SELECT min(\"timestamp\") FROM {s} WHERE id = u.id AND load_ts > u.wm) "
+                    "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm)").format(s=source_t),
+            (incremental, [states[i][1] for i in incremental])).fetchall())
         # rows of the 1D or rejects table whose source row is gone
         deleted = dict(conn.execute(
             sql.SQL(
@@ -243,10 +244,15 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
     results = {i: IdResult(i, "unchanged") for i in ids if i not in cuts}
     if work:
         cut_frame = pl.DataFrame({"id": work, "_cut": [cuts[i] for i in work]}, schema={"id": pl.Int32, "_cut": UTC_US})
-        accepted, rejects = validate_days(source_all.filter(pl.col("id").is_in(work)), tz)
-        after_cut = pl.col("_cut").is_null() | (pl.col("timestamp") >= pl.col("_cut"))
-        accepted = accepted.join(cut_frame, on="id", maintain_order="left").filter(after_cut).drop("_cut")
-        rejects = rejects.join(cut_frame, on="id", maintain_order="left").filter(after_cut).drop("_cut")
+        cut_params = array_params(conn, cut_frame, ("int4", "timestamptz"))
+        tail = read_frame(
+            conn, sql.SQL("(SELECT s.* FROM unnest(%b, %b) AS c(id, cut) JOIN {s} s ON s.id = c.id "
+                          "AND s.\"timestamp\" >= coalesce(c.cut, '-infinity')) t").format(s=source_t),
+            SOURCE_READ_SCHEMA, cut_params, small=True, order_by=("id", "timestamp"))
+        before = dict(conn.execute(
+            sql.SQL("SELECT c.id, (SELECT count(*) FROM {s} WHERE id = c.id AND \"timestamp\" < c.cut)::int "
+                    "FROM unnest(%b, %b) AS c(id, cut)").format(s=source_t), cut_params).fetchall())
+        accepted, rejects = validate_days(tail, tz, before)
         with conn.transaction():
             removed = _delete_from_cuts(conn, bars_t, cut_frame, returning=True)
             log_deletions(conn, schema, [(i, r[1]) for i, r in removed.items()])
@@ -254,7 +260,8 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
             copy_frame(conn, table_ref(BARS_1D, schema), accepted.select(list(BARS_1D_SCHEMA)))
             copy_frame(conn, table_ref(BARS_1D_REJECTS, schema), rejects.select(list(REJECTS_1D_COLUMNS)))
             _write_1d_state(conn, schema, work, tz)
-        sources = dict(source_all.group_by("id").len().iter_rows())
+        read = dict(tail.group_by("id").len().iter_rows())
+        sources = {i: before.get(i, 0) + read.get(i, 0) for i in work}
         inserted = dict(accepted.group_by("id").len().iter_rows())
         rejected = dict(rejects.group_by("id").len().iter_rows())
         for i in work:
@@ -285,13 +292,13 @@ def _write_1d_state(conn: psycopg.Connection, schema: str, ids: Sequence[int], t
             """
             INSERT INTO {st} (id, tz, watermark_load_ts, source_rows, first_day, last_day, last_bar_seq,
                               last_time_close, updated_at)
-            SELECT u.id, %(tz)s, max(s.load_ts), count(s.id),
-                   (SELECT min(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = u.id),
-                   (SELECT max(("timestamp" AT TIME ZONE %(tz)s)::date) FROM {b} WHERE id = u.id),
+            SELECT u.id, %(tz)s, (SELECT max(load_ts) FROM {s} WHERE id = u.id),
+                   (SELECT count(*) FROM {s} WHERE id = u.id),
+                   ((SELECT min("timestamp") FROM {b} WHERE id = u.id) AT TIME ZONE %(tz)s)::date,
+                   ((SELECT max("timestamp") FROM {b} WHERE id = u.id) AT TIME ZONE %(tz)s)::date,
                    (SELECT max(bar_seq) FROM {b} WHERE id = u.id),
                    (SELECT max(time_close) FROM {b} WHERE id = u.id), now()
-            FROM unnest(%(ids)s::int[]) AS u(id) LEFT JOIN {s} s ON s.id = u.id
-            GROUP BY u.id
+            FROM unnest(%(ids)s::int[]) AS u(id)
             ON CONFLICT (id) DO UPDATE SET tz = EXCLUDED.tz, watermark_load_ts = EXCLUDED.watermark_load_ts,
                 source_rows = EXCLUDED.source_rows, first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day,
                 last_bar_seq = EXCLUDED.last_bar_seq, last_time_close = EXCLUDED.last_time_close,

@@ -18,6 +18,8 @@ Per source row of an id, in this order:
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import polars as pl
 
 from ta_lab2.load.source_schema import SOURCE_SCHEMA, UTC_US
@@ -78,11 +80,17 @@ def local_day(ts: pl.Expr, tz: str) -> pl.Expr:
     return ts.dt.convert_time_zone(tz).dt.date()
 
 
-def validate_days(source: pl.DataFrame, tz: str = "UTC") -> tuple[pl.DataFrame, pl.DataFrame]:
+def validate_days(source: pl.DataFrame, tz: str = "UTC",
+                  rows_before: Mapping[int, int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split source rows (:data:`SOURCE_READ_SCHEMA`, any ids) into accepted 1D bars
-    (:data:`BARS_1D_SCHEMA`) and rejects (:data:`REJECTS_1D_COLUMNS`), both sorted by id, ts."""
+    (:data:`BARS_1D_SCHEMA`) and rejects (:data:`REJECTS_1D_COLUMNS`), both sorted by id, ts.
+
+    ``source`` holds each id's rows from the start of a local day on (every check is per row
+    or per local day); ``rows_before`` counts, per id, its source rows before them (none when
+    absent), which ``bar_seq`` numbers first."""
+    offset = pl.col("id").replace_strict(dict(rows_before or {}), default=0, return_dtype=pl.Int32)
     s = source.sort("id", "timestamp").with_columns(
-        bar_seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("id"),
+        bar_seq=pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("id") + offset,
         time_open=pl.coalesce("timeopen", pl.col("timestamp") - ONE_DAY_MINUS_MS),
         time_close=pl.coalesce("timeclose", "timestamp"),
         _day=local_day(pl.col("timestamp"), tz),
