@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.bars.daily import BARS_1D_SCHEMA, REJECTS_1D_COLUMNS, SOURCE_READ_SCHEMA, local_day, validate_days
-from ta_lab2.bars.families import Timeframe
+from ta_lab2.bars.families import Timeframe, max_bar_days, rolling_rows
 from ta_lab2.bars.snapshot import (SEED_SCHEMA, SEEDED_FAMILIES, SnapshotInput, first_rows, prepare_days,
                                     snapshot_batch)
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref, upsert_small
@@ -326,28 +326,38 @@ DAILY_READ_SCHEMA: dict[str, pl.DataType] = {
     "market_cap": pl.Float64(),
     "time_high": UTC_US,
     "time_low": UTC_US,
-    "ingested_at": UTC_US,
 }
 
 
 @dataclass
 class _Plan:
-    """One id's part of a batch: its days and, per timeframe to rebuild, where from."""
+    """One id's part of a batch: per timeframe to rebuild, where from; then the days the engine
+    needs and the snapshot seeds."""
 
     id: int
-    days: pl.DataFrame
     first_day: dt.date | None
     watermark: dt.datetime | None
     change_at: dict[str, dt.datetime | None]  # tf -> None (whole) or the changed instant
     work: list[Timeframe]
     stored_until: dict[str, dt.datetime | None]  # tf -> the state's newest time_close (None: unknown)
-    starts: list[int] = field(default_factory=list)  # per timeframe of work, the first day row the engine needs
     seeds: pl.DataFrame | None = None  # per timeframe with a cut, the stored row before it (snapshot seeds)
+    days: pl.DataFrame = field(default_factory=pl.DataFrame)  # prepare_days() of the days it needs (see _read_days)
+    starts: list[int] = field(default_factory=list)  # per timeframe of work, the first day row (k) the engine needs
 
     @property
     def rows(self) -> int:
         """Snapshot rows the engine will process (the memory bound of a chunk)."""
-        return sum(self.days.height - k for k in self.starts)
+        k0 = int(self.days["k"][0]) if self.days.height else 0
+        return sum(self.days.height + k0 - k for k in self.starts)
+
+
+@dataclass(frozen=True)
+class _DailySummary:
+    """What planning needs of an id's 1D rows, without reading them."""
+
+    first_ts: dt.datetime | None
+    newest_ingested: dt.datetime | None
+    changed_after: dict[dt.datetime, dt.datetime | None]  # watermark -> first instant written after it
 
 
 def _build_multi(
@@ -361,11 +371,6 @@ def _build_multi(
     bulk: bool = False,
 ) -> list[IdResult]:
     state_t = _ident(schema, state_table(builder.table))
-    daily_all = read_frame(
-        conn, sql.SQL("{} WHERE id = ANY(%s)").format(_ident(schema, BARS_1D)), DAILY_READ_SCHEMA, (list(ids),),
-        small=True, order_by=("id", "timestamp"),
-    )
-    dailies = by_id(daily_all)
     states: dict[int, dict[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]]] = {i: {} for i in ids}
     for r in conn.execute(
         sql.SQL("SELECT id, tf, watermark_ingested_at, first_day, last_time_close FROM {} WHERE id = ANY(%s)")
@@ -374,11 +379,11 @@ def _build_multi(
         states[r[0]][r[1]] = (r[2], r[3], r[4])
     since = {i: min((st[0] for st in states[i].values() if st[0] is not None), default=None) for i in ids}
     removals = deletions_since(conn, schema, since)
+    summaries = _daily_summaries(conn, schema, states)
     results: dict[int, IdResult] = {}
     plans: list[_Plan] = []
     for ident in ids:
-        daily = dailies.get(ident, daily_all.clear())
-        plan = _plan(builder, tfs, ident, daily, tz, full, states[ident], removals.get(ident, (None, None)))
+        plan = _plan(tfs, ident, summaries[ident], tz, full, states[ident], removals.get(ident, (None, None)))
         if plan is None:
             results[ident] = IdResult(ident, "unchanged")
         else:
@@ -386,6 +391,9 @@ def _build_multi(
     seeds = _read_seeds(conn, builder, schema, tz, plans) if builder.family in SEEDED_FAMILIES else {}
     for plan in plans:
         plan.seeds = seeds.get(plan.id)
+    days = _read_days(conn, builder, schema, tz, plans) if plans else {}
+    for plan in plans:
+        plan.days = days[plan.id]
         seeded = set(plan.seeds["tf"].to_list()) if plan.seeds is not None else set()
         plan.starts = first_rows(plan.days, plan.work, builder.family, plan.change_at, seeded) if plan.days.height else []
     for chunk in _chunks(plans):
@@ -396,13 +404,36 @@ def _build_multi(
     return [results[i] for i in ids]
 
 
-def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.DataFrame, tz: str, full: bool,
+def _daily_summaries(conn: psycopg.Connection, schema: str,
+                     states: Mapping[int, Mapping[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]]],
+                     ) -> dict[int, _DailySummary]:
+    """Per id of ``states``: its first 1D instant, newest ``ingested_at`` and, per watermark of
+    its timeframes' states, the first instant written after it (timeframes mostly share one
+    watermark) — index probes: the primary key's first entry, then the (id, ingested_at)
+    index's last entry and the entries after the watermark."""
+    pairs = [(i, wm) for i, st in states.items()
+             for wm in (sorted({s[0] for s in st.values() if s[0] is not None}) or [None])]
+    rows = conn.execute(
+        sql.SQL("SELECT u.id, u.wm, (SELECT min(\"timestamp\") FROM {d} WHERE id = u.id), "
+                "(SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
+                "(SELECT min(\"timestamp\") FROM {d} WHERE id = u.id AND ingested_at > u.wm) "
+                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm)").format(d=_ident(schema, BARS_1D)),
+        ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
+    changed: dict[int, dict[dt.datetime, dt.datetime | None]] = {i: {} for i in states}
+    firsts: dict[int, tuple[dt.datetime | None, dt.datetime | None]] = {}
+    for ident, wm, first_ts, newest, after in rows:
+        if wm is not None:
+            changed[ident][wm] = after
+        firsts[ident] = (first_ts, newest)
+    return {i: _DailySummary(*firsts.get(i, (None, None)), changed[i]) for i in states}
+
+
+def _plan(tfs: Sequence[Timeframe], ident: int, summary: _DailySummary, tz: str, full: bool,
           states: Mapping[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]],
           removal: tuple[dt.datetime | None, dt.datetime | None]) -> _Plan | None:
     """What to rebuild for one id, or None when nothing changed."""
-    days = prepare_days(daily, tz)
-    first_day = days["day"].min() if days.height else None
-    watermark = daily["ingested_at"].max() if daily.height else None
+    first_day = summary.first_ts.astimezone(_zone(tz)).date() if summary.first_ts is not None else None
+    watermark = summary.newest_ingested
     deleted_from, last_removal = removal
     if full or not states:
         deleted_from = None
@@ -411,15 +442,12 @@ def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.D
     # Per timeframe: None = replace all rows; a datetime = recompute from the bar holding it and
     # replace rows from it on; absent = unchanged.
     change_at: dict[str, dt.datetime | None] = {}
-    changed_after: dict[dt.datetime, dt.datetime | None] = {}  # timeframes mostly share one watermark
     for tf in tfs:
         st = states.get(tf.tf)
         if full or st is None or st[1] != first_day:
             change_at[tf.tf] = None
             continue
-        if st[0] is not None and st[0] not in changed_after:
-            changed_after[st[0]] = daily.filter(pl.col("ingested_at") > st[0])["timestamp"].min()
-        changed = changed_after[st[0]] if st[0] is not None else None
+        changed = summary.changed_after.get(st[0]) if st[0] is not None else None
         first = min((t for t in (changed, deleted_from) if t is not None), default=None)
         if first is not None:
             change_at[tf.tf] = first
@@ -429,7 +457,55 @@ def _plan(builder: BarBuilder, tfs: Sequence[Timeframe], ident: int, daily: pl.D
     # the state's last_time_close is the (id, tf)'s newest stored row when it is not NULL: the
     # state is written with the rows, from the recomputed rows, which end with the newest one
     stored_until = {tf: states[tf][2] if tf in states else None for tf in change_at}
-    return _Plan(ident, days, first_day, watermark, change_at, work, stored_until)
+    return _Plan(ident, first_day, watermark, change_at, work, stored_until)
+
+
+def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: str,
+               plans: Sequence[_Plan]) -> dict[int, pl.DataFrame]:
+    """Per plan, :func:`prepare_days` of the 1D rows its bars need: every row when a timeframe
+    is rebuilt whole, else from one row before the earliest day any bar to rebuild can hold
+    (the cut for a seeded timeframe; the start of the bar's longest span before it for another
+    calendar one; the rolling bar's rows before it), with ``k`` counted from the id's first
+    row. One query finds where each id's read starts and how many rows precede it, one reads."""
+    bounds: list[dt.datetime | None] = []
+    back: list[int] = []
+    for p in plans:
+        seeded = set(p.seeds["tf"].to_list()) if p.seeds is not None else set()
+        if any(at is None for at in p.change_at.values()):
+            bounds.append(None)  # read everything
+            back.append(0)
+            continue
+        needs = []
+        for tf in p.work:
+            at = p.change_at[tf.tf]
+            assert at is not None
+            if tf.tf in seeded or builder.family == "rolling":
+                needs.append(at)
+            else:  # days from the longest span a bar of tf can have before the cut's day
+                day = at.astimezone(_zone(tz)).date() - dt.timedelta(days=max_bar_days(tf))
+                needs.append(dt.datetime.combine(day, dt.time(), tzinfo=_zone(tz)).astimezone(dt.timezone.utc))
+        bounds.append(min(needs))
+        back.append(max(rolling_rows(tf) for tf in p.work) if builder.family == "rolling" else 0)
+    frame = pl.DataFrame({"id": [p.id for p in plans], "bound": bounds, "back": back},
+                         schema={"id": pl.Int32, "bound": UTC_US, "back": pl.Int32})
+    daily_t = _ident(schema, BARS_1D)
+    # from: the back-th row before the bound (NULL: every row); k0: the rows before it
+    starts = conn.execute(
+        sql.SQL("SELECT f.id, f.from_ts, (SELECT count(*) FROM {d} WHERE id = f.id AND \"timestamp\" < f.from_ts)::int "
+                "FROM (SELECT c.id, (SELECT \"timestamp\" FROM {d} WHERE id = c.id AND \"timestamp\" < c.bound "
+                "ORDER BY \"timestamp\" DESC OFFSET c.back LIMIT 1) AS from_ts "
+                "FROM unnest(%b, %b, %b) AS c(id, bound, back)) f").format(d=daily_t),
+        array_params(conn, frame, ("int4", "timestamptz", "int4"))).fetchall()
+    from_ts = {r[0]: r[1] for r in starts}
+    k0 = {r[0]: r[2] for r in starts}
+    read = pl.DataFrame({"id": [p.id for p in plans], "from_ts": [from_ts[p.id] for p in plans]},
+                        schema={"id": pl.Int32, "from_ts": UTC_US})
+    daily_all = read_frame(
+        conn, sql.SQL("(SELECT d.* FROM unnest(%b, %b) AS c(id, from_ts) JOIN {d} d ON d.id = c.id "
+                      "AND d.\"timestamp\" >= coalesce(c.from_ts, '-infinity')) t").format(d=daily_t),
+        DAILY_READ_SCHEMA, array_params(conn, read, ("int4", "timestamptz")), small=True, order_by=("id", "timestamp"))
+    dailies = by_id(daily_all)
+    return {p.id: prepare_days(dailies.get(p.id, daily_all.clear()), tz, k0[p.id]) for p in plans}
 
 
 def _read_seeds(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: str,
@@ -439,9 +515,9 @@ def _read_seeds(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: 
     from the cut instead of from the bar's first day. One short backward probe of the primary
     key per (id, tf); OFFSET 0 keeps each probe a probe."""
     cuts = pl.DataFrame(
-        {"id": [p.id for p in plans if p.days.height for at in p.change_at.values() if at is not None],
-         "tf": [tf for p in plans if p.days.height for tf, at in p.change_at.items() if at is not None],
-         "cut": [at for p in plans if p.days.height for at in p.change_at.values() if at is not None]},
+        {"id": [p.id for p in plans for at in p.change_at.values() if at is not None],
+         "tf": [tf for p in plans for tf, at in p.change_at.items() if at is not None],
+         "cut": [at for p in plans for at in p.change_at.values() if at is not None]},
         schema={"id": pl.Int32, "tf": pl.String, "cut": UTC_US})
     if not cuts.height:
         return {}
@@ -475,7 +551,7 @@ def _write_chunk(conn: psycopg.Connection, builder: BarBuilder, schema: str, chu
                  bulk: bool) -> list[IdResult]:
     """Compute and write the plans of ``chunk`` inside the caller's transaction."""
     table = _ident(schema, builder.table)
-    rows = snapshot_batch([SnapshotInput(p.days, p.work, p.change_at, p.starts, p.seeds) for p in chunk],
+    rows = snapshot_batch([SnapshotInput(p.days, p.work, p.change_at, p.starts, p.seeds, p.first_day) for p in chunk],
                           builder.family)
     # A snapshot row depends only on the days of its bar up to its own day (and on the day
     # before it, through day_open), so rows before the first changed instant are unchanged even

@@ -61,13 +61,16 @@ ANCHORED_SCHEMA: dict[str, pl.DataType] = {**BAR_SCHEMA, "bar_anchor_offset": pl
 DAILY_COLUMNS = ("id", "timestamp", "open", "high", "low", "close", "volume", "market_cap", "time_high", "time_low")
 
 
-def prepare_days(daily: pl.DataFrame, tz: str) -> pl.DataFrame:
-    """Add ``day`` (local date), ``k`` (row index) and ``day_open`` (spec 01 ``day_time_open``)
-    to ONE id's validated daily rows."""
+def prepare_days(daily: pl.DataFrame, tz: str, k0: int = 0) -> pl.DataFrame:
+    """Add ``day`` (local date), ``k`` (row index in the id's history) and ``day_open`` (spec 01
+    ``day_time_open``) to ONE id's validated daily rows.
+
+    ``daily`` may be a suffix of the history whose first row has index ``k0``: that row's
+    ``day_open`` then lacks the day before it, so it only serves as the day before the next."""
     d = daily.select(DAILY_COLUMNS).sort("timestamp")
     return d.with_columns(
         day=local_day(pl.col("timestamp"), tz),
-        k=pl.int_range(0, pl.len(), dtype=pl.Int32),
+        k=pl.int_range(k0, k0 + pl.len(), dtype=pl.Int32),
         day_open=pl.col("timestamp").shift(1).fill_null(pl.col("timestamp").first() - ONE_DAY) + ONE_MS,
     )
 
@@ -76,10 +79,12 @@ def prepare_days(daily: pl.DataFrame, tz: str) -> pl.DataFrame:
 class SnapshotInput:
     """One id's share of a :func:`snapshot_batch` query.
 
-    ``days``: the id's whole history from :func:`prepare_days`. ``since`` (per tf; missing or
-    None = every bar): only bars from the one holding the first day at or after that instant
-    are built (the last bar if no day is that late). ``starts``: the caller's
-    :func:`first_rows` of the same arguments, computed when None.
+    ``days``: the id's history from :func:`prepare_days`, whole or from a row before every day
+    the requested bars need (its first row serves only as the day before the next; then
+    ``first_day``, the id's first local day, is required). ``since`` (per tf; missing or None =
+    every bar): only bars from the one holding the first day at or after that instant are built
+    (the last bar if no day is that late). ``starts``: the caller's :func:`first_rows` of the
+    same arguments, computed when None.
 
     ``seeds`` (calendar and anchored families only; :data:`SEED_SCHEMA`): per tf with a
     ``since``, the stored row of the last day before it. When that row lies in the first bar
@@ -93,6 +98,7 @@ class SnapshotInput:
     since: Mapping[str, dt.datetime | None] | None = None
     starts: Sequence[int] | None = None
     seeds: pl.DataFrame | None = None
+    first_day: dt.date | None = None  # None: the first row of ``days`` is the id's first day
 
 
 #: Engine input (day, timeframe) pairs up to which a snapshot query runs on polars' in-memory
@@ -157,11 +163,12 @@ def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame
         if part.days.is_empty() or not part.timeframes:
             continue
         starts = part.starts if part.starts is not None else first_rows(part.days, part.timeframes, family, part.since)
-        days_parts.append(part.days.slice(min(starts)))
-        work_rows += sum(part.days.height - k for k in starts)
+        k0 = int(part.days["k"][0])  # starts count rows of the whole history
+        days_parts.append(part.days.slice(min(starts) - k0))
+        work_rows += sum(part.days.height + k0 - k for k in starts)
         param_parts.append(timeframe_params(part.timeframes, family).with_columns(
             id=pl.lit(part.days["id"][0], part.days.schema["id"]),
-            _first=pl.lit(part.days["day"][0], pl.Date),
+            _first=pl.lit(part.first_day or part.days["day"][0], pl.Date),
             _since=pl.Series([(part.since or {}).get(tf.tf) for tf in part.timeframes], dtype=UTC_US),
             _k_from=pl.Series(starts, dtype=pl.Int32)))
         if part.seeds is not None and part.seeds.height:
@@ -227,26 +234,28 @@ def first_rows(
     days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str, since: Mapping[str, dt.datetime | None] | None,
     seeded: Collection[str] = (),
 ) -> list[int]:
-    """Per timeframe, the first row of ``days`` that :func:`snapshot_rows` needs: the start of
-    the bar holding that timeframe's ``since`` instant (0 when it is built whole), or, for the
-    timeframes in ``seeded`` (a seed stands for the bar's days before the cut), the first row
-    the cut touches."""
+    """Per timeframe, the first row (its ``k``) of ``days`` that :func:`snapshot_rows` needs:
+    the start of the bar holding that timeframe's ``since`` instant (the first row when it is
+    built whole), or, for the timeframes in ``seeded`` (a seed stands for the bar's days before
+    the cut), the first row the cut touches. A suffix of the history must reach back to that
+    row (see :class:`SnapshotInput`)."""
+    k0 = int(days["k"][0])
     out = []
     first_touched: dict[dt.datetime, int] = {}  # timeframes mostly share one cut
     for tf in timeframes:
         at = (since or {}).get(tf.tf)
         if at is None:
-            out.append(0)
+            out.append(k0)
             continue
-        if at not in first_touched:  # the first row the cut touches
+        if at not in first_touched:  # the first row the cut touches (position in days)
             first_touched[at] = min(int((days["timestamp"] < at).sum()), days.height - 1)
-        k_at = first_touched[at]
+        i_at = first_touched[at]
         if tf.tf in seeded:
-            out.append(k_at)
+            out.append(k0 + i_at)
         elif family == "rolling":
-            out.append(k_at // rolling_rows(tf) * rolling_rows(tf))
+            out.append((k0 + i_at) // rolling_rows(tf) * rolling_rows(tf))
         else:
-            out.append(int((days["day"] < days["day"][k_at] - dt.timedelta(days=max_bar_days(tf))).sum()))
+            out.append(k0 + int((days["day"] < days["day"][i_at] - dt.timedelta(days=max_bar_days(tf))).sum()))
     return out
 
 

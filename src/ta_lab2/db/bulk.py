@@ -246,15 +246,15 @@ _ARRAY_CLASSES: dict[str, tuple[type[_EncodedArray], type[Dumper]]] = {
 }
 
 
-def _encode_array(series: pl.Series, pg_type: str) -> bytes:
-    """``series`` as the binary form of a one-dimensional ``pg_type[]`` (``array_recv``'s input):
-    a header, then per element its int32 length (-1 = NULL) and big-endian payload — the same
-    fields as in binary COPY, so :func:`_column_payloads` prepares them; numpy places them."""
+def _encode_array(column: tuple[np.ndarray, np.ndarray, np.ndarray | None], pg_type: str) -> bytes:
+    """A column (its :func:`_column_payloads` entry) as the binary form of a one-dimensional
+    ``pg_type[]`` (``array_recv``'s input): a header, then per element its int32 length (-1 =
+    NULL) and big-endian payload — the same fields as in binary COPY; numpy places them."""
     elem_oid = _ARRAY_OIDS[pg_type][0]
-    n = series.len()
+    lengths, payload, starts = column
+    n = lengths.size
     if n == 0:
         return struct.pack(">iii", 0, 0, elem_oid)
-    ((lengths, payload, starts),) = _column_payloads(series.to_frame(), [pg_type])
     sizes = np.maximum(lengths, 0).astype(np.int64)
     offsets = np.zeros(n, dtype=np.int64)  # of each element's length field
     np.cumsum(4 + sizes[:-1], out=offsets[1:])
@@ -277,10 +277,12 @@ def array_params(conn: psycopg.Connection, frame: pl.DataFrame, pg_types: Sequen
     encoded in binary with numpy: no Python loop per element and no text quoting, so a state
     upsert of thousands of rows costs about as much as one of ten."""
     params: list[object] = []
-    for column, pg_type in zip(frame.columns, pg_types):
+    columns = _column_payloads(frame, pg_types) if frame.height else [
+        (np.zeros(0, np.int32), np.zeros(0, np.uint8), None)] * frame.width
+    for column, pg_type in zip(columns, pg_types):
         wrapper, dumper = _ARRAY_CLASSES[pg_type]
         conn.adapters.register_dumper(wrapper, dumper)
-        params.append(wrapper(_encode_array(frame[column], pg_type)))
+        params.append(wrapper(_encode_array(column, pg_type)))
     return params
 
 

@@ -32,7 +32,7 @@ from ta_lab2.timeframes import DEFAULT_PERIODS, seed_timeframes
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at)
+SCHEMA_VERSION = 4  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at); 4: the 1D table too
 VERSION_TABLE = "ta_lab2_schema_version"
 SCHEMA_LOCK_KEY = 0x7A_1AB2_0001  # advisory lock serialising concurrent `init`s
 
@@ -177,6 +177,8 @@ CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D} (
     PRIMARY KEY (id, "timestamp"),
     UNIQUE (id, tf, bar_seq)
 );
+-- what an incremental bar build asks first: what was written since its watermark, the newest write
+CREATE INDEX IF NOT EXISTS {BARS_1D}_ingested_idx ON {{s}}.{BARS_1D} (id, ingested_at) INCLUDE ("timestamp");
 
 CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D_REJECTS} (
     id integer NOT NULL,
