@@ -28,10 +28,9 @@ the zygote kills what is still running (their whole groups) and exits.
 
 Staged preload: the zygote imports only what the first module's children need (the bar
 builders, which start every run) and then serves; for the later modules (the EMA refreshers:
-numba and its kernels on top of the common imports) it first forks a delegate zygote that
-imports them in parallel, on the other core, forwards their requests to it and relays its
-replies unchanged — the runner sees one fork server either way. The first children do not wait
-for numba, and the delegate's imports do not compete with them for a core.
+numba and its kernels, about half the imports) it forks a delegate zygote that imports them
+meanwhile, forwards their requests to it and relays its replies unchanged — the runner sees
+one fork server either way. The first children no longer wait for numba.
 
 Fork safety: the zygote imports polars but never runs a polars operation, so polars' thread
 pool does not exist at fork time and each child creates its own. The threads that do exist
@@ -640,10 +639,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # alive here are parked (see the module docstring), and polars' pool does not exist yet.
     warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork\(\).*", category=DeprecationWarning)
     # The first module's children (the bars, which start every run) can be forked as soon as
-    # its imports are done; the later modules' imports run in a delegate zygote forked before
-    # them, on the core the first zygote's imports leave idle (not during the first children).
-    delegate = _start_delegate(modules[1:], request_fd, reply_fd) if len(modules) > 1 else None
+    # its imports are done; the later modules' imports run meanwhile in a delegate zygote.
     _quietly(preload, modules[:1])
+    delegate = _start_delegate(modules[1:], request_fd, reply_fd) if len(modules) > 1 else None
     _Zygote(request_fd, reply_fd, delegate).serve()
     # Nothing is left to clean up; an orderly interpreter exit would tear down polars, numpy
     # and psycopg module by module (~0.3 s) while the runner waits for the zygote to end.
