@@ -25,7 +25,7 @@ from ta_lab2.bars.builders import deletions_since
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
-from ta_lab2.emas.series import Grid, TfRows, epoch_us, rows_frame, tf_arrays
+from ta_lab2.emas.series import Grid, TfRows, epoch_us, ids_rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
@@ -153,7 +153,7 @@ def refresh(
                        tuple(results), plist)
 
 
-_GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64(), "ingested_at": UTC_US}
+_GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64()}
 _CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
 
 
@@ -167,6 +167,7 @@ class _Inputs:
     """What a batch read once for all its ids."""
 
     grids: dict[int, pl.DataFrame]
+    grid_written: dict[int, tuple[dt.datetime | None, dt.datetime | None]]  # newest 1D write, first instant written since
     canon: dict[int, pl.DataFrame]
     states: dict[int, dict[tuple[str, int], dt.datetime | None]]
     last_ts: dict[tuple[int, str, int], dt.datetime | None]  # the state's newest row per series
@@ -201,6 +202,13 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
         last_ts[(r[0], r[1], r[2])] = r[4]
     since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
              for i in ids}
+    # per id, the grid's newest write and first instant written since the watermark: probes of
+    # the 1D table's (id, ingested_at) index, not a column of the whole grid
+    grid_written = {r[0]: (r[1], r[2]) for r in conn.execute(
+        sql.SQL("SELECT u.id, (SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
+                "(SELECT min(\"timestamp\") FROM {d} WHERE id = u.id AND ingested_at > u.since) "
+                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, since)").format(d=sql.Identifier(s, BARS_1D)),
+        (id_list, [since[i] for i in ids])).fetchall()}
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
     canon: dict[int, pl.DataFrame] = {}
     newest: dict[int, dt.datetime | None] = {}
@@ -227,7 +235,7 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return _Inputs(grids, canon, states, last_ts, since, newest, changes, removals)
+    return _Inputs(grids, grid_written, canon, states, last_ts, since, newest, changes, removals)
 
 
 def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
@@ -242,7 +250,7 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
             results[ident] = IdResult(ident, "unchanged")
             continue
         pending.append(planned)
-        pending_rows += planned.rows.height
+        pending_rows += planned.n_rows
         if pending_rows >= CHUNK_ROWS:
             results.update(_write(conn, options, pending, inputs))
             pending, pending_rows = [], 0
@@ -254,12 +262,17 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
 @dataclass(frozen=True)
 class _Planned:
     """One id's refresh: the series to replace (tf, period, from where; None = whole), their
-    new rows and the id's new watermark."""
+    new rows (as the kernel's arrays over the id's grid) and the id's new watermark."""
 
     id: int
     watermark: dt.datetime | None
     replaced: list[tuple[str, int, dt.datetime | None]]
-    rows: pl.DataFrame
+    grid: Grid
+    parts: list[TfRows]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p.row.size for p in self.parts)
 
 
 def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: _Inputs) -> _Planned | None:
@@ -268,7 +281,7 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
     grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
     states = inputs.states[ident]
     since = inputs.since[ident]
-    watermark = grid_frame["ingested_at"].max()
+    watermark, grid_written_since = inputs.grid_written.get(ident, (None, None))
     newest = inputs.newest_bar.get(ident)
     if newest is not None and (watermark is None or newest > watermark):
         watermark = newest
@@ -278,7 +291,7 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
         watermark = last_removal  # a removal from the grid is input too: do not see it again
     grid_change = None
     if since is not None:
-        grid_change = grid_frame.filter(pl.col("ingested_at") > since)["timestamp"].min()
+        grid_change = grid_written_since
     else:
         deleted = None
     parts: list[TfRows] = []
@@ -289,12 +302,11 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
     for tf in sorted(options.timeframes, key=lambda t: t.tf):
         # per period: None = all rows, an instant = from there on; absent = unchanged
         cut: dict[int, dt.datetime | None] = {}
+        first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
         for p in sorted(options.periods):
             if since is None or (tf.tf, p) not in states:
                 cut[p] = None
-                continue
-            first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
-            if first is not None:
+            elif first is not None:
                 cut[p] = first
         if not cut:
             continue
@@ -308,7 +320,7 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
                                    None if at is None else epoch_us(at)))
     if not replaced:
         return None
-    return _Planned(ident, watermark, replaced, rows_frame(refresher.kind, grid, parts))
+    return _Planned(ident, watermark, replaced, grid, parts)
 
 
 def _write(conn: psycopg.Connection, options: RefreshOptions,
@@ -339,8 +351,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
                                                             "cut": UTC_US}, orient="row"),
                          ("int4", "text", "int4", "timestamptz")),
         ).fetchall())
-    frames = [p.rows for p in planned if p.rows.height]
-    rows = pl.concat(frames) if len(frames) > 1 else (frames[0] if frames else pl.DataFrame())
+    rows = ids_rows_frame(refresher.kind, [(p.grid, p.parts) for p in planned])
     if rows.height:
         copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
     _write_state(conn, refresher.table, s, [(p.id, tf, period, p.watermark) for p in planned
@@ -349,7 +360,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
     for p in planned:
         mode = "full" if options.full or not inputs.states[p.id] else "incremental"
         has_grid = p.id in inputs.grids and inputs.grids[p.id].height > 0
-        out[p.id] = IdResult(p.id, mode if has_grid else "empty", p.rows.height, deleted.get(p.id, 0))
+        out[p.id] = IdResult(p.id, mode if has_grid else "empty", p.n_rows, deleted.get(p.id, 0))
     return out
 
 

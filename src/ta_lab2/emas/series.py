@@ -117,23 +117,29 @@ def tf_arrays(
 
 
 def rows_frame(kind: str, grid: Grid, parts: Sequence[TfRows]) -> pl.DataFrame:
-    """One frame of the rows of ``parts`` (in that order) with the columns of
-    :data:`EMA_SCHEMA` (:data:`DUAL_SCHEMA` for ``dual``); an undefined value is NULL.
-    Built once per id: per-part frames cost more than a short tail's computation."""
+    """One frame of the rows of ``parts`` of one id (:func:`ids_rows_frame`)."""
+    return ids_rows_frame(kind, [(grid, parts)])
+
+
+def ids_rows_frame(kind: str, items: Sequence[tuple[Grid, Sequence[TfRows]]]) -> pl.DataFrame:
+    """One frame of the rows of every (grid, parts) of ``items`` (in that order) with the
+    columns of :data:`EMA_SCHEMA` (:data:`DUAL_SCHEMA` for ``dual``); an undefined value is
+    NULL. Built once per batch of ids: per-part or per-id frames cost more than a short tail's
+    computation."""
     schema = DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA
-    parts = [p for p in parts if p.row.size]
-    if not parts:
+    pairs = [(g, p) for g, ps in items for p in ps if p.row.size]
+    if not pairs:
         return pl.DataFrame(schema=schema)
+    parts = [p for _, p in pairs]
     counts = np.array([p.row.size for p in parts], dtype=np.int64)
-    m = int(counts.sum())
     part_of_row = pl.Series(np.repeat(np.arange(len(parts), dtype=np.int64), counts))
     # Series built directly in their final dtypes: polars expressions (pl.repeat, lit,
     # replace_time_zone) cost ~0.2 ms each, more than the whole computation of a short tail.
     columns = {
-        "id": pl.Series("id", [grid.id], dtype=pl.Int32).new_from_index(0, m),
+        "id": pl.Series("id", np.repeat(np.array([g.id for g, _ in pairs], dtype=np.int32), counts)),
         "tf": pl.Series("tf", [p.tf for p in parts], dtype=pl.String).gather(part_of_row),
         # epoch µs read as UTC instants: the same values as naive µs declared UTC
-        "ts": pl.Series("ts", grid.ts_us[np.concatenate([p.row for p in parts])].astype(np.int64, copy=False))
+        "ts": pl.Series("ts", np.concatenate([g.ts_us[p.row] for g, p in pairs]).astype(np.int64, copy=False))
         .cast(UTC_US),
         "period": pl.Series("period", np.concatenate([p.period for p in parts])),
         "tf_days": pl.Series("tf_days", np.repeat(np.array([p.n_days for p in parts], dtype=np.int32), counts)),
