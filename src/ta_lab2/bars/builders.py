@@ -205,8 +205,8 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
     Validation is per row and per local day, and ``bar_seq`` counts the source rows before,
     so the rows from a local day's start on are all an incremental build reads."""
     source_t, bars_t, rejects_t = (_ident(schema, t) for t in (SOURCE_TABLE, BARS_1D, BARS_1D_REJECTS))
-    states = {r[0]: (r[1], r[2]) for r in conn.execute(
-        sql.SQL("SELECT id, tz, watermark_load_ts FROM {} WHERE id = ANY(%s)").format(
+    states = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        sql.SQL("SELECT id, tz, watermark_load_ts, source_rows FROM {} WHERE id = ANY(%s)").format(
             _ident(schema, state_table(BARS_1D))), (list(ids),)).fetchall()}
     # id -> None (replace everything of the id) or the instant rows are replaced from
     cuts: dict[int, dt.datetime | None] = {}
@@ -215,11 +215,21 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
         if ident not in incremental:
             cuts[ident] = None
     if incremental:
-        # per id, its first source row loaded since the watermark (index (id, load_ts))
-        changed = dict(conn.execute(
-            sql.SQL("SELECT u.id, (SELECT min(\"timestamp\") FROM {s} WHERE id = u.id AND load_ts > u.wm) "
-                    "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm)").format(s=source_t),
-            (incremental, [states[i][1] for i in incremental])).fetchall())
+        # per id: its first source row loaded since the watermark, how many were, and its row
+        # count (index probes: (id, load_ts), then the primary key)
+        changed: dict[int, dt.datetime | None] = {}
+        suspects = []  # ids that may have lost source rows
+        for ident, first, n_changed, n_rows in conn.execute(
+            sql.SQL("SELECT u.id, min(x.\"timestamp\"), count(x.\"timestamp\"), "
+                    "(SELECT count(*) FROM {s} WHERE id = u.id) FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm) "
+                    "LEFT JOIN LATERAL (SELECT \"timestamp\" FROM {s} WHERE id = u.id AND load_ts > u.wm OFFSET 0) x "
+                    "ON true GROUP BY u.id").format(s=source_t),
+                (incremental, [states[i][1] for i in incremental])).fetchall():
+            changed[ident] = first
+            # rows loaded since are new or revised: when the count grew by all of them, none
+            # was revised and none removed (source_rows is the count at the last build)
+            if states[ident][2] is None or n_rows != states[ident][2] + n_changed:
+                suspects.append(ident)
         # rows of the 1D or rejects table whose source row is gone
         deleted = dict(conn.execute(
             sql.SQL(
@@ -231,8 +241,8 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
                 GROUP BY t.id
                 """
             ).format(b=bars_t, r=rejects_t, s=source_t),
-            {"ids": incremental},
-        ).fetchall())
+            {"ids": suspects},
+        ).fetchall()) if suspects else {}
         for ident in incremental:
             first = min((t for t in (changed.get(ident), deleted.get(ident)) if t is not None), default=None)
             if first is not None:
@@ -416,7 +426,8 @@ def _daily_summaries(conn: psycopg.Connection, schema: str,
     rows = conn.execute(
         sql.SQL("SELECT u.id, u.wm, (SELECT min(\"timestamp\") FROM {d} WHERE id = u.id), "
                 "(SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
-                "(SELECT min(\"timestamp\") FROM {d} WHERE id = u.id AND ingested_at > u.wm) "
+                "(SELECT min(\"timestamp\") FROM (SELECT \"timestamp\" FROM {d} WHERE id = u.id AND ingested_at > u.wm "
+                "OFFSET 0) x) "
                 "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm)").format(d=_ident(schema, BARS_1D)),
         ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
     changed: dict[int, dict[dt.datetime, dt.datetime | None]] = {i: {} for i in states}

@@ -206,7 +206,8 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
     # the 1D table's (id, ingested_at) index, not a column of the whole grid
     grid_written = {r[0]: (r[1], r[2]) for r in conn.execute(
         sql.SQL("SELECT u.id, (SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
-                "(SELECT min(\"timestamp\") FROM {d} WHERE id = u.id AND ingested_at > u.since) "
+                "(SELECT min(\"timestamp\") FROM (SELECT \"timestamp\" FROM {d} WHERE id = u.id AND ingested_at > u.since "
+                "OFFSET 0) x) "
                 "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, since)").format(d=sql.Identifier(s, BARS_1D)),
         (id_list, [since[i] for i in ids])).fetchall()}
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
