@@ -9,8 +9,13 @@ Incremental contract: for each id, find the earliest input change since the last
 revised rows through ``load_ts`` / ``ingested_at``, rows removed from the 1D table through its
 deletion log), recompute the bars from the one holding that change, and replace the id's rows
 from the change on. A snapshot row depends only on its bar's days up to its own day (and on
-the day before it), so every earlier row is unchanged and the table equals a full rebuild. A change of the id's first day (backfill) or of
-the time zone rebuilds the id from scratch.
+the day before it), so every earlier row is unchanged and the table equals a full rebuild. A
+change of the id's first day (backfill) or of the time zone rebuilds the id from scratch.
+
+What an incremental run reads is bounded by what it recomputes: the 1D builder reads source
+rows from the local day of the first change; the others plan from index probes, read the 1D
+rows from just before the earliest day a bar to rebuild can hold, and (calendar and anchored
+families) resume each bar from its stored row before the cut, a snapshot seed.
 """
 
 from __future__ import annotations
