@@ -25,7 +25,7 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import polars as pl
 import psycopg
@@ -183,6 +183,53 @@ def deletions_since(conn: psycopg.Connection, schema: str,
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+@dataclass(frozen=True)
+class DailyWrites:
+    """What the 1D table says of one id without its rows being read."""
+
+    first_ts: dt.datetime | None  # its first instant
+    newest: dt.datetime | None  # its newest ingested_at
+    after: dict[dt.datetime, dt.datetime | None]  # watermark -> first instant written after it
+
+
+def daily_writes(conn: psycopg.Connection, schema: str,
+                 watermarks: Mapping[int, Collection[dt.datetime]]) -> dict[int, DailyWrites]:
+    """Per id of ``watermarks``: its :class:`DailyWrites` for those watermarks — index probes:
+    the primary key's first entry, the (id, ingested_at) index's last entry and its entries
+    after each watermark (OFFSET 0 keeps that a range of the index: otherwise the planner walks
+    the primary key in time order, filtering every row)."""
+    pairs = [(i, wm) for i, wms in watermarks.items() for wm in (sorted(set(wms)) or [None])]
+    rows = conn.execute(
+        sql.SQL("SELECT u.id, u.wm, (SELECT min(\"timestamp\") FROM {d} WHERE id = u.id), "
+                "(SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
+                "(SELECT min(\"timestamp\") FROM (SELECT \"timestamp\" FROM {d} WHERE id = u.id AND ingested_at > u.wm "
+                "OFFSET 0) x) "
+                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm)").format(d=_ident(schema, BARS_1D)),
+        ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
+    after: dict[int, dict[dt.datetime, dt.datetime | None]] = {i: {} for i in watermarks}
+    ends: dict[int, tuple[dt.datetime | None, dt.datetime | None]] = {}
+    for ident, wm, first_ts, newest, first_after in rows:
+        if wm is not None:
+            after[ident][wm] = first_after
+        ends[ident] = (first_ts, newest)
+    return {i: DailyWrites(*ends.get(i, (None, None)), after[i]) for i in watermarks}
+
+
+def _rows_from(conn: psycopg.Connection, table: sql.Identifier, read_schema: Mapping[str, pl.DataType],
+               starts: pl.DataFrame) -> tuple[pl.DataFrame, dict[int, int]]:
+    """Each id's rows of ``table`` (keyed by (id, "timestamp")) from its ``from_ts`` on (NULL:
+    all), in key order, and how many of its rows precede them (an index-only count)."""
+    params = array_params(conn, starts.select("id", "from_ts"), ("int4", "timestamptz"))
+    rows = read_frame(
+        conn, sql.SQL("(SELECT t.* FROM unnest(%b, %b) AS c(id, from_ts) JOIN {t} t ON t.id = c.id "
+                      "AND t.\"timestamp\" >= coalesce(c.from_ts, '-infinity')) r").format(t=table),
+        read_schema, params, small=True, order_by=("id", "timestamp"))
+    before = dict(conn.execute(
+        sql.SQL("SELECT c.id, (SELECT count(*) FROM {t} WHERE id = c.id AND \"timestamp\" < c.from_ts)::int "
+                "FROM unnest(%b, %b) AS c(id, from_ts)").format(t=table), params).fetchall())
+    return rows, before
+
+
 #: Snapshot rows (days × timeframes the engine processes) one transaction of a batch computes at
 #: most: a batch of ids that all need a full build is split to bound memory.
 CHUNK_ROWS = 300_000
@@ -259,14 +306,7 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
     results = {i: IdResult(i, "unchanged") for i in ids if i not in cuts}
     if work:
         cut_frame = pl.DataFrame({"id": work, "_cut": [cuts[i] for i in work]}, schema={"id": pl.Int32, "_cut": UTC_US})
-        cut_params = array_params(conn, cut_frame, ("int4", "timestamptz"))
-        tail = read_frame(
-            conn, sql.SQL("(SELECT s.* FROM unnest(%b, %b) AS c(id, cut) JOIN {s} s ON s.id = c.id "
-                          "AND s.\"timestamp\" >= coalesce(c.cut, '-infinity')) t").format(s=source_t),
-            SOURCE_READ_SCHEMA, cut_params, small=True, order_by=("id", "timestamp"))
-        before = dict(conn.execute(
-            sql.SQL("SELECT c.id, (SELECT count(*) FROM {s} WHERE id = c.id AND \"timestamp\" < c.cut)::int "
-                    "FROM unnest(%b, %b) AS c(id, cut)").format(s=source_t), cut_params).fetchall())
+        tail, before = _rows_from(conn, source_t, SOURCE_READ_SCHEMA, cut_frame.rename({"_cut": "from_ts"}))
         accepted, rejects = validate_days(tail, tz, before)
         with conn.transaction():
             removed = _delete_from_cuts(conn, bars_t, cut_frame, returning=True)
@@ -360,19 +400,15 @@ class _Plan:
     starts: list[int] = field(default_factory=list)  # per timeframe of work, the first day row (k) the engine needs
 
     @property
+    def seeded(self) -> set[str]:
+        """The timeframes a seed stands in for (see _read_seeds)."""
+        return set(self.seeds["tf"].to_list()) if self.seeds is not None else set()
+
+    @property
     def rows(self) -> int:
         """Snapshot rows the engine will process (the memory bound of a chunk)."""
         k0 = int(self.days["k"][0]) if self.days.height else 0
         return sum(self.days.height + k0 - k for k in self.starts)
-
-
-@dataclass(frozen=True)
-class _DailySummary:
-    """What planning needs of an id's 1D rows, without reading them."""
-
-    first_ts: dt.datetime | None
-    newest_ingested: dt.datetime | None
-    changed_after: dict[dt.datetime, dt.datetime | None]  # watermark -> first instant written after it
 
 
 def _build_multi(
@@ -394,7 +430,7 @@ def _build_multi(
         states[r[0]][r[1]] = (r[2], r[3], r[4])
     since = {i: min((st[0] for st in states[i].values() if st[0] is not None), default=None) for i in ids}
     removals = deletions_since(conn, schema, since)
-    summaries = _daily_summaries(conn, schema, states)
+    summaries = daily_writes(conn, schema, {i: [st[0] for st in states[i].values() if st[0] is not None] for i in ids})
     results: dict[int, IdResult] = {}
     plans: list[_Plan] = []
     for ident in ids:
@@ -409,8 +445,8 @@ def _build_multi(
     days = _read_days(conn, builder, schema, tz, plans) if plans else {}
     for plan in plans:
         plan.days = days[plan.id]
-        seeded = set(plan.seeds["tf"].to_list()) if plan.seeds is not None else set()
-        plan.starts = first_rows(plan.days, plan.work, builder.family, plan.change_at, seeded) if plan.days.height else []
+        plan.starts = first_rows(plan.days, plan.work, builder.family, plan.change_at, plan.seeded) \
+            if plan.days.height else []
     for chunk in _chunks(plans):
         # bulk: already inside the rebuild's one transaction, and COPY FREEZE allows no savepoint
         with nullcontext() if bulk else conn.transaction():
@@ -419,37 +455,12 @@ def _build_multi(
     return [results[i] for i in ids]
 
 
-def _daily_summaries(conn: psycopg.Connection, schema: str,
-                     states: Mapping[int, Mapping[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]]],
-                     ) -> dict[int, _DailySummary]:
-    """Per id of ``states``: its first 1D instant, newest ``ingested_at`` and, per watermark of
-    its timeframes' states, the first instant written after it (timeframes mostly share one
-    watermark) — index probes: the primary key's first entry, then the (id, ingested_at)
-    index's last entry and the entries after the watermark."""
-    pairs = [(i, wm) for i, st in states.items()
-             for wm in (sorted({s[0] for s in st.values() if s[0] is not None}) or [None])]
-    rows = conn.execute(
-        sql.SQL("SELECT u.id, u.wm, (SELECT min(\"timestamp\") FROM {d} WHERE id = u.id), "
-                "(SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
-                "(SELECT min(\"timestamp\") FROM (SELECT \"timestamp\" FROM {d} WHERE id = u.id AND ingested_at > u.wm "
-                "OFFSET 0) x) "
-                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, wm)").format(d=_ident(schema, BARS_1D)),
-        ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
-    changed: dict[int, dict[dt.datetime, dt.datetime | None]] = {i: {} for i in states}
-    firsts: dict[int, tuple[dt.datetime | None, dt.datetime | None]] = {}
-    for ident, wm, first_ts, newest, after in rows:
-        if wm is not None:
-            changed[ident][wm] = after
-        firsts[ident] = (first_ts, newest)
-    return {i: _DailySummary(*firsts.get(i, (None, None)), changed[i]) for i in states}
-
-
-def _plan(tfs: Sequence[Timeframe], ident: int, summary: _DailySummary, tz: str, full: bool,
+def _plan(tfs: Sequence[Timeframe], ident: int, summary: DailyWrites, tz: str, full: bool,
           states: Mapping[str, tuple[dt.datetime | None, dt.date | None, dt.datetime | None]],
           removal: tuple[dt.datetime | None, dt.datetime | None]) -> _Plan | None:
     """What to rebuild for one id, or None when nothing changed."""
     first_day = summary.first_ts.astimezone(_zone(tz)).date() if summary.first_ts is not None else None
-    watermark = summary.newest_ingested
+    watermark = summary.newest
     deleted_from, last_removal = removal
     if full or not states:
         deleted_from = None
@@ -463,7 +474,7 @@ def _plan(tfs: Sequence[Timeframe], ident: int, summary: _DailySummary, tz: str,
         if full or st is None or st[1] != first_day:
             change_at[tf.tf] = None
             continue
-        changed = summary.changed_after.get(st[0]) if st[0] is not None else None
+        changed = summary.after.get(st[0]) if st[0] is not None else None
         first = min((t for t in (changed, deleted_from) if t is not None), default=None)
         if first is not None:
             change_at[tf.tf] = first
@@ -482,11 +493,10 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
     is rebuilt whole, else from one row before the earliest day any bar to rebuild can hold
     (the cut for a seeded timeframe; the start of the bar's longest span before it for another
     calendar one; the rolling bar's rows before it), with ``k`` counted from the id's first
-    row. One query finds where each id's read starts and how many rows precede it, one reads."""
+    row. One query finds where each id's read starts, then :func:`_rows_from` reads."""
     bounds: list[dt.datetime | None] = []
     back: list[int] = []
     for p in plans:
-        seeded = set(p.seeds["tf"].to_list()) if p.seeds is not None else set()
         if any(at is None for at in p.change_at.values()):
             bounds.append(None)  # read everything
             back.append(0)
@@ -495,7 +505,7 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
         for tf in p.work:
             at = p.change_at[tf.tf]
             assert at is not None
-            if tf.tf in seeded or builder.family == "rolling":
+            if tf.tf in p.seeded or builder.family == "rolling":
                 needs.append(at)
             else:  # days from the longest span a bar of tf can have before the cut's day
                 day = at.astimezone(_zone(tz)).date() - dt.timedelta(days=max_bar_days(tf))
@@ -505,21 +515,13 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
     frame = pl.DataFrame({"id": [p.id for p in plans], "bound": bounds, "back": back},
                          schema={"id": pl.Int32, "bound": UTC_US, "back": pl.Int32})
     daily_t = _ident(schema, BARS_1D)
-    # from: the back-th row before the bound (NULL: every row); k0: the rows before it
-    starts = conn.execute(
-        sql.SQL("SELECT f.id, f.from_ts, (SELECT count(*) FROM {d} WHERE id = f.id AND \"timestamp\" < f.from_ts)::int "
-                "FROM (SELECT c.id, (SELECT \"timestamp\" FROM {d} WHERE id = c.id AND \"timestamp\" < c.bound "
-                "ORDER BY \"timestamp\" DESC OFFSET c.back LIMIT 1) AS from_ts "
-                "FROM unnest(%b, %b, %b) AS c(id, bound, back)) f").format(d=daily_t),
-        array_params(conn, frame, ("int4", "timestamptz", "int4"))).fetchall()
-    from_ts = {r[0]: r[1] for r in starts}
-    k0 = {r[0]: r[2] for r in starts}
-    read = pl.DataFrame({"id": [p.id for p in plans], "from_ts": [from_ts[p.id] for p in plans]},
-                        schema={"id": pl.Int32, "from_ts": UTC_US})
-    daily_all = read_frame(
-        conn, sql.SQL("(SELECT d.* FROM unnest(%b, %b) AS c(id, from_ts) JOIN {d} d ON d.id = c.id "
-                      "AND d.\"timestamp\" >= coalesce(c.from_ts, '-infinity')) t").format(d=daily_t),
-        DAILY_READ_SCHEMA, array_params(conn, read, ("int4", "timestamptz")), small=True, order_by=("id", "timestamp"))
+    # from: the back-th row before the bound (NULL: every row)
+    starts = pl.DataFrame(conn.execute(
+        sql.SQL("SELECT c.id, (SELECT \"timestamp\" FROM {d} WHERE id = c.id AND \"timestamp\" < c.bound "
+                "ORDER BY \"timestamp\" DESC OFFSET c.back LIMIT 1) FROM unnest(%b, %b, %b) AS c(id, bound, back)")
+        .format(d=daily_t), array_params(conn, frame, ("int4", "timestamptz", "int4"))).fetchall(),
+        schema={"id": pl.Int32, "from_ts": UTC_US}, orient="row")
+    daily_all, k0 = _rows_from(conn, daily_t, DAILY_READ_SCHEMA, starts)
     dailies = by_id(daily_all)
     return {p.id: prepare_days(dailies.get(p.id, daily_all.clear()), tz, k0[p.id]) for p in plans}
 
@@ -530,11 +532,8 @@ def _read_seeds(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: 
     before the cut (rows before a cut are unchanged). With them the engine recomputes a bar
     from the cut instead of from the bar's first day. One short backward probe of the primary
     key per (id, tf); OFFSET 0 keeps each probe a probe."""
-    cuts = pl.DataFrame(
-        {"id": [p.id for p in plans for at in p.change_at.values() if at is not None],
-         "tf": [tf for p in plans for tf, at in p.change_at.items() if at is not None],
-         "cut": [at for p in plans for at in p.change_at.values() if at is not None]},
-        schema={"id": pl.Int32, "tf": pl.String, "cut": UTC_US})
+    cuts = pl.DataFrame([(p.id, tf, at) for p in plans for tf, at in p.change_at.items() if at is not None],
+                        schema={"id": pl.Int32, "tf": pl.String, "cut": UTC_US}, orient="row")
     if not cuts.height:
         return {}
     stored = {c: t for c, t in SEED_SCHEMA.items() if c != "day"}

@@ -21,7 +21,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.bars.builders import deletions_since
+from ta_lab2.bars.builders import DailyWrites, daily_writes, deletions_since
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
@@ -167,7 +167,7 @@ class _Inputs:
     """What a batch read once for all its ids."""
 
     grids: dict[int, pl.DataFrame]
-    grid_written: dict[int, tuple[dt.datetime | None, dt.datetime | None]]  # newest 1D write, first instant written since
+    grid_writes: dict[int, DailyWrites]
     canon: dict[int, pl.DataFrame]
     states: dict[int, dict[tuple[str, int], dt.datetime | None]]
     last_ts: dict[tuple[int, str, int], dt.datetime | None]  # the state's newest row per series
@@ -202,14 +202,9 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
         last_ts[(r[0], r[1], r[2])] = r[4]
     since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
              for i in ids}
-    # per id, the grid's newest write and first instant written since the watermark: probes of
-    # the 1D table's (id, ingested_at) index, not a column of the whole grid
-    grid_written = {r[0]: (r[1], r[2]) for r in conn.execute(
-        sql.SQL("SELECT u.id, (SELECT max(ingested_at) FROM {d} WHERE id = u.id), "
-                "(SELECT min(\"timestamp\") FROM (SELECT \"timestamp\" FROM {d} WHERE id = u.id AND ingested_at > u.since "
-                "OFFSET 0) x) "
-                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(id, since)").format(d=sql.Identifier(s, BARS_1D)),
-        (id_list, [since[i] for i in ids])).fetchall()}
+    # the grid's newest write and first instant written since the watermark: index probes, not
+    # a column of the whole grid
+    grid_writes = daily_writes(conn, s, {i: [since[i]] if since[i] is not None else [] for i in ids})
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
     canon: dict[int, pl.DataFrame] = {}
     newest: dict[int, dt.datetime | None] = {}
@@ -236,7 +231,7 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return _Inputs(grids, grid_written, canon, states, last_ts, since, newest, changes, removals)
+    return _Inputs(grids, grid_writes, canon, states, last_ts, since, newest, changes, removals)
 
 
 def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
@@ -282,7 +277,8 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
     grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
     states = inputs.states[ident]
     since = inputs.since[ident]
-    watermark, grid_written_since = inputs.grid_written.get(ident, (None, None))
+    writes = inputs.grid_writes[ident]
+    watermark = writes.newest
     newest = inputs.newest_bar.get(ident)
     if newest is not None and (watermark is None or newest > watermark):
         watermark = newest
@@ -292,7 +288,7 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
         watermark = last_removal  # a removal from the grid is input too: do not see it again
     grid_change = None
     if since is not None:
-        grid_change = grid_written_since
+        grid_change = writes.after.get(since)
     else:
         deleted = None
     parts: list[TfRows] = []
