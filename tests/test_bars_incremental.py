@@ -128,7 +128,31 @@ def _check(conn: psycopg.Connection) -> list[str]:
     clone_source(conn, "public", "full_ref")
     build_all(conn, full=True, schema="full_ref")
     refresh_all(conn, full=True, schema="full_ref")
-    return diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, "cmc_price_bars_1d_rejects", *EMA_TABLES])
+    return diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, "cmc_price_bars_1d_rejects", *EMA_TABLES]) + \
+        _ends_problems(conn)
+
+
+def _ends_problems(conn: psycopg.Connection) -> list[str]:
+    """Every EMA state row holds its series' ends as the table has them: its newest row's ts,
+    ema and d1_roll and its newest canonical row's ts, ema and d1 (dual tables: also the
+    ema_bar columns); NULL exactly when the series has no row. A later day is computed from
+    them."""
+    problems = []
+    for table in EMA_TABLES:
+        bar = "_cal" in table
+        last = ["ts", "ema", "d1_roll", *(["ema_bar", "d1_roll_bar"] if bar else [])]
+        canon = ["ts", "ema", "d1", *(["ema_bar", "d1_bar"] if bar else [])]
+        mismatch = " OR ".join([f"s.{'last_ts' if c == 'ts' else 'last_' + c} IS DISTINCT FROM l.{c}" for c in last]
+                               + [f"s.canon_{c} IS DISTINCT FROM k.{c}" for c in canon])
+        rows = conn.execute(
+            f"SELECT s.id, s.tf, s.period FROM {table}_state s "
+            f"LEFT JOIN LATERAL (SELECT {', '.join(last)} FROM {table} e WHERE e.id = s.id AND e.tf = s.tf "
+            f"AND e.period = s.period ORDER BY e.ts DESC LIMIT 1) l ON true "
+            f"LEFT JOIN LATERAL (SELECT {', '.join(canon)} FROM {table} e WHERE e.id = s.id AND e.tf = s.tf "
+            f"AND e.period = s.period AND NOT e.roll ORDER BY e.ts DESC LIMIT 1) k ON true "
+            f"WHERE {mismatch} LIMIT 5").fetchall()
+        problems += [f"{table}_state: ends of {r} differ from the table's" for r in rows]
+    return problems
 
 
 @pytest.fixture
@@ -244,3 +268,43 @@ def test_calendar_bars_resumed_after_long_gaps_equal_full_rebuild(empty_db: psyc
         listed = conn.execute(f"SELECT count(*) FROM {table} WHERE time_close > %s AND missing_days_where LIKE '%%,...(+%%'",
                               (end - dt.timedelta(days=12),)).fetchone()[0]
         assert listed > 0, table
+
+
+def test_ema_series_resumed_over_daily_appends_equal_full_refresh(empty_db: psycopg.Connection) -> None:
+    """New days are appended in steps of 1, 1, 3 and 7 days (across week and month ends): the
+    EMA refreshers continue each series from the ends kept in its state row, and a young asset
+    whose series reach their seed on the way is recomputed. Every step's tables equal a full
+    rebuild's."""
+    conn = empty_db
+    pool = _universe(31, n=3, days=200)
+    young = pool.filter(pl.col("id") == pool["id"].min()).tail(20).with_columns(
+        id=pl.lit(int(pool["id"].max()) + 1, pl.Int32), name=pl.lit("young"), symbol=pl.lit("YNG"))
+    pool = pl.concat([pool, young])
+    days = pool["timestamp"].unique().sort()
+    held = pool.filter(pl.col("timestamp") >= days[-12])
+    upsert_assets(conn, pool)
+    upsert_source(conn, pool.join(held, on=["id", "timestamp"], how="anti").drop("symbol"))
+    build_all(conn, full=True)
+    refresh_all(conn, full=True)
+    taken = 0
+    for n in (1, 1, 3, 7):
+        step = days[-12 + taken:][:n]
+        taken += n
+        upsert_source(conn, held.filter(pl.col("timestamp").is_in(step.implode())).drop("symbol"))
+        build_all(conn, full=False)
+        refresh_all(conn, full=False)
+        problems = _check(conn)
+        assert not problems, f"after {taken} new days:\n" + "\n".join(problems[:20])
+    # the newest day of one asset removed (its series end earlier: their ends are read back),
+    # then loaded again (resumed from those ends)
+    newest = conn.execute("SELECT id, \"timestamp\" FROM cmc_price_histories7 ORDER BY \"timestamp\" DESC, id "
+                          "LIMIT 1").fetchone()
+    conn.execute("DELETE FROM cmc_price_histories7 WHERE id = %s AND \"timestamp\" = %s", newest)
+    for step in ("removed", "loaded again"):
+        if step == "loaded again":
+            upsert_source(conn, held.filter((pl.col("id") == newest[0]) & (pl.col("timestamp") == newest[1]))
+                          .drop("symbol"))
+        build_all(conn, full=False)
+        refresh_all(conn, full=False)
+        problems = _check(conn)
+        assert not problems, f"newest day {step}:\n" + "\n".join(problems[:20])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ta_lab2.pipeline.forkserver import ForkServer, forkable
+from ta_lab2.pipeline.forkserver import KERNEL, ForkServer, forkable
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, run_children
 
 HERE = Path(__file__).resolve().parent
@@ -270,17 +270,22 @@ def test_runner_dependencies_follow_the_tables_each_child_reads() -> None:
     assert all(s.after == () for s in within_run(bar_specs(options, ("cal_iso", "cal_us"))))
 
 
+def _spawn(fs: ForkServer, env: dict[str, str], tmp_path: Path, module: str, action: str, name: str):  # type: ignore[no-untyped-def]
+    argv = [sys.executable, "-m", module, action, "--summary-json", str(tmp_path / f"{name}.json")]
+    return fs.spawn(argv, env, tmp_path / f"{name}.out")
+
+
 def test_later_modules_are_forked_by_a_delegate_zygote(tmp_path: Path) -> None:
-    """The first module's children come from the zygote as soon as its own imports are done;
-    the later modules' from a delegate it forked to import theirs meanwhile. Either way the
-    runner sees the same protocol: pids, own process groups, exit codes."""
+    """With the EMA kernel to preload, the first module's children come from the zygote as
+    soon as its own imports are done; the later modules' from a delegate it forked to import
+    theirs (and numba) meanwhile. Either way the runner sees the same protocol: pids, own
+    process groups, exit codes."""
     env = _env()
 
     def spawn(fs: ForkServer, module: str, action: str, name: str):  # type: ignore[no-untyped-def]
-        argv = [sys.executable, "-m", module, action, "--summary-json", str(tmp_path / f"{name}.json")]
-        return fs.spawn(argv, env, tmp_path / f"{name}.out")
+        return _spawn(fs, env, tmp_path, module, action, name)
 
-    with ForkServer(env, ["zygote_child", "zygote_child_late"]) as fs:
+    with ForkServer(env, ["zygote_child", "zygote_child_late", KERNEL]) as fs:
         first = spawn(fs, "zygote_child", "ok", "first")
         late = spawn(fs, "zygote_child_late", "ok", "late")
         failing = spawn(fs, "zygote_child_late", "fail", "failing")
@@ -297,3 +302,15 @@ def test_later_modules_are_forked_by_a_delegate_zygote(tmp_path: Path) -> None:
     while not _gone(delegate) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(delegate)
+
+
+def test_without_the_kernel_one_zygote_serves_every_module(tmp_path: Path) -> None:
+    """An incremental run does not preload numba: the later modules' imports are small, so the
+    zygote preloads them too and forks every child itself."""
+    env = _env()
+    with ForkServer(env, ["zygote_child", "zygote_child_late"]) as fs:
+        children = [_spawn(fs, env, tmp_path, m, "ok", m) for m in ("zygote_child", "zygote_child_late")]
+        assert [c.wait(30) for c in children] == [0, 0]
+        parents = [json.loads((tmp_path / f"{m}.json").read_text())["ppid"]
+                   for m in ("zygote_child", "zygote_child_late")]
+        assert parents == [fs.pid, fs.pid]

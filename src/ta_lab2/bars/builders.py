@@ -215,7 +215,7 @@ def daily_writes(conn: psycopg.Connection, schema: str,
     return {i: DailyWrites(*ends.get(i, (None, None)), after[i]) for i in watermarks}
 
 
-def _rows_from(conn: psycopg.Connection, table: sql.Identifier, read_schema: Mapping[str, pl.DataType],
+def rows_from(conn: psycopg.Connection, table: sql.Identifier, read_schema: Mapping[str, pl.DataType],
                starts: pl.DataFrame) -> tuple[pl.DataFrame, dict[int, int]]:
     """Each id's rows of ``table`` (keyed by (id, "timestamp")) from its ``from_ts`` on (NULL:
     all), in key order, and how many of its rows precede them (an index-only count)."""
@@ -306,7 +306,7 @@ def _build_1d(conn: psycopg.Connection, ids: Sequence[int], tz: str, full: bool,
     results = {i: IdResult(i, "unchanged") for i in ids if i not in cuts}
     if work:
         cut_frame = pl.DataFrame({"id": work, "_cut": [cuts[i] for i in work]}, schema={"id": pl.Int32, "_cut": UTC_US})
-        tail, before = _rows_from(conn, source_t, SOURCE_READ_SCHEMA, cut_frame.rename({"_cut": "from_ts"}))
+        tail, before = rows_from(conn, source_t, SOURCE_READ_SCHEMA, cut_frame.rename({"_cut": "from_ts"}))
         accepted, rejects = validate_days(tail, tz, before)
         with conn.transaction():
             removed = _delete_from_cuts(conn, bars_t, cut_frame, returning=True)
@@ -493,7 +493,7 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
     is rebuilt whole, else from one row before the earliest day any bar to rebuild can hold
     (the cut for a seeded timeframe; the start of the bar's longest span before it for another
     calendar one; the rolling bar's rows before it), with ``k`` counted from the id's first
-    row. One query finds where each id's read starts, then :func:`_rows_from` reads."""
+    row. One query finds where each id's read starts, then :func:`rows_from` reads."""
     bounds: list[dt.datetime | None] = []
     back: list[int] = []
     for p in plans:
@@ -521,7 +521,7 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
                 "ORDER BY \"timestamp\" DESC OFFSET c.back LIMIT 1) FROM unnest(%b, %b, %b) AS c(id, bound, back)")
         .format(d=daily_t), array_params(conn, frame, ("int4", "timestamptz", "int4"))).fetchall(),
         schema={"id": pl.Int32, "from_ts": UTC_US}, orient="row")
-    daily_all, k0 = _rows_from(conn, daily_t, DAILY_READ_SCHEMA, starts)
+    daily_all, k0 = rows_from(conn, daily_t, DAILY_READ_SCHEMA, starts)
     dailies = by_id(daily_all)
     return {p.id: prepare_days(dailies.get(p.id, daily_all.clear()), tz, k0[p.id]) for p in plans}
 

@@ -32,7 +32,8 @@ from ta_lab2.timeframes import DEFAULT_PERIODS, seed_timeframes
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at); 4: the 1D table too
+SCHEMA_VERSION = 5  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at); 4: the 1D table too;
+#                     5: EMA state rows keep their series' ends
 VERSION_TABLE = "ta_lab2_schema_version"
 SCHEMA_LOCK_KEY = 0x7A_1AB2_0001  # advisory lock serialising concurrent `init`s
 
@@ -305,7 +306,21 @@ CREATE TABLE IF NOT EXISTS {s}.{t}_state (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (id, tf, period)
 );
-"""
+-- the series' ends (schema version 5): its newest row and newest canonical row, what an
+-- appended day's rows are computed from (NULL: unknown, the series is recomputed)
+{ends}"""
+
+#: (column, type) of an EMA series' ends in its state row; the dual tables add _DUAL_ENDS
+_ENDS = (("last_ema", "double precision"), ("last_d1_roll", "double precision"), ("canon_ts", "timestamptz"),
+         ("canon_ema", "double precision"), ("canon_d1", "double precision"))
+_DUAL_ENDS = (("last_ema_bar", "double precision"), ("last_d1_roll_bar", "double precision"),
+              ("canon_ema_bar", "double precision"), ("canon_d1_bar", "double precision"))
+
+
+def _ends_ddl(s: str, t: str, dual: bool) -> str:
+    """ADD COLUMN IF NOT EXISTS: creates the ends on a new state table and on one of version 4."""
+    cols = _ENDS + (_DUAL_ENDS if dual else ())
+    return f"ALTER TABLE {s}.{t}_state " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in cols) + ";\n"
 
 _DUAL_EMA_EXTRA = """
     ema_bar double precision,
@@ -349,7 +364,9 @@ def _ddl(schema: str) -> list[str]:
         extra = "\n    bar_anchor_offset integer NOT NULL," if table in ANCHORED_BAR_TABLES else ""
         parts.append(_MULTI_TF_DDL.format(s=s, t=table, extra=extra))
     for table in EMA_TABLES.values():
-        parts.append(_EMA_DDL.format(s=s, t=table, extra=_DUAL_EMA_EXTRA if table in DUAL_EMA_TABLES else ""))
+        dual = table in DUAL_EMA_TABLES
+        parts.append(_EMA_DDL.format(s=s, t=table, extra=_DUAL_EMA_EXTRA if dual else "",
+                                     ends=_ends_ddl(s, table, dual)))
     return parts
 
 

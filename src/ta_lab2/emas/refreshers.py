@@ -1,11 +1,21 @@
 """The six EMA refreshers: full and incremental refresh, one transaction per batch of ids
 (spec 03).
 
-Per batch, the inputs of all its ids are read at once; per id: read the daily grid (1D closes) and, per timeframe, the canonical closes of the bar
-table; find the earliest input change since the last refresh (1D or bar rows with a newer
-``ingested_at``, or EMA rows whose day left the grid); recompute every series over the whole
-history in memory and replace only rows from that instant on. An EMA row depends only on
-inputs at or before its day, so the result is bit-identical to a full refresh.
+Per batch: read the ids' state rows and, through index probes, the earliest input change since
+each id's last refresh (1D or bar rows with a newer ``ingested_at``, or 1D rows removed).
+Then per id, one of two ways (docs/decisions.md 62):
+
+* **resume** — every changed series continues after its newest stored row (a new day, the
+  daily case): read only the grid rows after it and the canonical closes among them, and step
+  each series from the ends its state row keeps (:mod:`ta_lab2.emas.resume`; no kernel, no
+  numba). A series with no row yet stays empty unless the new rows complete its seed's
+  closes; then its id is recomputed.
+* **recompute** — anything else (a revision, a removal, a new series, ``--full-refresh``):
+  read the id's whole grid, recompute the changed series over it with the kernel and replace
+  only their rows from the first change on.
+
+An EMA row depends only on inputs at or before its day, so both are bit-identical to a full
+refresh.
 """
 
 from __future__ import annotations
@@ -14,18 +24,19 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.bars.builders import DailyWrites, daily_writes, deletions_since
+from ta_lab2.bars.builders import DailyWrites, daily_writes, deletions_since, rows_from
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
-from ta_lab2.emas.series import Grid, TfRows, epoch_us, ids_rows_frame, tf_arrays
+from ta_lab2.emas.resume import Ends, resume_rows, seed_value
+from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, TfRows, epoch_us, ids_rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
@@ -155,6 +166,21 @@ def refresh(
 
 _GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64()}
 _CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
+_SERIES_SCHEMA = {"id": pl.Int32(), "tf": pl.String(), "period": pl.Int32()}
+#: a series' ends in its state row (docs/decisions.md 62); the dual tables add _DUAL_ENDS
+_ENDS = ("last_ema", "last_d1_roll", "canon_ts", "canon_ema", "canon_d1")
+_DUAL_ENDS = ("last_ema_bar", "last_d1_roll_bar", "canon_ema_bar", "canon_d1_bar")
+#: an instant after every other (a from-instant that reads no row and counts them all)
+_END_OF_TIME = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)
+
+
+def _ends(kind: str) -> tuple[str, ...]:
+    return _ENDS + (_DUAL_ENDS if kind == "dual" else ())
+
+
+def _state_schema(kind: str) -> dict[str, pl.DataType]:
+    return {**_SERIES_SCHEMA, "watermark_ingested_at": UTC_US, "last_ts": UTC_US,
+            **{c: UTC_US if c == "canon_ts" else pl.Float64() for c in _ends(kind)}}
 
 
 #: EMA rows a batch holds in memory before it writes them (a batch of ids that all need a
@@ -164,13 +190,13 @@ CHUNK_ROWS = 1_000_000
 
 @dataclass
 class _Inputs:
-    """What a batch read once for all its ids."""
+    """What a batch read once for all its ids before deciding how to refresh each."""
 
-    grids: dict[int, pl.DataFrame]
-    grid_writes: dict[int, DailyWrites]
-    canon: dict[int, pl.DataFrame]
+    state: pl.DataFrame  # the ids' state rows, ends included (_state_schema)
     states: dict[int, dict[tuple[str, int], dt.datetime | None]]
     last_ts: dict[tuple[int, str, int], dt.datetime | None]  # the state's newest row per series
+    resumable: set[tuple[int, str, int]]  # series whose state holds usable ends
+    grid_writes: dict[int, DailyWrites]
     since: dict[int, dt.datetime | None]  # None: no usable watermark, recompute every series whole
     newest_bar: dict[int, dt.datetime | None]
     bar_changes: dict[int, dict[str, dt.datetime]]
@@ -191,30 +217,27 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
     refresher = REFRESHERS[options.refresher]
     s = options.schema
     id_list = list(ids)
-    grid_all = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(sql.Identifier(s, BARS_1D)),
-                          {"id": pl.Int32(), **_GRID_SCHEMA}, (id_list,), small=True, order_by=("id", "timestamp"))
-    grids = by_id(grid_all)
+    state = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(sql.Identifier(s, state_table(refresher.table))),
+                       _state_schema(refresher.kind), (id_list,), small=True, order_by=("id", "tf", "period"))
     states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
     last_ts: dict[tuple[int, str, int], dt.datetime | None] = {}
-    for r in conn.execute(sql.SQL("SELECT id, tf, period, watermark_ingested_at, last_ts FROM {} WHERE id = ANY(%s)")
-                          .format(sql.Identifier(s, state_table(refresher.table))), (id_list,)).fetchall():
-        states[r[0]][(r[1], r[2])] = r[3]
-        last_ts[(r[0], r[1], r[2])] = r[4]
+    for ident, tf, period, wm, last in state.select("id", "tf", "period", "watermark_ingested_at", "last_ts").iter_rows():
+        states[ident][(tf, period)] = wm
+        last_ts[(ident, tf, period)] = last
+    ema_cols = [c for c in _ends(refresher.kind) if c in ("last_ema", "canon_ema", "last_ema_bar", "canon_ema_bar")]
+    resumable = set(state.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in ("last_ts", "canon_ts", *ema_cols))
+                                 & (pl.col("canon_ts") <= pl.col("last_ts")))
+                    .select(list(_SERIES_SCHEMA)).iter_rows())
     since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
              for i in ids}
     # the grid's newest write and first instant written since the watermark: index probes, not
     # a column of the whole grid
     grid_writes = daily_writes(conn, s, {i: [since[i]] if since[i] is not None else [] for i in ids})
     bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
-    canon: dict[int, pl.DataFrame] = {}
     newest: dict[int, dt.datetime | None] = {}
     changes: dict[int, dict[str, dt.datetime]] = {i: {} for i in ids}
     if refresher.bar_table and bar_tfs:
         bars = sql.Identifier(s, refresher.bar_table)
-        canon_all = read_frame(
-            conn, sql.SQL("{} WHERE id = ANY(%s) AND tf = ANY(%s) AND NOT is_partial_end").format(bars),
-            {"id": pl.Int32(), **_CANON_SCHEMA}, (id_list, bar_tfs), small=True, order_by=("id", "tf", "time_close"))
-        canon = by_id(canon_all)
         # Per id, the newest bar write (the watermark) and, per tf, the first bar written since
         # its last refresh: index-only scans of (id, ingested_at), which cover only the new
         # rows (OFFSET 0: one probe per id, never a scan of the table).
@@ -231,50 +254,26 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return _Inputs(grids, grid_writes, canon, states, last_ts, since, newest, changes, removals)
-
-
-def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
-    refresher = REFRESHERS[options.refresher]
-    inputs = _read_inputs(conn, options, ids)
-    results: dict[int, IdResult] = {}
-    pending: list[_Planned] = []
-    pending_rows = 0
-    for ident in ids:
-        planned = _plan(refresher, options, ident, inputs)
-        if planned is None:
-            results[ident] = IdResult(ident, "unchanged")
-            continue
-        pending.append(planned)
-        pending_rows += planned.n_rows
-        if pending_rows >= CHUNK_ROWS:
-            results.update(_write(conn, options, pending, inputs))
-            pending, pending_rows = [], 0
-    if pending:
-        results.update(_write(conn, options, pending, inputs))
-    return [results[i] for i in ids]
+    return _Inputs(state, states, last_ts, resumable, grid_writes, since, newest, changes, removals)
 
 
 @dataclass(frozen=True)
-class _Planned:
-    """One id's refresh: the series to replace (tf, period, from where; None = whole), their
-    new rows (as the kernel's arrays over the id's grid) and the id's new watermark."""
+class _Changes:
+    """What one id's refresh replaces: per (tf, period) in primary-key order (tf byte order,
+    period), the instant its rows are replaced from (None: the whole series), and the id's new
+    watermark."""
 
     id: int
     watermark: dt.datetime | None
-    replaced: list[tuple[str, int, dt.datetime | None]]
-    grid: Grid
-    parts: list[TfRows]
+    cuts: dict[tuple[str, int], dt.datetime | None]
 
     @property
-    def n_rows(self) -> int:
-        return sum(p.row.size for p in self.parts)
+    def replaced(self) -> list[tuple[str, int, dt.datetime | None]]:
+        return [(tf, p, at) for (tf, p), at in self.cuts.items()]
 
 
-def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: _Inputs) -> _Planned | None:
-    """What one id's refresh replaces, or None when nothing changed."""
-    grid_frame = inputs.grids.get(ident, pl.DataFrame(schema=_GRID_SCHEMA))
-    grid = Grid(ident, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
+def _changes(options: RefreshOptions, ident: int, inputs: _Inputs) -> _Changes:
+    """The series of ``ident`` whose inputs changed since its watermark, and from where."""
     states = inputs.states[ident]
     since = inputs.since[ident]
     writes = inputs.grid_writes[ident]
@@ -291,49 +290,326 @@ def _plan(refresher: EmaRefresher, options: RefreshOptions, ident: int, inputs: 
         grid_change = writes.after.get(since)
     else:
         deleted = None
-    parts: list[TfRows] = []
-    replaced: list[tuple[str, int, dt.datetime | None]] = []  # (tf, period, from) to delete
-    closes_by_tf = _closes_by_tf(inputs.canon.get(ident, pl.DataFrame(schema=_CANON_SCHEMA)))
+    cuts: dict[tuple[str, int], dt.datetime | None] = {}
     # Rows go out in primary-key order (tf byte order, period, ts): a bulk rebuild's index
     # build then sorts presorted input, several times faster.
     for tf in sorted(options.timeframes, key=lambda t: t.tf):
-        # per period: None = all rows, an instant = from there on; absent = unchanged
-        cut: dict[int, dt.datetime | None] = {}
         first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
         for p in sorted(options.periods):
             if since is None or (tf.tf, p) not in states:
-                cut[p] = None
+                cuts[(tf.tf, p)] = None
             elif first is not None:
-                cut[p] = first
-        if not cut:
-            continue
-        mask = _canonical_mask(grid, closes_by_tf, tf.tf)
-        groups: dict[dt.datetime | None, list[int]] = {}
-        for p, at in cut.items():
-            groups.setdefault(at, []).append(p)
-            replaced.append((tf.tf, p, at))
+                cuts[(tf.tf, p)] = first
+    return _Changes(ident, watermark, cuts)
+
+
+def _resumes(changes: _Changes, inputs: _Inputs) -> bool:
+    """Whether every changed series of the id either continues after its stored rows (its
+    first change is after its newest row, and its state holds its ends) or has no row yet."""
+    for (tf, p), cut in changes.cuts.items():
+        key = (changes.id, tf, p)
+        if cut is None:
+            return False
+        last = inputs.last_ts.get(key)
+        if last is None:
+            continue  # no row yet (the state is written with the rows): seeded later, if at all
+        if not (last < cut and key in inputs.resumable):
+            return False
+    return True
+
+
+def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
+    """Per id, either resume its changed series from their stored ends (an append, the daily
+    case: no grid read beyond the new rows, no kernel) or recompute them over the id's whole
+    grid with the kernel and replace their rows from the first change on."""
+    inputs = _read_inputs(conn, options, ids)
+    results: dict[int, IdResult] = {}
+    resumed: list[_Changes] = []
+    recomputed: list[_Changes] = []
+    for ident in ids:
+        changes = _changes(options, ident, inputs)
+        if not changes.cuts:
+            results[ident] = IdResult(ident, "unchanged")
+        elif _resumes(changes, inputs):
+            resumed.append(changes)
+        else:
+            recomputed.append(changes)
+    log.debug("%s: %d ids resumed, %d recomputed, %d unchanged", options.refresher, len(resumed), len(recomputed),
+              len(ids) - len(resumed) - len(recomputed))
+    if resumed:
+        frame, again = _resume(conn, options, resumed, inputs)
+        recomputed += again
+        redo = {c.id for c in again}
+        ready = [c for c in resumed if c.id not in redo]
+        if ready:
+            results.update(_write(conn, options, ready, frame, inputs, {c.id: True for c in ready}))
+    if recomputed:
+        results.update(_recompute(conn, options, recomputed, inputs))
+    return [results[i] for i in ids]
+
+
+# --------------------------------------------------------------------------- resumed series
+def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[_Changes],
+            inputs: _Inputs) -> tuple[pl.DataFrame, list[_Changes]]:
+    """The new rows of the ``resumed`` ids' series — stepped from their ends over the grid rows
+    after them, or, for a series without rows whose seed's closes are now all there, from its
+    seed on its first row — and the ids to recompute after all (a seed the stepper cannot
+    place: a missing close in its window, or its first row before the rows read)."""
+    refresher = REFRESHERS[options.refresher]
+    s = options.schema
+    kind = refresher.kind
+    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    ids = [c.id for c in resumed]
+    # each id's grid rows after the oldest of its series' newest rows, and how many precede them
+    starts: dict[int, dt.datetime] = {}
+    for c in resumed:
+        lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts if inputs.last_ts.get((c.id, tf, p)) is not None]
+        starts[c.id] = min(lasts) + dt.timedelta(microseconds=1) if lasts else _END_OF_TIME
+    from_frame = pl.DataFrame({"id": ids, "from_ts": [starts[i] for i in ids]}, schema={"id": pl.Int32, "from_ts": UTC_US})
+    tail, before = rows_from(conn, sql.Identifier(s, BARS_1D), {"id": pl.Int32(), **_GRID_SCHEMA}, from_frame)
+    bar_tfs = sorted({tf for c in resumed for tf, _ in c.cuts if tf != "1D"}) if kind != "v2" else []
+    canon = pl.DataFrame(schema={"id": pl.Int32(), **_CANON_SCHEMA})
+    if bar_tfs:
+        canon = read_frame(
+            conn, sql.SQL("(SELECT b.id, b.tf, b.time_close FROM unnest(%b, %b) AS c(id, from_ts) JOIN {b} b "
+                          "ON b.id = c.id AND b.tf = ANY(%b) AND NOT b.is_partial_end AND b.time_close >= c.from_ts) r")
+            .format(b=sql.Identifier(s, refresher.bar_table)),
+            {"id": pl.Int32(), **_CANON_SCHEMA},
+            [*array_params(conn, from_frame, ("int4", "timestamptz")),
+             *array_params(conn, pl.DataFrame({"tf": bar_tfs}), ("text",))],
+            small=True, order_by=("id", "tf", "time_close"))
+    tails = by_id(tail)
+    tail_ts = {i: t["timestamp"].dt.epoch("us").to_numpy() for i, t in tails.items()}
+    n_grid = {i: before.get(i, 0) + (tails[i].height if i in tails else 0) for i in ids}
+    seeds = _seeds(conn, options, _seeding(conn, options, resumed, inputs, n_grid))
+    # a seed is placed on its first row, which must be among the rows read
+    fallback: set[int] = set()
+    placed: dict[tuple[int, str, int], tuple[int, float]] = {}
+    for key, (first_us, value) in seeds.items():
+        ts = tail_ts.get(key[0], np.zeros(0, np.int64))
+        at = int(np.searchsorted(ts, first_us)) if first_us is not None else ts.size
+        if np.isnan(value) or at >= ts.size or ts[at] != first_us:
+            fallback.add(key[0])
+        else:
+            placed[key] = (at, value)
+    again = [c for c in resumed if c.id in fallback]
+    log.debug("%s: %d series start from their seed; %d ids recomputed instead", options.refresher, len(placed),
+              len(again))
+    series = [(c.id, tf, p) for c in resumed if c.id not in fallback for tf, p in c.cuts
+              if (c.id, tf, p) in placed or inputs.last_ts.get((c.id, tf, p)) is not None]
+    if not series:
+        return pl.DataFrame(schema=DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA), again
+    # the tails of the ids, concatenated in id order; per (id, tf) its canonical flags there
+    close_parts, flag_parts = [], []
+    offset: dict[int, int] = {}
+    pair_at: dict[tuple[int, str], int] = {}
+    n_rows = n_flags = 0
+    canon_by = {(k[0], k[1]): part["time_close"].dt.epoch("us").to_numpy()
+                for k, part in canon.partition_by("id", "tf", as_dict=True).items()} if canon.height else {}
+    for ident in dict.fromkeys(i for i, _, _ in series):
+        ts = tail_ts.get(ident, np.zeros(0, np.int64))
+        offset[ident] = n_rows
+        close_parts.append(tails[ident]["close"].to_numpy() if ident in tails else np.zeros(0))
+        n_rows += ts.size
+        for tf in dict.fromkeys(t for i, t, _ in series if i == ident):
+            if kind == "v2":
+                flags = (before.get(ident, 0) + np.arange(ts.size) + 1) % tf_days[tf] == 0
+            elif tf == "1D":
+                flags = np.ones(ts.size, dtype=bool)
+            else:
+                closes = canon_by.get((ident, tf), np.zeros(0, np.int64))
+                flags = np.isin(ts, closes)
+                if int(flags.sum()) != closes.size:
+                    raise ValueError(f"{tf}: canonical closes not on the daily grid of id {ident} "
+                                     "(rebuild the bars first)")
+            pair_at[(ident, tf)] = n_flags
+            flag_parts.append(flags)
+            n_flags += ts.size
+    ts_all = np.concatenate([tail_ts.get(i, np.zeros(0, np.int64)) for i in offset])
+    frame = pl.DataFrame(series, schema=_SERIES_SCHEMA, orient="row").join(
+        inputs.state, on=list(_SERIES_SCHEMA), how="left", maintain_order="left")
+    last_us = frame["last_ts"].dt.epoch("us").to_numpy()
+    sid = frame["id"].to_numpy()
+    stf = frame["tf"].to_list()
+    first = np.empty(len(series), dtype=np.int64)
+    count = np.empty(len(series), dtype=np.int64)
+    canon_first = np.empty(len(series), dtype=np.int64)
+    seed = np.full(len(series), np.nan)
+    for j, key in enumerate(series):
+        ident, tf, _ = key
+        lo = offset[ident]
+        n = tail_ts[ident].size if ident in tail_ts else 0
+        if key in placed:
+            skip, seed[j] = placed[key]
+        else:
+            skip = int(np.searchsorted(ts_all[lo:lo + n], last_us[j], side="right"))
+        first[j] = lo + skip
+        count[j] = n - skip
+        canon_first[j] = pair_at[(ident, tf)] + skip
+    periods = frame["period"].to_numpy().astype(np.int64)
+    n_days = np.array([tf_days[t] for t in stf], dtype=np.int64)
+    ends = Ends(n_days, periods, *(frame[c].to_numpy().astype(np.float64) for c in _ends(kind) if c != "canon_ts"))
+    out = resume_rows(kind, np.concatenate(close_parts), np.concatenate(flag_parts), first, count, canon_first, ends,
+                      seed)
+    j = out["series"]
+    columns = {
+        "id": pl.Series(sid[j].astype(np.int32)),
+        "tf": pl.Series(stf, dtype=pl.String).gather(pl.Series(j)),
+        "ts": pl.Series(ts_all[out["row"]]).cast(UTC_US),
+        "period": pl.Series(periods[j].astype(np.int32)),
+        "tf_days": pl.Series(n_days[j].astype(np.int32)),
+        "roll": pl.Series(out["roll"]),
+        **{c: pl.Series(out[c], nan_to_null=True) for c in out if c not in ("series", "row", "roll")},
+    }
+    if kind == "dual":
+        columns["roll_bar"] = columns["roll"]
+    schema = DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA
+    return pl.DataFrame([columns[c].alias(c) for c in schema]), again
+
+
+def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[_Changes], inputs: _Inputs,
+             n_grid: Mapping[int, int]) -> list[tuple[int, str, int]]:
+    """The series of ``resumed`` that have no row yet but now have the closes their seed needs
+    (spec 03: ``p`` canonical closes; v2: ``n_days·p`` grid rows). Canonical closes are counted
+    in the bar table (index-only, at most ``p``)."""
+    refresher = REFRESHERS[options.refresher]
+    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    out: list[tuple[int, str, int]] = []
+    counted: list[tuple[int, str, int]] = []
+    for c in resumed:
+        for tf, p in c.cuts:
+            if inputs.last_ts.get((c.id, tf, p)) is not None:
+                continue
+            if refresher.kind == "v2" or tf == "1D":
+                if n_grid[c.id] >= (tf_days[tf] * p if refresher.kind == "v2" else p):
+                    out.append((c.id, tf, p))
+            else:
+                counted.append((c.id, tf, p))
+    if counted:
+        out += [(i, tf, p) for i, tf, p, n in conn.execute(
+            sql.SQL("SELECT u.id, u.tf, u.p, (SELECT count(*) FROM (SELECT 1 FROM {b} WHERE id = u.id AND tf = u.tf "
+                    "AND NOT is_partial_end LIMIT u.p) x) FROM unnest(%s::int[], %s::text[], %s::int[]) "
+                    "AS u(id, tf, p)").format(b=sql.Identifier(options.schema, refresher.bar_table)),
+            ([k[0] for k in counted], [k[1] for k in counted], [k[2] for k in counted]),
+        ).fetchall() if n >= p]
+    return out
+
+
+def _seeds(conn: psycopg.Connection, options: RefreshOptions,
+           series: Sequence[tuple[int, str, int]]) -> dict[tuple[int, str, int], tuple[int | None, float]]:
+    """Per series, the instant (epoch µs) of its first row and its seed there: the mean of its
+    first ``p`` canonical closes (v2: of its first ``n_days·p`` grid closes), NaN when one of
+    them is missing. The closes are the grid's, at the bars' ``time_close``."""
+    if not series:
+        return {}
+    refresher = REFRESHERS[options.refresher]
+    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    daily = sql.Identifier(options.schema, BARS_1D)
+    by_grid = [k for k in series if refresher.kind == "v2" or k[1] == "1D"]
+    by_bars = [k for k in series if k not in set(by_grid)]
+    found: list[tuple[int, list[float], dt.datetime | None]] = []
+    if by_grid:
+        need = [tf_days[tf] * p if refresher.kind == "v2" else p for _, tf, p in by_grid]
+        found += conn.execute(
+            sql.SQL("SELECT u.i, array_agg(d.close ORDER BY d.\"timestamp\"), max(d.\"timestamp\") "
+                    "FROM unnest(%s::int[], %s::int[], %s::int[]) AS u(id, n, i) CROSS JOIN LATERAL "
+                    "(SELECT \"timestamp\", close FROM {d} WHERE id = u.id ORDER BY \"timestamp\" LIMIT u.n) d "
+                    "GROUP BY u.i").format(d=daily),
+            ([k[0] for k in by_grid], need, list(range(len(by_grid))))).fetchall()
+    if by_bars:
+        base = len(by_grid)
+        found += conn.execute(
+            sql.SQL("SELECT u.i, array_agg(d.close ORDER BY b.time_close), max(b.time_close) "
+                    "FROM unnest(%s::int[], %s::text[], %s::int[], %s::int[]) AS u(id, tf, p, i) CROSS JOIN LATERAL "
+                    "(SELECT time_close FROM {b} WHERE id = u.id AND tf = u.tf AND NOT is_partial_end "
+                    "ORDER BY time_close LIMIT u.p) b JOIN {d} d ON d.id = u.id AND d.\"timestamp\" = b.time_close "
+                    "GROUP BY u.i").format(b=sql.Identifier(options.schema, refresher.bar_table), d=daily),
+            ([k[0] for k in by_bars], [k[1] for k in by_bars], [k[2] for k in by_bars],
+             list(range(base, base + len(by_bars))))).fetchall()
+    keys = [*by_grid, *by_bars]
+    size = {k: tf_days[k[1]] * k[2] if refresher.kind == "v2" else k[2] for k in keys}
+    out: dict[tuple[int, str, int], tuple[int | None, float]] = {k: (None, float("nan")) for k in keys}
+    for i, closes, last in found:
+        window = np.array(closes, dtype=np.float64)
+        if window.size == size[keys[i]] and not np.isnan(window).any():
+            out[keys[i]] = (epoch_us(last), seed_value(window))
+    return out
+
+
+# --------------------------------------------------------------------------- recomputed series
+def _recompute(conn: psycopg.Connection, options: RefreshOptions, changed: Sequence[_Changes],
+               inputs: _Inputs) -> dict[int, IdResult]:
+    """Recompute the changed series of ``changed`` over their ids' whole grids (the kernel)
+    and write them in chunks of about :data:`CHUNK_ROWS` rows."""
+    refresher = REFRESHERS[options.refresher]
+    s = options.schema
+    id_list = [c.id for c in changed]
+    grids = by_id(read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(sql.Identifier(s, BARS_1D)),
+                             {"id": pl.Int32(), **_GRID_SCHEMA}, (id_list,), small=True, order_by=("id", "timestamp")))
+    bar_tfs = [t.tf for t in options.timeframes if t.tf != "1D"]
+    canon: dict[int, pl.DataFrame] = {}
+    if refresher.bar_table and bar_tfs:
+        canon = by_id(read_frame(
+            conn, sql.SQL("{} WHERE id = ANY(%s) AND tf = ANY(%s) AND NOT is_partial_end").format(
+                sql.Identifier(s, refresher.bar_table)),
+            {"id": pl.Int32(), **_CANON_SCHEMA}, (id_list, bar_tfs), small=True, order_by=("id", "tf", "time_close")))
+    results: dict[int, IdResult] = {}
+    pending: list[tuple[_Changes, Grid, list[TfRows]]] = []
+    pending_rows = 0
+
+    def flush() -> None:
+        rows = ids_rows_frame(refresher.kind, [(g, parts) for _, g, parts in pending])
+        results.update(_write(conn, options, [c for c, _, _ in pending], rows, inputs,
+                              {c.id: g.n > 0 for c, g, _ in pending}))
+
+    for c in changed:
+        grid_frame = grids.get(c.id, pl.DataFrame(schema=_GRID_SCHEMA))
+        grid = Grid(c.id, grid_frame["timestamp"].dt.epoch("us").to_numpy(), grid_frame["close"].to_numpy())
+        parts = _kernel_parts(refresher, options, c, grid, canon.get(c.id, pl.DataFrame(schema=_CANON_SCHEMA)))
+        pending.append((c, grid, parts))
+        pending_rows += sum(p.row.size for p in parts)
+        if pending_rows >= CHUNK_ROWS:
+            flush()
+            pending, pending_rows = [], 0
+    if pending:
+        flush()
+    return results
+
+
+def _kernel_parts(refresher: EmaRefresher, options: RefreshOptions, changes: _Changes, grid: Grid,
+                  canon: pl.DataFrame) -> list[TfRows]:
+    """The kernel's rows of the changed series of one id, from their cuts on."""
+    closes_by_tf = _closes_by_tf(canon)
+    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    parts: list[TfRows] = []
+    by_tf: dict[str, dict[dt.datetime | None, list[int]]] = {}
+    for (tf, p), at in changes.cuts.items():
+        by_tf.setdefault(tf, {}).setdefault(at, []).append(p)
+    for tf, groups in by_tf.items():
+        mask = _canonical_mask(grid, closes_by_tf, tf)
         for at, periods in groups.items():
-            parts.append(tf_arrays(refresher.kind, grid, tf.tf, tf.tf_days_nominal, mask, periods,
+            parts.append(tf_arrays(refresher.kind, grid, tf, tf_days[tf], mask, periods,
                                    None if at is None else epoch_us(at)))
-    if not replaced:
-        return None
-    return _Planned(ident, watermark, replaced, grid, parts)
+    return parts
 
 
-def _write(conn: psycopg.Connection, options: RefreshOptions,
-           planned: Sequence[_Planned],
-           inputs: _Inputs) -> dict[int, IdResult]:
-    """One DELETE, one COPY and one state upsert for the planned ids, whatever the number of
-    series. Rows are located by one primary-key range probe per series and deleted by their
-    ctid (OFFSET 0 keeps each probe a nested loop: pulled up into a join, the planner hashes
-    every row of the ids — 170 ms instead of 1 ms per id)."""
+# --------------------------------------------------------------------------- writes
+def _write(conn: psycopg.Connection, options: RefreshOptions, changed: Sequence[_Changes], rows: pl.DataFrame,
+           inputs: _Inputs, has_grid: Mapping[int, bool]) -> dict[int, IdResult]:
+    """One DELETE, one COPY and one state upsert for the ``changed`` ids, whose replaced series'
+    new rows are ``rows``, whatever the number of series. Rows are located by one primary-key
+    range probe per series and deleted by their ctid (OFFSET 0 keeps each probe a nested loop:
+    pulled up into a join, the planner hashes every row of the ids — 170 ms instead of 1 ms
+    per id)."""
     refresher = REFRESHERS[options.refresher]
     s = options.schema
     table = sql.Identifier(s, refresher.table)
-    series = [(p.id, tf, period, at) for p in planned for tf, period, at in p.replaced]
-    # A series whose newest stored row (its state's last_ts, written with its rows) is before
-    # its cut has nothing to delete: a new day usually adds a row to every series.
-    probed = [r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])]
+    series = [(c.id, tf, period, at) for c in changed for tf, period, at in c.replaced]
+    # Nothing to delete for a series whose newest stored row (its state's last_ts, written with
+    # its rows) is before its cut — a new day usually adds a row to every series — or whose
+    # state says it has no row.
+    probed = [r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])
+              and not (r[:3] in inputs.last_ts and inputs.last_ts[r[:3]] is None)]
     deleted: dict[int, int] = {}
     if probed and not options.bulk:
         deleted = dict(conn.execute(
@@ -344,20 +620,19 @@ def _write(conn: psycopg.Connection, options: RefreshOptions,
                 "AND ts >= coalesce(c.cut, '-infinity') OFFSET 0) x)) RETURNING e.id) "
                 "SELECT id, count(*) FROM d GROUP BY id"
             ).format(t=table),
-            array_params(conn, pl.DataFrame(probed, schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32,
-                                                            "cut": UTC_US}, orient="row"),
+            array_params(conn, pl.DataFrame(probed, schema={**_SERIES_SCHEMA, "cut": UTC_US}, orient="row"),
                          ("int4", "text", "int4", "timestamptz")),
         ).fetchall())
-    rows = ids_rows_frame(refresher.kind, [(p.grid, p.parts) for p in planned])
     if rows.height:
         copy_frame(conn, table_ref(refresher.table, s), rows, freeze=options.bulk)
-    _write_state(conn, refresher.table, s, [(p.id, tf, period, p.watermark) for p in planned
-                                            for tf, period, _ in p.replaced], rows, options.bulk)
+    _write_state(conn, refresher, s, [(c.id, tf, period, at, c.watermark) for c in changed
+                                      for tf, period, at in c.replaced], rows, inputs.state, options.bulk)
+    counts = dict(rows.group_by("id").len().iter_rows()) if rows.height else {}
     out = {}
-    for p in planned:
-        mode = "full" if options.full or not inputs.states[p.id] else "incremental"
-        has_grid = p.id in inputs.grids and inputs.grids[p.id].height > 0
-        out[p.id] = IdResult(p.id, mode if has_grid else "empty", p.n_rows, deleted.get(p.id, 0))
+    for c in changed:
+        mode = "full" if options.full or not inputs.states[c.id] else "incremental"
+        out[c.id] = IdResult(c.id, mode if has_grid.get(c.id, True) else "empty", counts.get(c.id, 0),
+                             deleted.get(c.id, 0))
     return out
 
 
@@ -383,36 +658,94 @@ def _canonical_mask(grid: Grid, closes_by_tf: dict[str, np.ndarray], tf: str) ->
     return mask
 
 
-def _write_state(conn: psycopg.Connection, table: str, schema: str,
-                 series: list[tuple[int, str, int, dt.datetime | None]], rows: pl.DataFrame, bulk: bool = False) -> None:
-    """Upsert the state of ``series`` (id, tf, period, watermark), whose rows from their cut to
-    their end are ``rows``: a series' last instant is its newest row there, else (nothing
-    written) the table's."""
-    state_ref = table_ref(state_table(table), schema)
-    frame = pl.DataFrame(
-        {"id": [r[0] for r in series], "tf": [r[1] for r in series], "period": [r[2] for r in series],
-         "watermark_ingested_at": [r[3] for r in series]},
-        schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "watermark_ingested_at": UTC_US},
+def _write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
+                 series: list[tuple[int, str, int, dt.datetime | None, dt.datetime | None]], rows: pl.DataFrame,
+                 old: pl.DataFrame, bulk: bool = False) -> None:
+    """Upsert the state of ``series`` (id, tf, period, cut, watermark), whose rows from their
+    cut (None: all) to their end are ``rows`` (in time order within a series), with the
+    series' newest row and ends (:data:`_ENDS`).
+
+    Those come from its newest row in ``rows`` and its newest canonical row there. A series
+    with no canonical row there keeps its old canonical end when that is before the cut; one
+    with no row there keeps its old newest row and ends when they are before the cut. Where
+    neither settles them (rows removed from the end), the table is probed for them — so every
+    series with rows leaves with usable ends."""
+    kind = refresher.kind
+    ends = _ends(kind)
+    values = [c for c in ends if c != "canon_ts"]
+    key = list(_SERIES_SCHEMA)
+    frame = pl.DataFrame(series, schema={**_SERIES_SCHEMA, "cut": UTC_US, "watermark_ingested_at": UTC_US},
+                         orient="row")
+    source = {c: c.removeprefix("last_").removeprefix("canon_") for c in values}
+    if rows.height:
+        canonical = ~pl.col("roll")
+        new = rows.group_by(key).agg(
+            pl.col("ts").last().alias("last_ts"),
+            *(pl.col(source[c]).last().alias(c) for c in values if c.startswith("last_")),
+            pl.col("ts").filter(canonical).last().alias("canon_ts"),
+            *(pl.col(source[c]).filter(canonical).last().alias(c) for c in values if c.startswith("canon_")),
+        )
+    else:
+        new = pl.DataFrame(schema={k: v for k, v in _state_schema(kind).items() if k != "watermark_ingested_at"})
+    was = old.select(*key, *(pl.col(c).alias(f"old_{c}") for c in ("last_ts", *ends)))
+    frame = frame.join(new, on=key, how="left", maintain_order="left").join(was, on=key, how="left",
+                                                                             maintain_order="left")
+    cut = pl.col("cut")
+    written = pl.col("last_ts").is_not_null()
+    # nothing written: the old ends stand when the old rows end before the cut (none removed)
+    keep_last = (~written & cut.is_not_null() & (pl.col("old_last_ts") < cut)).fill_null(False)
+    probe_last = (~written & cut.is_not_null() & (pl.col("old_last_ts") >= cut)).fill_null(False)
+    old_canon_kept = (cut.is_not_null() & (pl.col("old_canon_ts") < cut)).fill_null(False)
+    no_canon = written & pl.col("canon_ts").is_null()
+    frame = frame.with_columns(
+        *(pl.when(keep_last).then(pl.col(f"old_{c}")).otherwise(pl.col(c)).alias(c)
+          for c in ("last_ts", *ends) if c.startswith("last_")),
+        *(pl.when(keep_last | (no_canon & old_canon_kept)).then(pl.col(f"old_{c}")).otherwise(pl.col(c)).alias(c)
+          for c in ends if c.startswith("canon_")),
+        probe_last.alias("probe_last"),
+        (probe_last | (no_canon & ~old_canon_kept)).alias("probe_canon"),
     )
-    last = rows.group_by("id", "tf", "period").agg(pl.col("ts").max().alias("last_ts")) if rows.height else \
-        pl.DataFrame(schema={"id": pl.Int32, "tf": pl.String, "period": pl.Int32, "last_ts": UTC_US})
-    frame = frame.join(last, on=["id", "tf", "period"], how="left", maintain_order="left")
+    columns = [*key, "watermark_ingested_at", "last_ts", *ends]
+    pg_types = ["int4", "text", "int4", "timestamptz", "timestamptz",
+                *("timestamptz" if c == "canon_ts" else "float8" for c in ends)]
+    state_ref = table_ref(state_table(refresher.table), schema)
     if bulk:  # the state table was truncated in this transaction: nothing to upsert against
-        copy_frame(conn, state_ref, frame.with_columns(updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US)),
-                   freeze=True)
+        copy_frame(conn, state_ref, frame.select(columns).with_columns(
+            updated_at=pl.lit(dt.datetime.now(dt.timezone.utc), UTC_US)), freeze=True)
         return
+    ident = sql.Identifier
+    last_cols = ["last_ts", *(c for c in ends if c.startswith("last_"))]
+    canon_cols = [c for c in ends if c.startswith("canon_")]
+
+    def probed(alias: str, cols: list[str], prefix: str) -> sql.Composable:
+        # the probe's column for each state column (canon_ts <- ts, last_d1_roll <- d1_roll, ...)
+        return sql.SQL(", ").join(
+            sql.SQL("CASE WHEN u.{flag} THEN {a}.{src} ELSE u.{c} END").format(
+                flag=ident(f"probe_{prefix}"), a=ident(alias), src=ident(c.removeprefix(f"{prefix}_")), c=ident(c))
+            for c in cols)
+
+    def lateral(cols: list[str], prefix: str, extra: str) -> sql.Composable:
+        # gated inside the subquery: a one-time filter, so unflagged series cost no index probe
+        return sql.SQL("(SELECT {cols} FROM {t} e WHERE u.{flag} AND e.id = u.id AND e.tf = u.tf "
+                       "AND e.period = u.period" + extra + " ORDER BY e.ts DESC LIMIT 1)").format(
+            cols=sql.SQL(", ").join(ident(c.removeprefix(f"{prefix}_")) for c in cols),
+            t=ident(schema, refresher.table), flag=ident(f"probe_{prefix}"))
+
     conn.execute(
         sql.SQL(
             """
-            INSERT INTO {st} (id, tf, period, watermark_ingested_at, last_ts, updated_at)
-            SELECT u.id, u.tf, u.period, u.wm,
-                   coalesce(u.last_ts, (SELECT max(e.ts) FROM {t} e
-                                        WHERE e.id = u.id AND e.tf = u.tf AND e.period = u.period)), now()
-            FROM unnest(%b, %b, %b, %b, %b) AS u(id, tf, period, wm, last_ts)
-            ON CONFLICT (id, tf, period) DO UPDATE SET watermark_ingested_at = EXCLUDED.watermark_ingested_at,
-                last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
+            INSERT INTO {st} ({target}, updated_at)
+            SELECT u.id, u.tf, u.period, u.watermark_ingested_at, {last}, {canon}, now()
+            FROM unnest({params}) AS u({names}, probe_last, probe_canon)
+            LEFT JOIN LATERAL {l} l ON true
+            LEFT JOIN LATERAL {k} k ON true
+            ON CONFLICT (id, tf, period) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at
             """
-        ).format(st=state_ref.ident, t=sql.Identifier(schema, table)),
-        array_params(conn, frame.select("id", "tf", "period", "watermark_ingested_at", "last_ts"),
-                     ("int4", "text", "int4", "timestamptz", "timestamptz")),
+        ).format(st=state_ref.ident, names=sql.SQL(", ").join(ident(c) for c in columns),
+                 target=sql.SQL(", ").join(ident(c) for c in [*key, "watermark_ingested_at", *last_cols, *canon_cols]),
+                 last=probed("l", last_cols, "last"), canon=probed("k", canon_cols, "canon"),
+                 params=sql.SQL(", ").join(sql.SQL("%b") for _ in range(len(columns) + 2)),
+                 l=lateral(last_cols, "last", ""), k=lateral(canon_cols, "canon", " AND NOT e.roll"),
+                 updates=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=ident(c)) for c in columns[3:])),
+        array_params(conn, frame.select(*columns, "probe_last", "probe_canon"), [*pg_types, "bool", "bool"]),
     )

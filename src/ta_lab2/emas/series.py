@@ -3,7 +3,8 @@
 Inputs are the id's **daily grid** (accepted 1D closes in time order) and, per timeframe, a
 boolean mask of the grid rows that are canonical closes. Each (tf, period) series is computed
 over the whole grid; only rows from ``keep_from`` on are materialised (incremental refreshes
-write only the changed tail, but never re-seed on a truncated window).
+write only the changed tail, but never re-seed on a truncated window). Series that only
+continue after their stored rows are stepped by :mod:`ta_lab2.emas.resume` instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from ta_lab2.emas.kernel import KIND_BAR, KIND_DUAL, KIND_V2, ema_rows
 from ta_lab2.load.source_schema import UTC_US
 
 EMA_SCHEMA: dict[str, pl.DataType] = {
@@ -58,7 +58,6 @@ class Grid:
         return int(self.ts_us.size)
 
 
-_KIND_CODES = {"bar": KIND_BAR, "v2": KIND_V2, "dual": KIND_DUAL}
 _FLOATS = ("ema", "d1", "d2", "d1_roll", "d2_roll")
 _DUAL_FLOATS = ("ema_bar", "d1_bar", "d2_bar", "d1_roll_bar", "d2_roll_bar")
 _NO_MASK = np.zeros(0, dtype=np.bool_)
@@ -101,9 +100,13 @@ def tf_arrays(
     by period in the order given, ``ts`` ascending within a period. A period with no series
     (too few closes for its seed) has no rows.
     """
-    code = _KIND_CODES.get(kind)
-    if code is None:
+    if kind not in KINDS:
         raise ValueError(f"unknown EMA kind {kind!r} (expected one of {KINDS})")
+    # imported here: numba and the compiled kernel cost ~0.5 s to load, which a refresh that
+    # only resumes series (ta_lab2.emas.resume) never pays
+    from ta_lab2.emas.kernel import KIND_BAR, KIND_DUAL, KIND_V2, ema_rows
+
+    code = {"bar": KIND_BAR, "v2": KIND_V2, "dual": KIND_DUAL}[kind]
     # v2's canonical rows follow from n_days: its mask is not read (nor its size checked)
     mask = _NO_MASK if kind == "v2" else _plain(canonical, np.bool_)
     first_kept = 0 if keep_from_us is None else int(np.searchsorted(grid.ts_us, keep_from_us, side="left"))

@@ -26,11 +26,12 @@ and stderr stay the runner's, for verbose children).
 The zygote serves any number of children at once. When the runner closes the request pipe,
 the zygote kills what is still running (their whole groups) and exits.
 
-Staged preload: the zygote imports only what the first module's children need (the bar
-builders, which start every run) and then serves; for the later modules (the EMA refreshers:
-numba and its kernels, about half the imports) it forks a delegate zygote that imports them
-meanwhile, forwards their requests to it and relays its replies unchanged — the runner sees
-one fork server either way. The first children no longer wait for numba.
+Staged preload: when the run recomputes EMA series (:data:`KERNEL` among the modules: numba
+and its kernels, about half the imports), the zygote imports only what the first module's
+children need (the bar builders, which start every run) and then serves; for the later modules
+it forks a delegate zygote that imports them meanwhile, forwards their requests to it and
+relays its replies unchanged — the runner sees one fork server either way. The first children
+do not wait for numba. Without the kernel, one zygote preloads every module.
 
 Fork safety: the zygote imports polars but never runs a polars operation, so polars' thread
 pool does not exist at fork time and each child creates its own. The threads that do exist
@@ -87,11 +88,17 @@ PRELOAD_COMMON: tuple[str, ...] = (
     "ta_lab2.pipeline.work",
 )
 
-#: What children of each ``-m`` module import on top of :data:`PRELOAD_COMMON` (numba and
-#: the EMA kernels cost ~0.4 s that a bars-only run need not pay).
+#: Not a ``-m`` module but what a run that recomputes EMA series (``--full-refresh``) preloads
+#: for the EMA children: numba and the compiled kernels (~0.6 s of CPU). An incremental run that
+#: only resumes series never loads them (a child that does need the kernel imports it itself).
+KERNEL = "ta_lab2.emas.kernel"
+
+#: What children of each ``-m`` module (and :data:`KERNEL`) import on top of
+#: :data:`PRELOAD_COMMON`.
 PRELOAD_FOR: dict[str, tuple[str, ...]] = {
     "ta_lab2.bars": ("ta_lab2.bars.cli", "ta_lab2.bars.builders"),
-    "ta_lab2.emas": ("numba", "ta_lab2.emas.cli", "ta_lab2.emas.kernel", "ta_lab2.emas.refreshers"),
+    "ta_lab2.emas": ("ta_lab2.emas.cli", "ta_lab2.emas.refreshers"),
+    KERNEL: ("numba", KERNEL),
 }
 
 _PR_SET_PDEATHSIG = 1
@@ -314,7 +321,7 @@ def preload(modules: Sequence[str] | None = None) -> dict[str, str]:
             importlib.import_module(name)
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
-    if "ta_lab2.emas" in wanted:
+    if KERNEL in wanted:
         try:
             import numpy as np
 
@@ -639,9 +646,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # alive here are parked (see the module docstring), and polars' pool does not exist yet.
     warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork\(\).*", category=DeprecationWarning)
     # The first module's children (the bars, which start every run) can be forked as soon as
-    # its imports are done; the later modules' imports run meanwhile in a delegate zygote.
-    _quietly(preload, modules[:1])
-    delegate = _start_delegate(modules[1:], request_fd, reply_fd) if len(modules) > 1 else None
+    # its imports are done; the kernel's (and with it the later modules') run meanwhile in a
+    # delegate zygote. Without the kernel the other modules' imports are small: no delegate.
+    staged = KERNEL in modules[1:]
+    _quietly(preload, modules[:1] if staged else modules)
+    delegate = _start_delegate(modules[1:], request_fd, reply_fd) if staged else None
     _Zygote(request_fd, reply_fd, delegate).serve()
     # Nothing is left to clean up; an orderly interpreter exit would tear down polars, numpy
     # and psycopg module by module (~0.3 s) while the runner waits for the zygote to end.

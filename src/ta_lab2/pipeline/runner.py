@@ -139,6 +139,7 @@ def run_children(
     work_dir: Path | None = None,
     max_parallel: int = 1,
     fork_modules: Sequence[str] = forkserver.FORK_MODULE_PREFIXES,
+    preload: Sequence[str] = (),
 ) -> RunSummary:
     """Run ``specs``, up to ``max_parallel`` at once, and return their results in plan order.
 
@@ -158,7 +159,8 @@ def run_children(
     ``TA_LAB2_FORKSERVER=0`` is set in ``env`` or the runner's environment; every other child,
     and every child if the zygote cannot start, is a ``subprocess.Popen``. Either way the child
     sees ``env``, stdin is ``/dev/null``, and it leads its own process group and dies with the
-    runner.
+    runner. ``preload`` names what the zygote loads beyond what the children's modules need
+    (:data:`ta_lab2.pipeline.forkserver.KERNEL` for a run that recomputes EMA series).
     """
     started = time.perf_counter()
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -174,7 +176,8 @@ def run_children(
     # the zygote's imports cost about what one plain child's do: worth it from two children on
     forkable = [spec.argv[2] for spec in specs if forkserver.forkable(spec.argv, fork_modules)]
     use_zygote = forkserver.enabled(env) and forkserver.enabled() and len(forkable) >= 2
-    with _Launcher(env, use_zygote=use_zygote, fork_modules=fork_modules, modules=forkable) as launcher:
+    with _Launcher(env, use_zygote=use_zygote, fork_modules=fork_modules,
+                   modules=[*forkable, *preload] if forkable else []) as launcher:
         done = _Schedule(specs, env=env, timeout_s=timeout_s, continue_on_error=continue_on_error, verbose=verbose,
                          scratch=scratch, parallel=1 if verbose else max(1, max_parallel), launcher=launcher).run()
     return RunSummary(runner, stamp, False, tuple(done[s.name] for s in specs), time.perf_counter() - started)

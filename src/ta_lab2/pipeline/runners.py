@@ -22,6 +22,7 @@ from ta_lab2.db.tables import BAR_TABLES
 from ta_lab2.emas.refreshers import REFRESHERS
 from ta_lab2.errors import UsageError
 from ta_lab2.pipeline.child import ENV_LOCKS_HELD, ENV_SCHEMA_READY, ENV_SIBLINGS
+from ta_lab2.pipeline import forkserver
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, default_parallel, python_module_argv, run_children
 from ta_lab2.pipeline.work import resolve_ids
 
@@ -148,10 +149,14 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
             env[ENV_SCHEMA_READY] = options.schema
         if options.dry_run:
             return run_children(runner, specs, env=env, dry_run=True)
+        # a full refresh recomputes every EMA series with the kernel; an incremental one mostly
+        # resumes them without it (a child that needs it then loads it itself)
+        kernel = options.full and any(s.argv[2:3] == ("ta_lab2.emas",) for s in specs)
         with writer_locks(conn, roles, options.wait_lock, skip=inherited):
             return run_children(runner, specs, env=env, timeout_s=options.timeout_s,
                                 continue_on_error=options.continue_on_error, verbose=options.verbose,
-                                max_parallel=options.max_parallel or default_parallel())
+                                max_parallel=options.max_parallel or default_parallel(),
+                                preload=(forkserver.KERNEL,) if kernel else ())
 
 
 def run_bar_builders(target: Target, options: RunOptions, builders: Sequence[str] = BUILDER_ORDER) -> RunSummary:
