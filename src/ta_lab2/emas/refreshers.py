@@ -486,12 +486,16 @@ def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequenc
             else:
                 counted.append((c.id, tf, p))
     if counted:
-        out += [(i, tf, p) for i, tf, p, n in conn.execute(
-            sql.SQL("SELECT u.id, u.tf, u.p, (SELECT count(*) FROM (SELECT 1 FROM {b} WHERE id = u.id AND tf = u.tf "
-                    "AND NOT is_partial_end LIMIT u.p) x) FROM unnest(%s::int[], %s::text[], %s::int[]) "
-                    "AS u(id, tf, p)").format(b=sql.Identifier(options.schema, refresher.bar_table)),
-            ([k[0] for k in counted], [k[1] for k in counted], [k[2] for k in counted]),
-        ).fetchall() if n >= p]
+        cap: dict[tuple[int, str], int] = {}  # per (id, tf): its largest period without rows
+        for i, tf, p in counted:
+            cap[(i, tf)] = max(p, cap.get((i, tf), p))
+        n_closes = {(i, tf): n for i, tf, n in conn.execute(
+            sql.SQL("SELECT u.id, u.tf, (SELECT count(*) FROM (SELECT 1 FROM {b} WHERE id = u.id AND tf = u.tf "
+                    "AND NOT is_partial_end LIMIT u.cap) x) FROM unnest(%s::int[], %s::text[], %s::int[]) "
+                    "AS u(id, tf, cap)").format(b=sql.Identifier(options.schema, refresher.bar_table)),
+            ([k[0] for k in cap], [k[1] for k in cap], list(cap.values())),
+        ).fetchall()}
+        out += [(i, tf, p) for i, tf, p in counted if n_closes[(i, tf)] >= p]
     return out
 
 
@@ -687,7 +691,7 @@ def _write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
         )
     else:
         new = pl.DataFrame(schema={k: v for k, v in _state_schema(kind).items() if k != "watermark_ingested_at"})
-    was = old.select(*key, *(pl.col(c).alias(f"old_{c}") for c in ("last_ts", *ends)))
+    was = old.select(*key, *(pl.col(c).alias(f"old_{c}") for c in ("last_ts", *ends)), old_present=pl.lit(True))
     frame = frame.join(new, on=key, how="left", maintain_order="left").join(was, on=key, how="left",
                                                                              maintain_order="left")
     cut = pl.col("cut")
@@ -731,21 +735,28 @@ def _write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
             cols=sql.SQL(", ").join(ident(c.removeprefix(f"{prefix}_")) for c in cols),
             t=ident(schema, refresher.table), flag=ident(f"probe_{prefix}"))
 
-    conn.execute(
-        sql.SQL(
-            """
-            INSERT INTO {st} ({target}, updated_at)
-            SELECT u.id, u.tf, u.period, u.watermark_ingested_at, {last}, {canon}, now()
-            FROM unnest({params}) AS u({names}, probe_last, probe_canon)
-            LEFT JOIN LATERAL {l} l ON true
-            LEFT JOIN LATERAL {k} k ON true
-            ON CONFLICT (id, tf, period) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at
-            """
-        ).format(st=state_ref.ident, names=sql.SQL(", ").join(ident(c) for c in columns),
-                 target=sql.SQL(", ").join(ident(c) for c in [*key, "watermark_ingested_at", *last_cols, *canon_cols]),
-                 last=probed("l", last_cols, "last"), canon=probed("k", canon_cols, "canon"),
-                 params=sql.SQL(", ").join(sql.SQL("%b") for _ in range(len(columns) + 2)),
-                 l=lateral(last_cols, "last", ""), k=lateral(canon_cols, "canon", " AND NOT e.roll"),
-                 updates=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=ident(c)) for c in columns[3:])),
-        array_params(conn, frame.select(*columns, "probe_last", "probe_canon"), [*pg_types, "bool", "bool"]),
-    )
+    target = [*key, "watermark_ingested_at", *last_cols, *canon_cols]
+    source = sql.SQL(
+        "(SELECT u.id, u.tf, u.period, u.watermark_ingested_at, {last}, {canon} "
+        "FROM unnest({params}) AS u({names}, probe_last, probe_canon) "
+        "LEFT JOIN LATERAL {l} l ON true LEFT JOIN LATERAL {k} k ON true) AS v ({target})"
+    ).format(names=sql.SQL(", ").join(ident(c) for c in columns), target=sql.SQL(", ").join(map(ident, target)),
+             last=probed("l", last_cols, "last"), canon=probed("k", canon_cols, "canon"),
+             params=sql.SQL(", ").join(sql.SQL("%b") for _ in range(len(columns) + 2)),
+             l=lateral(last_cols, "last", ""), k=lateral(canon_cols, "canon", " AND NOT e.roll"))
+    # Existing state rows are updated in place (cheaper than INSERT … ON CONFLICT, whose
+    # speculative insertion probes the key first); a new series' row is inserted.
+    present = pl.col("old_present").fill_null(False)
+    for part, statement in ((frame.filter(present), sql.SQL(
+            "UPDATE {st} s SET {sets}, updated_at = now() FROM {source} "
+            "WHERE s.id = v.id AND s.tf = v.tf AND s.period = v.period").format(
+                st=state_ref.ident, source=source,
+                sets=sql.SQL(", ").join(sql.SQL("{c} = v.{c}").format(c=ident(c)) for c in target[3:]))),
+            (frame.filter(~present), sql.SQL(
+            "INSERT INTO {st} ({target}, updated_at) SELECT v.*, now() FROM {source} "
+            "ON CONFLICT (id, tf, period) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at").format(
+                st=state_ref.ident, source=source, target=sql.SQL(", ").join(map(ident, target)),
+                updates=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=ident(c)) for c in target[3:])))):
+        if part.height:
+            conn.execute(statement, array_params(conn, part.select(*columns, "probe_last", "probe_canon"),
+                                                 [*pg_types, "bool", "bool"]))

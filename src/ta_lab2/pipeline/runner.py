@@ -176,8 +176,9 @@ def run_children(
     # the zygote's imports cost about what one plain child's do: worth it from two children on
     forkable = [spec.argv[2] for spec in specs if forkserver.forkable(spec.argv, fork_modules)]
     use_zygote = forkserver.enabled(env) and forkserver.enabled() and len(forkable) >= 2
+    extra = [*preload, *((forkserver.TERMINAL,) if verbose else ())]  # verbose children write to the terminal
     with _Launcher(env, use_zygote=use_zygote, fork_modules=fork_modules,
-                   modules=[*forkable, *preload] if forkable else []) as launcher:
+                   modules=[*forkable, *extra] if forkable else []) as launcher:
         done = _Schedule(specs, env=env, timeout_s=timeout_s, continue_on_error=continue_on_error, verbose=verbose,
                          scratch=scratch, parallel=1 if verbose else max(1, max_parallel), launcher=launcher).run()
     return RunSummary(runner, stamp, False, tuple(done[s.name] for s in specs), time.perf_counter() - started)
