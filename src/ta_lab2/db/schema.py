@@ -307,7 +307,8 @@ CREATE TABLE IF NOT EXISTS {s}.{t}_state (
     PRIMARY KEY (id, tf, period)
 );
 -- the series' ends (schema version 5): its newest row and newest canonical row, what an
--- appended day's rows are computed from (NULL: unknown, the series is recomputed)
+-- appended day's rows are computed from (NULL: unknown, the series is recomputed); pages half
+-- full, so that the daily update of every row stays on its page (HOT: no key index entry)
 {ends}"""
 
 #: (column, type) of an EMA series' ends in its state row; the dual tables add _DUAL_ENDS
@@ -320,7 +321,8 @@ _DUAL_ENDS = (("last_ema_bar", "double precision"), ("last_d1_roll_bar", "double
 def _ends_ddl(s: str, t: str, dual: bool) -> str:
     """ADD COLUMN IF NOT EXISTS: creates the ends on a new state table and on one of version 4."""
     cols = _ENDS + (_DUAL_ENDS if dual else ())
-    return f"ALTER TABLE {s}.{t}_state " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in cols) + ";\n"
+    return (f"ALTER TABLE {s}.{t}_state SET (fillfactor = 50), "
+            + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in cols) + ";\n")
 
 _DUAL_EMA_EXTRA = """
     ema_bar double precision,

@@ -381,7 +381,8 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
     tails = by_id(tail)
     tail_ts = {i: t["timestamp"].dt.epoch("us").to_numpy() for i, t in tails.items()}
     n_grid = {i: before.get(i, 0) + (tails[i].height if i in tails else 0) for i in ids}
-    seeds = _seeds(conn, options, _seeding(conn, options, resumed, inputs, n_grid))
+    new_closes = {(i, tf) for i, tf in canon.select("id", "tf").unique().iter_rows()}
+    seeds = _seeds(conn, options, _seeding(conn, options, resumed, inputs, n_grid, new_closes))
     # a seed is placed on its first row, which must be among the rows read
     fallback: set[int] = set()
     placed: dict[tuple[int, str, int], tuple[int, float]] = {}
@@ -468,22 +469,26 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
 
 
 def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[_Changes], inputs: _Inputs,
-             n_grid: Mapping[int, int]) -> list[tuple[int, str, int]]:
+             n_grid: Mapping[int, int], new_closes: set[tuple[int, str]]) -> list[tuple[int, str, int]]:
     """The series of ``resumed`` that have no row yet but now have the closes their seed needs
     (spec 03: ``p`` canonical closes; v2: ``n_days·p`` grid rows). Canonical closes are counted
-    in the bar table (index-only, at most ``p``)."""
+    in the bar table (index-only, at most ``p``) — unless the (id, tf) has a resumed series and
+    no canonical close among the rows read (``new_closes``): its count is then the last
+    refresh's, which was short (a close added earlier would have cut that series before its
+    newest row, and its id would not be resumed)."""
     refresher = REFRESHERS[options.refresher]
     tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
     out: list[tuple[int, str, int]] = []
     counted: list[tuple[int, str, int]] = []
     for c in resumed:
+        seeded = {tf for tf, p in c.cuts if inputs.last_ts.get((c.id, tf, p)) is not None}
         for tf, p in c.cuts:
             if inputs.last_ts.get((c.id, tf, p)) is not None:
                 continue
             if refresher.kind == "v2" or tf == "1D":
                 if n_grid[c.id] >= (tf_days[tf] * p if refresher.kind == "v2" else p):
                     out.append((c.id, tf, p))
-            else:
+            elif tf not in seeded or (c.id, tf) in new_closes:
                 counted.append((c.id, tf, p))
     if counted:
         cap: dict[tuple[int, str], int] = {}  # per (id, tf): its largest period without rows

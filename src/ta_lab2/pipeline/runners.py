@@ -111,7 +111,11 @@ def bar_specs(options: RunOptions, builders: Sequence[str]) -> list[ChildSpec]:
 
 
 def ema_specs(options: RunOptions, refreshers: Sequence[str]) -> list[ChildSpec]:
-    """One child per refresher; ``after`` lists every input builder (see :func:`within_run`)."""
+    """One child per refresher; ``after`` lists every input builder (see :func:`within_run`).
+    An incremental run starts ``v2`` last: its one continuous series per period is the
+    shortest refresh of a new day, so the two children running at the end finish together."""
+    if not options.full and "v2" in refreshers:
+        refreshers = [*(r for r in refreshers if r != "v2"), "v2"]
     return [
         ChildSpec(f"ema_{name}", python_module_argv("ta_lab2.emas", name, *_common(options),
                                                     *(["--periods", options.periods] if options.periods else []),
