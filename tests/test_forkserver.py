@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ta_lab2.pipeline.forkserver import KERNEL, ForkServer, forkable
+from ta_lab2.pipeline.forkserver import KERNEL, ForkServer, forkable, kernel_stage
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, run_children
 
 HERE = Path(__file__).resolve().parent
@@ -275,17 +275,25 @@ def _spawn(fs: ForkServer, env: dict[str, str], tmp_path: Path, module: str, act
     return fs.spawn(argv, env, tmp_path / f"{name}.out")
 
 
+def test_kernel_users_load_late_only_with_the_kernel() -> None:
+    """A run that preloads the EMA kernel loads it, and the EMA children, in the delegate; the
+    bar builders' modules first. Without the kernel nothing waits for a delegate."""
+    assert kernel_stage(["ta_lab2.bars", "ta_lab2.emas", KERNEL]) == (["ta_lab2.emas", KERNEL], ["ta_lab2.bars"])
+    assert kernel_stage(["ta_lab2.emas", KERNEL]) == (["ta_lab2.emas", KERNEL], [])
+    assert kernel_stage(["ta_lab2.bars", "ta_lab2.emas"]) == ([], ["ta_lab2.bars", "ta_lab2.emas"])
+
+
 def test_later_modules_are_forked_by_a_delegate_zygote(tmp_path: Path) -> None:
-    """With the EMA kernel to preload, the first module's children come from the zygote as
-    soon as its own imports are done; the later modules' from a delegate it forked to import
-    theirs (and numba) meanwhile. Either way the runner sees the same protocol: pids, own
+    """The early modules' children come from the zygote as soon as its own imports are done;
+    the late modules' (the EMA refreshers when numba is preloaded) from a delegate it forked
+    to import theirs meanwhile. Either way the runner sees the same protocol: pids, own
     process groups, exit codes."""
     env = _env()
 
     def spawn(fs: ForkServer, module: str, action: str, name: str):  # type: ignore[no-untyped-def]
         return _spawn(fs, env, tmp_path, module, action, name)
 
-    with ForkServer(env, ["zygote_child", "zygote_child_late", KERNEL]) as fs:
+    with ForkServer(env, ["zygote_child", "zygote_child_late"], late=["zygote_child_late"]) as fs:
         first = spawn(fs, "zygote_child", "ok", "first")
         late = spawn(fs, "zygote_child_late", "ok", "late")
         failing = spawn(fs, "zygote_child_late", "fail", "failing")

@@ -90,6 +90,9 @@ PRELOAD_COMMON: tuple[str, ...] = (
 #: for the EMA children: numba and the compiled kernels (~0.6 s of CPU). An incremental run that
 #: only resumes series never loads them (a child that does need the kernel imports it itself).
 KERNEL = "ta_lab2.emas.kernel"
+#: The ``-m`` modules whose children use the kernel: with it preloaded, they are forked from
+#: the zygote that loaded it.
+KERNEL_USERS: tuple[str, ...] = ("ta_lab2.emas",)
 
 #: Not a ``-m`` module but what children writing to a terminal (a verbose run) use: Rich's
 #: log handler and progress bars (~45 ms of imports that other children never make).
@@ -105,6 +108,16 @@ PRELOAD_FOR: dict[str, tuple[str, ...]] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+
+
+def kernel_stage(modules: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(late, early)``: with :data:`KERNEL` among ``modules``, the kernel and the modules
+    whose children use it (:data:`KERNEL_USERS`) load late, in the delegate; the rest early.
+    Without it, nothing is late."""
+    if KERNEL not in modules:
+        return [], list(modules)
+    late = [m for m in modules if m == KERNEL or m in KERNEL_USERS]
+    return late, [m for m in modules if m not in late]
 
 
 def enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -148,18 +161,24 @@ class ForkServer:
     start-up — ``PYTHON*``, locale, ``NUMBA_*`` — is what a plain child would see) and returns
     at once; the zygote imports what children of the ``-m`` ``modules`` need (see
     :func:`preload`; None: every module of :data:`PRELOAD_FOR`) and answers the first
-    :meth:`spawn` when it is done. Any module may still be spawned. Not thread-safe: one runner
-    thread drives it.
+    :meth:`spawn` when it is done; the ``late`` ones (default: :func:`kernel_stage`) are loaded
+    and served by a delegate zygote meanwhile. Any module may still be spawned. Not
+    thread-safe: one runner thread drives it.
     """
 
     def __init__(self, env: Mapping[str, str], modules: Sequence[str] | None = None, *,
-                 start_timeout_s: float = 120.0) -> None:
+                 late: Sequence[str] | None = None, start_timeout_s: float = 120.0) -> None:
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
+        wanted = list(PRELOAD_FOR) if modules is None else list(modules)
+        if late is None:
+            late, early = kernel_stage(wanted)
+        else:
+            early = [m for m in wanted if m not in late]
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ta_lab2.pipeline.forkserver", str(request_r), str(reply_w),
-                 *(list(PRELOAD_FOR) if modules is None else modules)],
+                 *early, *(["--late", *late] if late else [])],
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
                 pass_fds=(request_r, reply_w),
@@ -634,13 +653,15 @@ def _finalize(code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ta_lab2.pipeline.forkserver REQUEST_FD REPLY_FD [MODULE…]`` (started by the
-    runner): preload for children of the ``-m`` MODULEs, then serve requests."""
+    """``python -m ta_lab2.pipeline.forkserver REQUEST_FD REPLY_FD [MODULE…] [--late MODULE…]``
+    (started by the runner): preload for children of the ``-m`` MODULEs, then serve requests;
+    the late ones are preloaded and served by a delegate zygote (see :class:`_Delegate`)."""
     import warnings
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2:
-        print("usage: python -m ta_lab2.pipeline.forkserver REQUEST_FD REPLY_FD [MODULE…]", file=sys.stderr)
+        print("usage: python -m ta_lab2.pipeline.forkserver REQUEST_FD REPLY_FD [MODULE…] [--late MODULE…]",
+              file=sys.stderr)
         raise SystemExit(2)
     request_fd, reply_fd, modules = int(args[0]), int(args[1]), args[2:]
     # Ctrl-C reaches the runner's whole process group; the runner decides what dies.
@@ -648,12 +669,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Python ≥ 3.12 warns that fork() in a multi-threaded process may deadlock: the threads
     # alive here are parked (see the module docstring), and polars' pool does not exist yet.
     warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork\(\).*", category=DeprecationWarning)
-    # The first module's children (the bars, which start every run) can be forked as soon as
-    # its imports are done; the kernel's (and with it the later modules') run meanwhile in a
-    # delegate zygote. Without the kernel the other modules' imports are small: no delegate.
-    staged = KERNEL in modules[1:]
-    _quietly(preload, modules[:1] if staged else modules)
-    delegate = _start_delegate(modules[1:], request_fd, reply_fd) if staged else None
+    # With the kernel to load, the other modules' children (the bars, which start every run)
+    # are forked as soon as their imports are done; the kernel and the modules whose children
+    # use it load meanwhile in a delegate zygote. Otherwise one zygote preloads everything.
+    late = modules[modules.index("--late") + 1:] if "--late" in modules else []
+    early = modules[:modules.index("--late")] if "--late" in modules else modules
+    _quietly(preload, early or late)
+    delegate = _start_delegate(late, request_fd, reply_fd) if early and late else None
     _Zygote(request_fd, reply_fd, delegate).serve()
     # Nothing is left to clean up; an orderly interpreter exit would tear down polars, numpy
     # and psycopg module by module (~0.3 s) while the runner waits for the zygote to end.
