@@ -62,7 +62,8 @@ def test_daily_refresh_lists_stale_ids_and_refreshes_fresh_ones(loaded: Target, 
     assert "stale ids" in result.stdout
     names = [c["name"] for c in summary["children"]]
     assert names[:6] == ["1d", "multi_tf", "cal_iso", "cal_us", "cal_anchor_iso", "cal_anchor_us"]
-    assert names[6:] == [f"ema_{n}" for n in ("multi_tf", "cal_us", "cal_iso", "v2", "cal_anchor_us", "cal_anchor_iso")]
+    # an incremental run starts v2, the shortest refresh of a new day, last
+    assert names[6:] == [f"ema_{n}" for n in ("multi_tf", "cal_us", "cal_iso", "cal_anchor_us", "cal_anchor_iso", "v2")]
     assert all(c["status"] == "ok" for c in summary["children"])
     with psycopg.connect(loaded.url) as conn:
         ids = {r[0] for r in conn.execute("SELECT DISTINCT id FROM cmc_ema_multi_tf").fetchall()}
