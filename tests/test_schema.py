@@ -230,3 +230,26 @@ def test_newer_schema_version_is_refused(schema_conn: psycopg.Connection) -> Non
 
 def test_version_recorded(schema_conn: psycopg.Connection) -> None:
     assert schema_conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_version_4_ema_state_tables_gain_their_ends(schema_conn: psycopg.Connection) -> None:
+    """A database of schema version 4 (EMA state rows without their series' ends, full pages)
+    is upgraded in place: the ends columns and the half-full pages appear, rows are kept with
+    NULL ends (their series are recomputed once), and version 5 is recorded."""
+    table = "cmc_ema_multi_tf_cal_us_state"
+    ends = ["last_ema", "last_d1_roll", "canon_ts", "canon_ema", "canon_d1",
+            "last_ema_bar", "last_d1_roll_bar", "canon_ema_bar", "canon_d1_bar"]
+    schema_conn.execute(f"ALTER TABLE {table} RESET (fillfactor), " + ", ".join(f"DROP COLUMN {c}" for c in ends))
+    schema_conn.execute(f"INSERT INTO {table} (id, tf, period, watermark_ingested_at, last_ts) "
+                        "VALUES (1, '1M_CAL', 10, now(), now())")
+    schema_conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version = 5")
+    schema_conn.commit()
+    assert ensure_schema(schema_conn) is True
+    columns = {r[0] for r in schema_conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)).fetchall()}
+    assert set(ends) <= columns
+    options = schema_conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()[0]
+    assert "fillfactor=50" in options
+    row = schema_conn.execute(f"SELECT last_ts IS NOT NULL, last_ema, canon_ts FROM {table}").fetchone()
+    assert row == (True, None, None)
+    assert schema_conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() == (SCHEMA_VERSION,)
