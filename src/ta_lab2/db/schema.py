@@ -311,16 +311,16 @@ CREATE TABLE IF NOT EXISTS {s}.{t}_state (
 -- full, so that the daily update of every row stays on its page (HOT: no key index entry)
 {ends}"""
 
-#: (column, type) of an EMA series' ends in its state row; the dual tables add _DUAL_ENDS
-_ENDS = (("last_ema", "double precision"), ("last_d1_roll", "double precision"), ("canon_ts", "timestamptz"),
+#: (column, type) of an EMA series' ends in its state row; the dual tables add DUAL_EMA_ENDS
+EMA_ENDS = (("last_ema", "double precision"), ("last_d1_roll", "double precision"), ("canon_ts", "timestamptz"),
          ("canon_ema", "double precision"), ("canon_d1", "double precision"))
-_DUAL_ENDS = (("last_ema_bar", "double precision"), ("last_d1_roll_bar", "double precision"),
+DUAL_EMA_ENDS = (("last_ema_bar", "double precision"), ("last_d1_roll_bar", "double precision"),
               ("canon_ema_bar", "double precision"), ("canon_d1_bar", "double precision"))
 
 
 def _ends_ddl(s: str, t: str, dual: bool) -> str:
     """ADD COLUMN IF NOT EXISTS: creates the ends on a new state table and on one of version 4."""
-    cols = _ENDS + (_DUAL_ENDS if dual else ())
+    cols = EMA_ENDS + (DUAL_EMA_ENDS if dual else ())
     return (f"ALTER TABLE {s}.{t}_state SET (fillfactor = 50), "
             + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in cols) + ";\n")
 

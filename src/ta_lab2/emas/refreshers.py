@@ -36,7 +36,8 @@ from ta_lab2.bars.families import Timeframe
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.resume import Ends, resume_rows, seed_value
-from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, TfRows, epoch_us, ids_rows_frame, tf_arrays
+from ta_lab2.db.schema import DUAL_EMA_ENDS, EMA_ENDS
+from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, TfRows, epoch_us, frame_of_rows, ids_rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
@@ -125,6 +126,11 @@ class RefreshOptions:
     schema: str
     bulk: bool = False  # inside bulk_rebuild(): one transaction, empty unindexed table
 
+    @property
+    def tf_days(self) -> dict[str, int]:
+        """Each timeframe's nominal length in days."""
+        return {t.tf: t.tf_days_nominal for t in self.timeframes}
+
 
 def refresh(
     conn: psycopg.Connection,
@@ -167,15 +173,13 @@ def refresh(
 _GRID_SCHEMA = {"timestamp": UTC_US, "close": pl.Float64()}
 _CANON_SCHEMA = {"tf": pl.String(), "time_close": UTC_US}
 _SERIES_SCHEMA = {"id": pl.Int32(), "tf": pl.String(), "period": pl.Int32()}
-#: a series' ends in its state row (docs/decisions.md 62); the dual tables add _DUAL_ENDS
-_ENDS = ("last_ema", "last_d1_roll", "canon_ts", "canon_ema", "canon_d1")
-_DUAL_ENDS = ("last_ema_bar", "last_d1_roll_bar", "canon_ema_bar", "canon_d1_bar")
 #: an instant after every other (a from-instant that reads no row and counts them all)
 _END_OF_TIME = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)
 
 
 def _ends(kind: str) -> tuple[str, ...]:
-    return _ENDS + (_DUAL_ENDS if kind == "dual" else ())
+    """A series' ends in its state row (docs/decisions.md 62), in the schema's order."""
+    return tuple(c for c, _ in EMA_ENDS + (DUAL_EMA_ENDS if kind == "dual" else ()))
 
 
 def _state_schema(kind: str) -> dict[str, pl.DataType]:
@@ -201,6 +205,10 @@ class _Inputs:
     newest_bar: dict[int, dt.datetime | None]
     bar_changes: dict[int, dict[str, dt.datetime]]
     removals: dict[int, tuple[dt.datetime | None, dt.datetime | None]]
+
+    def has_rows(self, key: tuple[int, str, int]) -> bool:
+        """Whether the series has rows, as its state says (written with them; no state: no)."""
+        return self.last_ts.get(key) is not None
 
 
 def refresh_batch(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
@@ -358,12 +366,12 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
     refresher = REFRESHERS[options.refresher]
     s = options.schema
     kind = refresher.kind
-    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    tf_days = options.tf_days
     ids = [c.id for c in resumed]
     # each id's grid rows after the oldest of its series' newest rows, and how many precede them
     starts: dict[int, dt.datetime] = {}
     for c in resumed:
-        lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts if inputs.last_ts.get((c.id, tf, p)) is not None]
+        lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts if inputs.has_rows((c.id, tf, p))]
         starts[c.id] = min(lasts) + dt.timedelta(microseconds=1) if lasts else _END_OF_TIME
     from_frame = pl.DataFrame({"id": ids, "from_ts": [starts[i] for i in ids]}, schema={"id": pl.Int32, "from_ts": UTC_US})
     tail, before = rows_from(conn, sql.Identifier(s, BARS_1D), {"id": pl.Int32(), **_GRID_SCHEMA}, from_frame)
@@ -397,7 +405,7 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
     log.debug("%s: %d series start from their seed; %d ids recomputed instead", options.refresher, len(placed),
               len(again))
     series = [(c.id, tf, p) for c in resumed if c.id not in fallback for tf, p in c.cuts
-              if (c.id, tf, p) in placed or inputs.last_ts.get((c.id, tf, p)) is not None]
+              if (c.id, tf, p) in placed or inputs.has_rows((c.id, tf, p))]
     if not series:
         return pl.DataFrame(schema=DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA), again
     # the tails of the ids, concatenated in id order; per (id, tf) its canonical flags there
@@ -405,24 +413,19 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
     offset: dict[int, int] = {}
     pair_at: dict[tuple[int, str], int] = {}
     n_rows = n_flags = 0
-    canon_by = {(k[0], k[1]): part["time_close"].dt.epoch("us").to_numpy()
-                for k, part in canon.partition_by("id", "tf", as_dict=True).items()} if canon.height else {}
+    canon_of = by_id(canon)
     for ident in dict.fromkeys(i for i, _, _ in series):
         ts = tail_ts.get(ident, np.zeros(0, np.int64))
         offset[ident] = n_rows
         close_parts.append(tails[ident]["close"].to_numpy() if ident in tails else np.zeros(0))
         n_rows += ts.size
+        grid = Grid(ident, ts, close_parts[-1])
+        closes_by_tf = _closes_by_tf(canon_of.get(ident, pl.DataFrame(schema=_CANON_SCHEMA)))
         for tf in dict.fromkeys(t for i, t, _ in series if i == ident):
             if kind == "v2":
                 flags = (before.get(ident, 0) + np.arange(ts.size) + 1) % tf_days[tf] == 0
-            elif tf == "1D":
-                flags = np.ones(ts.size, dtype=bool)
             else:
-                closes = canon_by.get((ident, tf), np.zeros(0, np.int64))
-                flags = np.isin(ts, closes)
-                if int(flags.sum()) != closes.size:
-                    raise ValueError(f"{tf}: canonical closes not on the daily grid of id {ident} "
-                                     "(rebuild the bars first)")
+                flags = _canonical_mask(grid, closes_by_tf, tf)
             pair_at[(ident, tf)] = n_flags
             flag_parts.append(flags)
             n_flags += ts.size
@@ -453,19 +456,8 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
     out = resume_rows(kind, np.concatenate(close_parts), np.concatenate(flag_parts), first, count, canon_first, ends,
                       seed)
     j = out["series"]
-    columns = {
-        "id": pl.Series(sid[j].astype(np.int32)),
-        "tf": pl.Series(stf, dtype=pl.String).gather(pl.Series(j)),
-        "ts": pl.Series(ts_all[out["row"]]).cast(UTC_US),
-        "period": pl.Series(periods[j].astype(np.int32)),
-        "tf_days": pl.Series(n_days[j].astype(np.int32)),
-        "roll": pl.Series(out["roll"]),
-        **{c: pl.Series(out[c], nan_to_null=True) for c in out if c not in ("series", "row", "roll")},
-    }
-    if kind == "dual":
-        columns["roll_bar"] = columns["roll"]
-    schema = DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA
-    return pl.DataFrame([columns[c].alias(c) for c in schema]), again
+    return frame_of_rows(kind, sid[j], stf, j, ts_all[out["row"]], periods[j], n_days[j], out["roll"],
+                         {c: v for c, v in out.items() if c not in ("series", "row", "roll")}), again
 
 
 def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[_Changes], inputs: _Inputs,
@@ -477,13 +469,13 @@ def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequenc
     refresh's, which was short (a close added earlier would have cut that series before its
     newest row, and its id would not be resumed)."""
     refresher = REFRESHERS[options.refresher]
-    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    tf_days = options.tf_days
     out: list[tuple[int, str, int]] = []
     counted: list[tuple[int, str, int]] = []
     for c in resumed:
-        seeded = {tf for tf, p in c.cuts if inputs.last_ts.get((c.id, tf, p)) is not None}
+        seeded = {tf for tf, p in c.cuts if inputs.has_rows((c.id, tf, p))}
         for tf, p in c.cuts:
-            if inputs.last_ts.get((c.id, tf, p)) is not None:
+            if inputs.has_rows((c.id, tf, p)):
                 continue
             if refresher.kind == "v2" or tf == "1D":
                 if n_grid[c.id] >= (tf_days[tf] * p if refresher.kind == "v2" else p):
@@ -512,7 +504,7 @@ def _seeds(conn: psycopg.Connection, options: RefreshOptions,
     if not series:
         return {}
     refresher = REFRESHERS[options.refresher]
-    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    tf_days = options.tf_days
     daily = sql.Identifier(options.schema, BARS_1D)
     by_grid = [k for k in series if refresher.kind == "v2" or k[1] == "1D"]
     by_bars = [k for k in series if k not in set(by_grid)]
@@ -589,7 +581,7 @@ def _kernel_parts(refresher: EmaRefresher, options: RefreshOptions, changes: _Ch
                   canon: pl.DataFrame) -> list[TfRows]:
     """The kernel's rows of the changed series of one id, from their cuts on."""
     closes_by_tf = _closes_by_tf(canon)
-    tf_days = {t.tf: t.tf_days_nominal for t in options.timeframes}
+    tf_days = options.tf_days
     parts: list[TfRows] = []
     by_tf: dict[str, dict[dt.datetime | None, list[int]]] = {}
     for (tf, p), at in changes.cuts.items():
@@ -618,7 +610,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions, changed: Sequence[
     # its rows) is before its cut — a new day usually adds a row to every series — or whose
     # state says it has no row.
     probed = [r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])
-              and not (r[:3] in inputs.last_ts and inputs.last_ts[r[:3]] is None)]
+              and not (r[:3] in inputs.last_ts and not inputs.has_rows(r[:3]))]
     deleted: dict[int, int] = {}
     if probed and not options.bulk:
         deleted = dict(conn.execute(
@@ -672,7 +664,7 @@ def _write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
                  old: pl.DataFrame, bulk: bool = False) -> None:
     """Upsert the state of ``series`` (id, tf, period, cut, watermark), whose rows from their
     cut (None: all) to their end are ``rows`` (in time order within a series), with the
-    series' newest row and ends (:data:`_ENDS`).
+    series' newest row and ends (:data:`ta_lab2.db.schema.EMA_ENDS`).
 
     Those come from its newest row in ``rows`` and its newest canonical row there. A series
     with no canonical row there keeps its old canonical end when that is before the cut; one

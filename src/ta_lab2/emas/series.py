@@ -135,21 +135,32 @@ def ids_rows_frame(kind: str, items: Sequence[tuple[Grid, Sequence[TfRows]]]) ->
         return pl.DataFrame(schema=schema)
     parts = [p for _, p in pairs]
     counts = np.array([p.row.size for p in parts], dtype=np.int64)
-    part_of_row = pl.Series(np.repeat(np.arange(len(parts), dtype=np.int64), counts))
+    part_of_row = np.repeat(np.arange(len(parts), dtype=np.int64), counts)
+    return frame_of_rows(
+        kind, np.repeat(np.array([g.id for g, _ in pairs], dtype=np.int32), counts), [p.tf for p in parts], part_of_row,
+        np.concatenate([g.ts_us[p.row] for g, p in pairs]), np.concatenate([p.period for p in parts]),
+        np.repeat(np.array([p.n_days for p in parts], dtype=np.int32), counts), np.concatenate([p.roll for p in parts]),
+        {c: np.concatenate([p.floats[c] for p in parts]) for c in parts[0].floats})
+
+
+def frame_of_rows(kind: str, ids: np.ndarray, tf_names: Sequence[str], tf_of_row: np.ndarray, ts_us: np.ndarray,
+                  period: np.ndarray, tf_days: np.ndarray, roll: np.ndarray,
+                  floats: dict[str, np.ndarray]) -> pl.DataFrame:
+    """The table frame (:data:`EMA_SCHEMA`, :data:`DUAL_SCHEMA` for ``dual``) of rows given as
+    arrays: ``tf_names[tf_of_row[i]]`` is row i's tf, ``ts_us`` its instant (epoch µs, UTC),
+    NaN in ``floats`` an undefined value (stored NULL)."""
+    schema = DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA
     # Series built directly in their final dtypes: polars expressions (pl.repeat, lit,
     # replace_time_zone) cost ~0.2 ms each, more than the whole computation of a short tail.
     columns = {
-        "id": pl.Series("id", np.repeat(np.array([g.id for g, _ in pairs], dtype=np.int32), counts)),
-        "tf": pl.Series("tf", [p.tf for p in parts], dtype=pl.String).gather(part_of_row),
+        "id": pl.Series("id", np.asarray(ids, dtype=np.int32)),
+        "tf": pl.Series("tf", list(tf_names), dtype=pl.String).gather(pl.Series(tf_of_row)),
         # epoch µs read as UTC instants: the same values as naive µs declared UTC
-        "ts": pl.Series("ts", np.concatenate([g.ts_us[p.row] for g, p in pairs]).astype(np.int64, copy=False))
-        .cast(UTC_US),
-        "period": pl.Series("period", np.concatenate([p.period for p in parts])),
-        "tf_days": pl.Series("tf_days", np.repeat(np.array([p.n_days for p in parts], dtype=np.int32), counts)),
-        "roll": pl.Series("roll", np.concatenate([p.roll for p in parts])),
-        # NaN marks "undefined" in the arrays; the tables store NULL.
-        **{c: pl.Series(c, np.concatenate([p.floats[c] for p in parts]), nan_to_null=True)
-           for c in parts[0].floats},
+        "ts": pl.Series("ts", np.asarray(ts_us, dtype=np.int64)).cast(UTC_US),
+        "period": pl.Series("period", np.asarray(period, dtype=np.int32)),
+        "tf_days": pl.Series("tf_days", np.asarray(tf_days, dtype=np.int32)),
+        "roll": pl.Series("roll", roll),
+        **{c: pl.Series(c, v, nan_to_null=True) for c, v in floats.items()},
     }
     if kind == "dual":
         columns["roll_bar"] = columns["roll"].alias("roll_bar")
