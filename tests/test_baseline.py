@@ -184,6 +184,68 @@ def test_scratch_schema_leaves_live_tables_untouched(pipeline: Target, tmp_path:
     _drop(pipeline, report["suffix"])
 
 
+def _drop_snapshot_copies(conn: psycopg.Connection, suffix: str) -> None:
+    from ta_lab2.baseline.naming import aux_schema
+    from ta_lab2.db.tables import PIPELINE_TABLES
+
+    for t in PIPELINE_TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {snapshot_name(t, suffix)}")
+    conn.execute(f"DROP SCHEMA IF EXISTS {aux_schema(suffix)} CASCADE")
+
+
+def _copies_of(conn: psycopg.Connection, suffix: str) -> int:
+    return conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relname LIKE %s OR n.nspname = %s",
+                        (f"%_snapshot_{suffix}", f"baseline_{suffix}")).fetchone()[0]
+
+
+def test_snapshots_over_two_transactions_equal_those_of_one(pipeline: Target) -> None:
+    """A helper connection splits the copies between two transactions on one exported
+    snapshot: the same tables, keys, counts and rows as one transaction copies."""
+    from ta_lab2.baseline.snapshots import _helper_share, take_snapshots
+    from ta_lab2.db.tables import PIPELINE_TABLES
+
+    one, two = "20000101_000001", "20000101_000002"
+    with connect(pipeline, autocommit=True) as conn, connect(pipeline, autocommit=True) as helper:
+        share = _helper_share(conn, PIPELINE_TABLES, "public")
+        assert share and set(share) < set(PIPELINE_TABLES)  # both sides copy something
+        try:
+            serial = take_snapshots(conn, one, PIPELINE_TABLES, None)
+            split = take_snapshots(conn, two, PIPELINE_TABLES, None, helper=helper)
+            assert [(i.table, i.rows, i.key) for i in split] == [(i.table, i.rows, i.key) for i in serial]
+            assert all(i.rows > 0 for i in split if i.table in PIPELINE_TABLES)
+            for info in split:
+                live = info.table if info.table in PIPELINE_TABLES else f"public.{info.table}"
+                assert _checksums(pipeline, [info.snapshot])[info.snapshot] == _checksums(pipeline, [live])[live]
+                keyed = conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = to_regclass(%s) AND indisprimary",
+                                     (info.snapshot,)).fetchone()[0]
+                assert keyed == (1 if info.key else 0)
+        finally:
+            _drop_snapshot_copies(conn, one)
+            _drop_snapshot_copies(conn, two)
+
+
+@pytest.mark.parametrize("side", ["first", "helper"])
+def test_snapshot_failure_on_either_transaction_creates_nothing(pipeline: Target, side: str) -> None:
+    from ta_lab2.baseline.snapshots import _helper_share, take_snapshots
+    from ta_lab2.db.tables import PIPELINE_TABLES
+
+    suffix = "20000101_000003"
+    with connect(pipeline, autocommit=True) as conn, connect(pipeline, autocommit=True) as helper:
+        share = _helper_share(conn, PIPELINE_TABLES, "public")
+        # the smallest table of that side: its copy fails after the other side's largest began
+        victim = [t for t in PIPELINE_TABLES if (t in share) == (side == "helper")][-1]
+        conn.execute(f"CREATE TABLE {snapshot_name(victim, suffix)} (x int)")
+        try:
+            with pytest.raises(psycopg.errors.DuplicateTable):
+                take_snapshots(conn, suffix, PIPELINE_TABLES, None, helper=helper)
+            conn.execute(f"DROP TABLE {snapshot_name(victim, suffix)}")
+            assert _copies_of(conn, suffix) == 0
+            assert helper.execute("SELECT 1").fetchone() == (1,)  # the helper is usable again
+        finally:
+            _drop_snapshot_copies(conn, suffix)
+
+
 def test_snapshot_failure_truncates_nothing(pipeline: Target, tmp_path: Path) -> None:
     before = _checksums(pipeline, ALL_TABLES)
     now = dt.datetime.now(dt.timezone.utc)
@@ -410,7 +472,7 @@ def test_split_compare_equals_single_pass(pipeline: Target, tmp_path: Path) -> N
     """The pass over every row split over two connections (a table compared on its own) finds
     exactly what the single pass finds: differences on both sides of the split, one-sided rows
     on both sides, in the sampled and the full mode."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from psycopg import sql
 
@@ -435,11 +497,15 @@ def test_split_compare_equals_single_pass(pipeline: Target, tmp_path: Path) -> N
         with connect(pipeline, autocommit=True) as conn, connect(pipeline, autocommit=True) as helper:
             spec = table_spec(conn, table, suffix, "public")
             assert _split_point(conn, spec.snapshot, [sql.Identifier("id")]) == (ids[1],)
+            merged = replace(spec, presorted=True)  # two index scans merged instead of a hash join
             for sampling in (Sampling(), Sampling(full=True)):
                 with conn.transaction():
                     single = compare_table(conn, spec, None, sampling, Tolerances())
                 with conn.transaction():
                     split = compare_table(conn, spec, None, sampling, Tolerances(), helper=helper)
                 assert asdict(split) == asdict(single)
+                for helped in (None, helper):
+                    with conn.transaction():
+                        assert asdict(compare_table(conn, merged, None, sampling, Tolerances(), helper=helped)) == asdict(single)
                 assert not single.passed and single.only_in_snapshot == 2 and single.only_in_rebuilt == 2
                 assert {d.series["id"] for d in single.divergences} == set(ids)

@@ -32,21 +32,34 @@
 -- public.baseline_snapshots (the registry). Nothing is ever silently truncated.
 
 -- 1. Snapshot: one REPEATABLE READ transaction, so every copy shows the same instant.
+--    On a machine with two or more CPUs the capture splits the largest tables between this
+--    transaction and a second one on another connection that adopts this one's snapshot
+--    (same instant), so two cores copy at once; the second commits only when both sides
+--    succeeded, then this one (docs/decisions.md, 66):
+--      -- first connection:                  -- second connection:
+--      BEGIN ISOLATION LEVEL REPEATABLE READ;
+--      SELECT pg_export_snapshot();          BEGIN ISOLATION LEVEL REPEATABLE READ;
+--                                            SET TRANSACTION SNAPSHOT '00000003-0000001B-1';
+--    Every copy is made in key order (ORDER BY the primary key): its primary key is then
+--    built from presorted rows, and the compare merges the two tables' index scans.
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 CREATE SCHEMA baseline_20260205_143022;
 
-CREATE TABLE public.cmc_price_bars_1d_snapshot_20260205_143022
-    AS SELECT * FROM public.cmc_price_bars_1d WHERE id = ANY(ARRAY[1, 52, 825]);  -- no WHERE for --ids all
+CREATE TABLE public.cmc_price_bars_1d_snapshot_20260205_143022 WITH (autovacuum_enabled = false)
+    AS SELECT * FROM public.cmc_price_bars_1d WHERE id = ANY(ARRAY[1, 52, 825])  -- no WHERE for --ids all
+    ORDER BY id, "timestamp";
 ALTER TABLE public.cmc_price_bars_1d_snapshot_20260205_143022
     ADD CONSTRAINT bs20260205_143022_01_pk PRIMARY KEY (id, "timestamp");
 
-CREATE TABLE public.cmc_price_bars_multi_tf_snapshot_20260205_143022
-    AS SELECT * FROM public.cmc_price_bars_multi_tf WHERE id = ANY(ARRAY[1, 52, 825]);
+CREATE TABLE public.cmc_price_bars_multi_tf_snapshot_20260205_143022 WITH (autovacuum_enabled = false)
+    AS SELECT * FROM public.cmc_price_bars_multi_tf WHERE id = ANY(ARRAY[1, 52, 825])
+    ORDER BY id, tf, bar_seq, time_close;
 ALTER TABLE public.cmc_price_bars_multi_tf_snapshot_20260205_143022
     ADD CONSTRAINT bs20260205_143022_02_pk PRIMARY KEY (id, tf, bar_seq, time_close);
 
-CREATE TABLE public.cmc_ema_multi_tf_snapshot_20260205_143022
-    AS SELECT * FROM public.cmc_ema_multi_tf WHERE id = ANY(ARRAY[1, 52, 825]);
+CREATE TABLE public.cmc_ema_multi_tf_snapshot_20260205_143022 WITH (autovacuum_enabled = false)
+    AS SELECT * FROM public.cmc_ema_multi_tf WHERE id = ANY(ARRAY[1, 52, 825])
+    ORDER BY id, tf, period, ts;
 ALTER TABLE public.cmc_ema_multi_tf_snapshot_20260205_143022
     ADD CONSTRAINT bs20260205_143022_07_pk PRIMARY KEY (id, tf, period, ts);
 -- … the same for the other 9 tables …

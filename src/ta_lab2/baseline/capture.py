@@ -7,6 +7,7 @@ still written. Before that point, errors raise and nothing has changed (exit cod
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -104,13 +105,14 @@ class CaptureResult:
         return 0 if self.verdict in ("PASS", "DRY-RUN") else 1
 
 
-def table_spec(conn: psycopg.Connection, table: str, suffix: str, rebuilt_schema: str, schema: str = "public") -> TableSpec:
+def table_spec(conn: psycopg.Connection, table: str, suffix: str, rebuilt_schema: str, schema: str = "public",
+               presorted: bool = False) -> TableSpec:
     live = sql.Identifier(schema, table)
     key = primary_key(conn, live)
     series, time_col = series_and_time(key)
     cols = {c: k for c, k in column_kinds(conn, live).items() if c not in VOLATILE_COLUMNS and c not in key}
     return TableSpec(table, sql.Identifier(schema, snapshot_name(table, suffix)), sql.Identifier(rebuilt_schema, table),
-                     key, series, time_col, cols)
+                     key, series, time_col, cols, presorted)
 
 
 def rebuild_config(conn: psycopg.Connection, suffix: str, tables: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -214,16 +216,18 @@ def _bar_table_for(ema_table: str, tf: str) -> str:
 
 def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], ids: list[int] | None,
                 options: CaptureOptions, rebuilt_schema: str, schema: str = "public",
-                target: Target | None = None) -> list[TableComparison]:
+                target: Target | None = None, presorted: bool = False) -> list[TableComparison]:
     """Phase 4: every table, reported bars first (so EMA divergences can name their likely
     cause). With ``target``, tables are compared concurrently on one connection per CPU: each
-    comparison is a few large joins that a single backend runs on one core."""
+    comparison is a few large joins that a single backend runs on one core. ``presorted``:
+    the rebuilt tables were just written by a full rebuild, in key order, as every snapshot
+    is (see :attr:`TableSpec.presorted`)."""
     ordered = [t for t in (*BAR_TABLES.values(), *EMA_TABLES.values()) if t in tables]
     workers = min(os.cpu_count() or 1, len(ordered)) if target is not None else 1
     if target is not None and len(ordered) == 1 and (os.cpu_count() or 1) > 1:
         # one table: its pass over every row runs in two halves on two connections instead
         with connect(target, autocommit=True) as helper:
-            raw = [_compare_one(conn, ordered[0], suffix, ids, options, rebuilt_schema, schema, helper)]
+            raw = [_compare_one(conn, ordered[0], suffix, ids, options, rebuilt_schema, schema, presorted, helper)]
     elif workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -234,7 +238,7 @@ def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], id
             if not hasattr(local, "conn"):
                 local.conn = connect(target, autocommit=True)
                 opened.append(local.conn)
-            return _compare_one(local.conn, table, suffix, ids, options, rebuilt_schema, schema)
+            return _compare_one(local.conn, table, suffix, ids, options, rebuilt_schema, schema, presorted)
 
         try:
             # largest first, so the last table to finish is a small one
@@ -245,7 +249,7 @@ def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], id
                 c.close()
         raw = [done[t] for t in ordered]
     else:
-        raw = [_compare_one(conn, t, suffix, ids, options, rebuilt_schema, schema) for t in ordered]
+        raw = [_compare_one(conn, t, suffix, ids, options, rebuilt_schema, schema, presorted) for t in ordered]
     results: list[TableComparison] = []
     for table, result in zip(ordered, raw):
         if table in EMA_TABLES.values() and result.divergences:
@@ -261,10 +265,10 @@ def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], id
 
 
 def _compare_one(conn: psycopg.Connection, table: str, suffix: str, ids: list[int] | None, options: CaptureOptions,
-                 rebuilt_schema: str, schema: str, helper: psycopg.Connection | None = None) -> TableComparison:
+                 rebuilt_schema: str, schema: str, presorted: bool, helper: psycopg.Connection | None = None) -> TableComparison:
     try:
         with conn.transaction():
-            spec = table_spec(conn, table, suffix, rebuilt_schema, schema)
+            spec = table_spec(conn, table, suffix, rebuilt_schema, schema, presorted)
             return compare_table(conn, spec, ids, options.sampling, options.tolerances, options.expected, options.top_n,
                                  helper=helper)
     except Exception as exc:  # noqa: BLE001 - a broken table must not stop the others
@@ -351,7 +355,10 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         clock = time.perf_counter()
 
     try:
-        snaps = take_snapshots(conn, suffix, options.tables, ids)
+        with contextlib.ExitStack() as stack:
+            # two cores copy at once: a second transaction on the same instant (take_snapshots)
+            helper = stack.enter_context(connect(target, autocommit=True)) if (os.cpu_count() or 1) > 1 else None
+            snaps = take_snapshots(conn, suffix, options.tables, ids, helper=helper)
         lap("snapshot")
     except Exception as exc:  # nothing was created: the transaction rolled back
         registry_update(conn, suffix, status="snapshot_failed", message=redact(str(exc)))
@@ -392,7 +399,8 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         settling.join()
     comparisons: list[TableComparison] = []
     try:
-        comparisons = compare_all(conn, suffix, options.tables, ids, options, rebuilt_schema, target=target)
+        comparisons = compare_all(conn, suffix, options.tables, ids, options, rebuilt_schema, target=target,
+                                  presorted=not options.skip_rebuild)
         lap("compare")
         phase = "compared"
     except Exception as exc:  # noqa: BLE001

@@ -250,6 +250,11 @@ class TableSpec:
     series: tuple[str, ...]
     time: str
     columns: dict[str, str]  # value column -> "float" | "exact"
+    #: both tables store their rows in key order under a primary-key index (a snapshot is
+    #: copied so, a full rebuild writes so): the pass over every row then merges the two index
+    #: scans, ~40 % faster than hashing one side; else (e.g. a table appended to day by day,
+    #: whose index scan would jump around the heap) it hashes
+    presorted: bool = False
 
 
 def primary_key(conn: psycopg.Connection, qualified: sql.Identifier) -> tuple[str, ...]:
@@ -396,7 +401,8 @@ def compare_table(
     split_on = key[:2]  # id and the next key column: a few ids may hold most rows
     split = _split_point(conn, snap, split_on) if helper is not None else None
     # two halves on two backends are the parallelism: no parallel workers on top of them
-    settings = {"work_mem": PASS_WORK_MEM, **({} if split is None else {"max_parallel_workers_per_gather": "0"})}
+    settings = {"work_mem": PASS_WORK_MEM, **({} if split is None else {"max_parallel_workers_per_gather": "0"}),
+                **({"enable_hashjoin": "off"} if spec.presorted else {})}
     with _settings(conn, enable_sort="off", jit="off", **settings):
         if split is None or helper is None:
             conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_series AS ") + first_pass(part=sql.SQL("TRUE"), **args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -80,40 +81,125 @@ def registry_row(conn: psycopg.Connection, suffix: str, schema: str = "public") 
 
 
 def take_snapshots(conn: psycopg.Connection, suffix: str, tables: Sequence[str], ids: Sequence[int] | None,
-                   schema: str = "public") -> list[SnapshotInfo]:
-    """Phase 1: copy ``tables`` (+ every state table and the 1D rejects) for ``ids`` in ONE
-    repeatable-read transaction, add the real primary keys, verify every row count against the
-    source in the same snapshot. Raises (and creates nothing) when anything fails."""
-    infos: list[SnapshotInfo] = []
+                   schema: str = "public", helper: psycopg.Connection | None = None) -> list[SnapshotInfo]:
+    """Phase 1: copy ``tables`` (+ every state table and the 1D rejects) for ``ids`` as of ONE
+    instant, add the real primary keys, verify every row count against the source at that
+    instant. Raises (and creates nothing) when anything fails.
+
+    Without ``helper``: one repeatable-read transaction. With ``helper`` (an idle autocommit
+    connection): the largest tables are split between two repeatable-read transactions that
+    share the first one's exported snapshot, so they see the same instant and two cores copy
+    at once; the helper commits only when both sides succeeded, then the first. Only a failure
+    of that last commit can leave the helper's copies behind; they are then dropped (and
+    ``baseline drop`` removes any a killed process left)."""
     aux = aux_schema(suffix)
     where = _ids_clause(ids)
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        # the copies arrive in key order; a serial build from presorted rows is ~2x faster than
-        # a parallel build on 2 cores (docs/performance.md)
-        conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(aux)))
-        copies = [(t, sql.Identifier(schema, snapshot_name(t, suffix))) for t in tables]
-        copies += [(t, sql.Identifier(aux, t)) for t in aux_tables()]
-        for n, (table, target) in enumerate(copies, start=1):
-            live = sql.Identifier(schema, table)
-            key = primary_key(conn, live)
-            # Copied in key order (an index scan of the live table, whose days were appended
-            # out of key order): the primary key is then built from presorted rows, ~3x faster
-            # than sorting them (7 s for 3.4M EMA rows), and the compare's joins read both
-            # sides in the same order. The rowcount is the server's own count of the rows it
-            # wrote; read-only archives: no autovacuum pass competing with the rebuild and compare.
-            order = sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, key))) if key else sql.SQL("")
-            copied = conn.execute(sql.SQL("CREATE TABLE {} WITH (autovacuum_enabled = false) AS SELECT * FROM {}").format(
-                target, live) + where + order).rowcount
-            if key:
-                conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-                    target, sql.Identifier(constraint_name(suffix, n)), sql.SQL(", ").join(map(sql.Identifier, key))))
-            expected = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live) + where).fetchone()[0]
-            if copied != expected:
-                raise DatabaseError(f"snapshot of {table} has {copied} rows, the table {expected}: not verified")
-            infos.append(SnapshotInfo(table, target.as_string(conn), int(copied), key))
-    return infos
+    copies = [(t, sql.Identifier(schema, snapshot_name(t, suffix))) for t in tables]
+    copies += [(t, sql.Identifier(aux, t)) for t in aux_tables()]
+    numbered = [(n, table, target) for n, (table, target) in enumerate(copies, start=1)]
+    shared: list[tuple[int, str, sql.Identifier]] = []
+    helper_committed = False
+    try:
+        with conn.transaction():
+            _snapshot_transaction(conn)
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(aux)))
+            if helper is None:
+                return [_copy(conn, c, suffix, schema, where) for c in numbered]
+            exported = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            theirs = set(_helper_share(conn, tables, schema))
+            shared = [c for c in numbered if c[1] in theirs]
+            with helper.transaction():
+                _snapshot_transaction(helper, exported)
+                done = _copy_both(conn, [c for c in numbered if c[1] not in theirs], helper, shared, suffix, schema, where)
+            helper_committed = True  # the first transaction commits next
+        return [done[n] for n, _, _ in numbered]
+    except BaseException:
+        if helper_committed and helper is not None:
+            _drop_copies(helper, [target for _, _, target in shared])
+        raise
+
+
+def _copy_both(conn: psycopg.Connection, mine: Sequence[tuple[int, str, sql.Identifier]], helper: psycopg.Connection,
+               shared: Sequence[tuple[int, str, sql.Identifier]], suffix: str, schema: str,
+               where: sql.Composable) -> dict[int, SnapshotInfo]:
+    """``mine`` on ``conn`` while a thread copies ``shared`` on ``helper``. A failure on either
+    side cancels the other side's statement (both transactions then roll back) and is what
+    this raises."""
+    def other_side() -> list[SnapshotInfo]:
+        try:
+            return [_copy(helper, c, suffix, schema, where) for c in shared]
+        except BaseException:
+            conn.cancel_safe()
+            raise
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(other_side)
+        try:
+            own = [_copy(conn, c, suffix, schema, where) for c in mine]
+        except BaseException as exc:
+            helper.cancel_safe()
+            cause = side.exception()
+            if isinstance(exc, psycopg.errors.QueryCanceled) and cause is not None:
+                raise cause from None  # cancelled because the other side failed: report why
+            raise
+        theirs = side.result()
+    return {c[0]: info for c, info in zip([*mine, *shared], [*own, *theirs])}
+
+
+def _snapshot_transaction(conn: psycopg.Connection, exported: str | None = None) -> None:
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    if exported is not None:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
+    # the copies arrive in key order; a serial build from presorted rows is ~2x faster than
+    # a parallel build on 2 cores (docs/performance.md)
+    conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+
+
+def _helper_share(conn: psycopg.Connection, tables: Sequence[str], schema: str) -> list[str]:
+    """The tables the second transaction copies: largest first, each to the side with fewer
+    bytes so far, so both sides take about as long (the small state tables stay on the first)."""
+    sizes = dict(conn.execute(
+        "SELECT t, pg_relation_size(to_regclass(format('%%I.%%I', %s::text, t))) FROM unnest(%s::text[]) AS t",
+        (schema, list(tables))).fetchall())
+    loads = [0, 0]
+    share: list[str] = []
+    for table in sorted(tables, key=lambda t: -(sizes.get(t) or 0)):
+        side = 0 if loads[0] <= loads[1] else 1
+        loads[side] += sizes.get(table) or 0
+        if side == 1:
+            share.append(table)
+    return share
+
+
+def _copy(conn: psycopg.Connection, copy: tuple[int, str, sql.Identifier], suffix: str, schema: str,
+          where: sql.Composable) -> SnapshotInfo:
+    n, table, target = copy
+    live = sql.Identifier(schema, table)
+    key = primary_key(conn, live)
+    # Copied in key order (an index scan of the live table, whose days were appended out of
+    # key order): the primary key is then built from presorted rows, ~3x faster than sorting
+    # them (7 s for 3.4M EMA rows), and the compare's joins read both sides in the same order.
+    # The rowcount is the server's own count of the rows it wrote; read-only archives: no
+    # autovacuum pass competing with the rebuild and compare.
+    order = sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, key))) if key else sql.SQL("")
+    copied = conn.execute(sql.SQL("CREATE TABLE {} WITH (autovacuum_enabled = false) AS SELECT * FROM {}").format(
+        target, live) + where + order).rowcount
+    if key:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+            target, sql.Identifier(constraint_name(suffix, n)), sql.SQL(", ").join(map(sql.Identifier, key))))
+    expected = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live) + where).fetchone()[0]
+    if copied != expected:
+        raise DatabaseError(f"snapshot of {table} has {copied} rows, the table {expected}: not verified")
+    return SnapshotInfo(table, target.as_string(conn), int(copied), key)
+
+
+def _drop_copies(conn: psycopg.Connection, targets: Sequence[sql.Identifier]) -> None:
+    try:
+        with conn.transaction():
+            for target in targets:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+    except Exception as exc:  # noqa: BLE001 - already failing; `baseline drop` can finish this
+        log.warning("could not drop the snapshot copies of a failed capture: %s", exc)
 
 
 def settle(conn: psycopg.Connection, snapshots: Sequence[SnapshotInfo]) -> None:
