@@ -29,6 +29,9 @@ def test_bench_tiny_scenario_structure(pg_server, tmp_path: Path) -> None:  # no
     assert data["rows"] == sum(t["rows"] for t in data["tables"]) > 0
     assert data["capture_verdict"] == "PASS"
     assert set(data["ratios"]) == {"pipeline_rate_over_raw_copy", "incremental_over_full", "capture_over_full"}
+    runs = data["incremental_runs_s"]  # one refresh per new day; the bar uses their median
+    assert len(runs) == 3 and all(r > 0 for r in runs) and data["incremental_s"] == sorted(runs)[1]
+    assert "median of" in result.stdout
     assert data["compare"]["rows"] == 2000 and data["peak_rss_mb"] > 0
 
 
