@@ -148,7 +148,8 @@ UnitFn = Callable[[psycopg.Connection, Any, Sequence[int]], list[IdResult]]
 
 #: Ids one unit handles together when the run is not a full rebuild: an incremental run does
 #: little per id, and per-id queries, transactions and COPYs would dominate it. A full
-#: rebuild keeps one id per unit (its work per id is large, and so is its memory).
+#: rebuild keeps one id per unit (its work per id is large, and so is its memory), except the
+#: 1D builder's, whose work per id is as light as an incremental run's.
 IDS_PER_BATCH = 16
 
 
