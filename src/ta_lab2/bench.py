@@ -2,10 +2,10 @@
 
 Each scenario builds its synthetic universe in a fresh database on the embedded server, then
 measures in one run: the full rebuild of every table (rows, seconds, rows/s), incremental
-refreshes after one new day per asset (the median of :data:`NEW_DAYS` successive days), a full ``capture_baseline --ids all``, a full in-database
-compare of a 1,000,000-row table, and the raw binary ``COPY`` rate of the same rows into the
-same tables (the physical write bound of this machine). Results are one frozen object rendered
-as a table or JSON.
+refreshes after one new day per asset (the median of :data:`NEW_DAYS` successive days), a
+full ``capture_baseline --ids all``, a full in-database compare of a 1,000,000-row table, and
+the raw binary ``COPY`` rate of the same rows into the same tables (the physical write bound of
+this machine). Results are one frozen object rendered as a table or JSON.
 """
 
 from __future__ import annotations

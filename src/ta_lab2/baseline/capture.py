@@ -355,9 +355,8 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         clock = time.perf_counter()
 
     try:
-        with contextlib.ExitStack() as stack:
-            # two cores copy at once: a second transaction on the same instant (take_snapshots)
-            helper = stack.enter_context(connect(target, autocommit=True)) if (os.cpu_count() or 1) > 1 else None
+        # two cores copy at once: a second transaction on the same instant (take_snapshots)
+        with (connect(target, autocommit=True) if (os.cpu_count() or 1) > 1 else contextlib.nullcontext()) as helper:
             snaps = take_snapshots(conn, suffix, options.tables, ids, helper=helper)
         lap("snapshot")
     except Exception as exc:  # nothing was created: the transaction rolled back

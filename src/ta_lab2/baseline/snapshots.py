@@ -12,7 +12,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import psycopg
 from psycopg import sql
@@ -94,34 +94,40 @@ def take_snapshots(conn: psycopg.Connection, suffix: str, tables: Sequence[str],
     ``baseline drop`` removes any a killed process left)."""
     aux = aux_schema(suffix)
     where = _ids_clause(ids)
-    copies = [(t, sql.Identifier(schema, snapshot_name(t, suffix))) for t in tables]
-    copies += [(t, sql.Identifier(aux, t)) for t in aux_tables()]
-    numbered = [(n, table, target) for n, (table, target) in enumerate(copies, start=1)]
-    shared: list[tuple[int, str, sql.Identifier]] = []
+    copies = [_Copy(n, table, target) for n, (table, target) in enumerate(
+        [*((t, sql.Identifier(schema, snapshot_name(t, suffix))) for t in tables),
+         *((t, sql.Identifier(aux, t)) for t in aux_tables())], start=1)]
+    shared: list[_Copy] = []
     helper_committed = False
     try:
         with conn.transaction():
             _snapshot_transaction(conn)
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(aux)))
             if helper is None:
-                return [_copy(conn, c, suffix, schema, where) for c in numbered]
+                return [_copy(conn, c, suffix, schema, where) for c in copies]
             exported = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             theirs = set(_helper_share(conn, tables, schema))
-            shared = [c for c in numbered if c[1] in theirs]
+            shared = [c for c in copies if c.table in theirs]
+            mine = [c for c in copies if c.table not in theirs]
             with helper.transaction():
                 _snapshot_transaction(helper, exported)
-                done = _copy_both(conn, [c for c in numbered if c[1] not in theirs], helper, shared, suffix, schema, where)
+                done = _copy_both(conn, mine, helper, shared, suffix, schema, where)
             helper_committed = True  # the first transaction commits next
-        return [done[n] for n, _, _ in numbered]
+        return [done[c.n] for c in copies]
     except BaseException:
-        if helper_committed and helper is not None:
-            _drop_copies(helper, [target for _, _, target in shared])
+        if helper_committed:
+            _drop_copies(helper, [c.target for c in shared])
         raise
 
 
-def _copy_both(conn: psycopg.Connection, mine: Sequence[tuple[int, str, sql.Identifier]], helper: psycopg.Connection,
-               shared: Sequence[tuple[int, str, sql.Identifier]], suffix: str, schema: str,
-               where: sql.Composable) -> dict[int, SnapshotInfo]:
+class _Copy(NamedTuple):
+    n: int  # its place in the capture (the constraint name's number)
+    table: str
+    target: sql.Identifier
+
+
+def _copy_both(conn: psycopg.Connection, mine: Sequence[_Copy], helper: psycopg.Connection, shared: Sequence[_Copy],
+               suffix: str, schema: str, where: sql.Composable) -> dict[int, SnapshotInfo]:
     """``mine`` on ``conn`` while a thread copies ``shared`` on ``helper``. A failure on either
     side cancels the other side's statement (both transactions then roll back) and is what
     this raises."""
@@ -143,7 +149,7 @@ def _copy_both(conn: psycopg.Connection, mine: Sequence[tuple[int, str, sql.Iden
                 raise cause from None  # cancelled because the other side failed: report why
             raise
         theirs = side.result()
-    return {c[0]: info for c, info in zip([*mine, *shared], [*own, *theirs])}
+    return {c.n: info for c, info in zip([*mine, *shared], [*own, *theirs])}
 
 
 def _snapshot_transaction(conn: psycopg.Connection, exported: str | None = None) -> None:
@@ -171,8 +177,7 @@ def _helper_share(conn: psycopg.Connection, tables: Sequence[str], schema: str) 
     return share
 
 
-def _copy(conn: psycopg.Connection, copy: tuple[int, str, sql.Identifier], suffix: str, schema: str,
-          where: sql.Composable) -> SnapshotInfo:
+def _copy(conn: psycopg.Connection, copy: _Copy, suffix: str, schema: str, where: sql.Composable) -> SnapshotInfo:
     n, table, target = copy
     live = sql.Identifier(schema, table)
     key = primary_key(conn, live)
