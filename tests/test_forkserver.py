@@ -322,3 +322,15 @@ def test_without_the_kernel_one_zygote_serves_every_module(tmp_path: Path) -> No
         parents = [json.loads((tmp_path / f"{m}.json").read_text())["ppid"]
                    for m in ("zygote_child", "zygote_child_late")]
         assert parents == [fs.pid, fs.pid]
+
+
+def test_the_preload_of_the_runners_children_leaves_typer_out() -> None:
+    """The children parse their options with argparse (pipeline/child.py): neither the zygote
+    nor a child imports Typer or pydantic (~0.15 s before the first child could start)."""
+    code = ("import sys; from ta_lab2.pipeline.forkserver import preload; "
+            "failed = preload(['ta_lab2.bars', 'ta_lab2.emas']); "
+            "from ta_lab2.bars.cli import parser; parser().parse_args(['1d', '--ids', '1,2']); "
+            "print(failed, sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'pydantic', 'click', 'rich'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{} []"

@@ -182,6 +182,53 @@ def test_usage_errors_exit_2(loaded: Target, tmp_path: Path, args: tuple[str, ..
     assert needle in result.stderr
 
 
+@pytest.mark.parametrize(
+    "module, args, needle",
+    [
+        ("ta_lab2.bars", ("weekly",), "invalid choice: 'weekly'"),
+        ("ta_lab2.bars", ("1d", "--num-processes", "0"), "--num-processes: '0' is less than 1"),
+        ("ta_lab2.bars", ("1d", "--wait-lock", "soon"), "--wait-lock: 'soon' is not a valid float"),
+        ("ta_lab2.bars", ("1d", "--bogus"), "unrecognized arguments: --bogus"),
+        ("ta_lab2.bars", ("1d", "--ids", "abc"), "error: --ids: 'abc' is not an integer id"),
+        ("ta_lab2.bars", ("1d", "--tz", "Mars/Base"), "not a known time zone"),
+        ("ta_lab2.bars", ("1d", "--log-level", "LOUD"), "--log-level: 'LOUD' is not one of"),
+        ("ta_lab2.emas", ("v3",), "invalid choice: 'v3'"),
+        ("ta_lab2.emas", ("v2", "--periods", "ten"), "--periods"),
+        ("ta_lab2.emas", ("v2", "--ids", "999999"), "unknown id"),
+    ],
+)
+def test_child_command_usage_errors_exit_2(loaded: Target, tmp_path: Path, module: str, args: tuple[str, ...],
+                                           needle: str) -> None:
+    """The runners' child commands parse their options without Typer (pipeline/child.py) but
+    keep the exit-code contract: 2 and a message naming the option for a usage error."""
+    env = {**os.environ, "TA_LAB2_DB_URL": loaded.url}
+    result = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert needle in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_child_command_failure_exits_1_with_the_cause(loaded: Target, tmp_path: Path) -> None:
+    """An unexpected error in a child is one redacted line and exit 1; ``--debug`` adds the
+    traceback."""
+    env = {**os.environ, "TA_LAB2_DB_URL": loaded.url}
+    with psycopg.connect(loaded.url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE cmc_price_bars_1d ADD CONSTRAINT boom CHECK (false) NOT VALID")
+    try:
+        argv = [sys.executable, "-m", "ta_lab2.bars", "1d", "--ids", "all", "--full-rebuild"]
+        plain = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert plain.returncode == 1, (plain.stdout, plain.stderr)
+        assert "internal error: CheckViolation" in plain.stderr and "boom" in plain.stderr
+        assert "Traceback" not in plain.stderr
+        debug = subprocess.run([*argv, "--debug"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert debug.returncode == 1 and "Traceback" in debug.stderr and "boom" in debug.stderr
+        assert SECRET not in plain.stderr + debug.stderr
+    finally:
+        with psycopg.connect(loaded.url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cmc_price_bars_1d DROP CONSTRAINT boom")
+
+
 def test_script_path_runs(loaded: Target, tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "src/ta_lab2/scripts/bars/run_all_bar_builders.py"
     env = {**os.environ, "TA_LAB2_DB_URL": loaded.url}

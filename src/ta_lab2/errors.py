@@ -48,3 +48,30 @@ class WorkFailed(TaLabError):
     """The work ran to completion but some of it failed or was rejected."""
 
     exit_code = 1
+
+
+def report_failure(exc: BaseException, *, debug: bool = False) -> int:
+    """Tell the user on stderr why a command stopped and return its exit code: the message
+    of an expected failure (exit code its own), ``interrupted`` (130), or the one-line
+    summary of an unexpected exception (1) — with the traceback only when ``debug``. URLs
+    in messages are shown with their password redacted."""
+    import logging
+    import sys
+    import traceback
+
+    from ta_lab2.db.url import redact
+
+    if isinstance(exc, TaLabError):
+        if debug:
+            logging.getLogger("ta_lab2").exception("failed", exc_info=exc)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    if debug:
+        traceback.print_exception(exc)
+        return 1
+    print(f"internal error: {redact(f'{type(exc).__name__}: {exc}')} (run with --debug for the traceback)",
+          file=sys.stderr)
+    return 1

@@ -16,7 +16,7 @@ import typer
 from ta_lab2 import __version__
 from ta_lab2.cli import options as opt
 from ta_lab2.db.url import redact
-from ta_lab2.errors import TaLabError, UsageError, WorkFailed
+from ta_lab2.errors import TaLabError, UsageError, WorkFailed, report_failure
 
 log = logging.getLogger("ta_lab2")
 
@@ -212,26 +212,16 @@ def run_app(application: typer.Typer, argv: list[str] | None = None) -> None:
     """
     try:
         result = application(args=argv, standalone_mode=False)
-    except TaLabError as exc:
-        if _state["debug"]:
-            log.exception("failed")
-        typer.echo(f"error: {redact(str(exc))}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - classified below, re-raised if unknown
+    except Exception as exc:  # noqa: BLE001 - Typer's own outcomes first, then the shared mapping
         name = type(exc).__name__
         if name == "Abort":
-            typer.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(report_failure(KeyboardInterrupt()))
         if name == "Exit" and hasattr(exc, "exit_code"):
             sys.exit(int(exc.exit_code))
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors: bad option, missing argument
-            exc.show()
+        if hasattr(exc, "show") and hasattr(exc, "exit_code") and not isinstance(exc, TaLabError):
+            exc.show()  # usage errors: bad option, missing argument
             sys.exit(2 if int(exc.exit_code) in (1, 2) else int(exc.exit_code))
-        if _state["debug"]:
-            raise
-        typer.echo(f"internal error: {redact(f'{name}: {exc}')} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
+        sys.exit(report_failure(exc, debug=_state["debug"]))
+    except KeyboardInterrupt as exc:
+        sys.exit(report_failure(exc))
     sys.exit(result if isinstance(result, int) else 0)

@@ -17,7 +17,6 @@ log = logging.getLogger("ta_lab2")
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Where the JSON summary and logs go.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds each child may run before its process group is killed.")]
 ContinueOnError = Annotated[bool, typer.Option("--continue-on-error", help="Run the remaining children after a failure.")]
-IncludeNonCanonical = Annotated[bool, typer.Option("--include-non-canonical", help="Also the non-canonical timeframes of dim_timeframe.")]
 
 
 def _finish(summary, output_dir: Path, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
@@ -41,8 +40,8 @@ def bars(
     db_url: opt.DbUrl = None,
     builders: Annotated[Optional[str], typer.Option("--builders", help="Comma subset of 1d,multi_tf,cal_iso,cal_us,cal_anchor_iso,cal_anchor_us.", show_default=False)] = None,
     skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of builders to leave out.", show_default=False)] = None,
-    full_rebuild: Annotated[bool, typer.Option("--full-rebuild", help="Delete the selected ids' rows and state, then rebuild.")] = False,
-    include_non_canonical: IncludeNonCanonical = False,
+    full_rebuild: opt.FullRebuild = False,
+    include_non_canonical: opt.IncludeNonCanonical = False,
     num_processes: opt.NumProcesses = None,
     tz: opt.Tz = "UTC",
     continue_on_error: ContinueOnError = False,
@@ -75,8 +74,8 @@ def emas(
     only: Annotated[Optional[str], typer.Option("--only", help="Comma subset of multi_tf,v2,cal_us,cal_iso,cal_anchor_us,cal_anchor_iso.", show_default=False)] = None,
     skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of refreshers to leave out.", show_default=False)] = None,
     periods: opt.Periods = None,
-    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Delete the selected ids' rows and state, then recompute.")] = False,
-    include_non_canonical: IncludeNonCanonical = False,
+    full_refresh: opt.FullRefresh = False,
+    include_non_canonical: opt.IncludeNonCanonical = False,
     num_processes: opt.NumProcesses = None,
     continue_on_error: ContinueOnError = False,
     verbose: opt.Verbose = False,

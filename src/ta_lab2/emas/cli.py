@@ -1,62 +1,47 @@
 """One EMA refresher as a command: ``python -m ta_lab2.emas REFRESHER --ids …`` (the runner's
-child, also usable on its own)."""
+child, also usable on its own; options parsed as described in :mod:`ta_lab2.pipeline.child`)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Sequence
 
-import typer
-
-from ta_lab2.cli import options as opt
+from ta_lab2.cli.flags import HELP, parse_ids, parse_log_level
+from ta_lab2.emas.refreshers import REFRESHERS, parse_periods, refresh
+from ta_lab2.logs import setup_logging
+from ta_lab2.pipeline.child import child_parser, default_workers, run_child, run_locked, write_summary
+from ta_lab2.pipeline.progress import progress
+from ta_lab2.pipeline.work import resolve_ids
 
 log = logging.getLogger("ta_lab2.emas")
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+def parser() -> argparse.ArgumentParser:
+    p = child_parser("python -m ta_lab2.emas", "Refresh one EMA table (incremental by default).",
+                     "refresher", list(REFRESHERS), "--full-refresh")
+    p.add_argument("--periods", metavar="LIST", help=HELP["--periods"])
+    return p
 
 
-@app.command()
-def refresh_command(
-    refresher: Annotated[str, typer.Argument(help="multi_tf, v2, cal_us, cal_iso, cal_anchor_us or cal_anchor_iso.")],
-    ids: opt.Ids = "all",
-    db_url: opt.DbUrl = None,
-    periods: opt.Periods = None,
-    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="Delete the selected ids' rows and state, then recompute.")] = False,
-    include_non_canonical: Annotated[bool, typer.Option("--include-non-canonical", help="Also the non-canonical timeframes.")] = False,
-    num_processes: opt.NumProcesses = None,
-    wait_lock: opt.WaitLock = 0.0,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Write the JSON summary here.", show_default=False)] = None,
-    schema: opt.Schema = "public",
-    log_level: opt.LogLevel = "INFO",
-) -> None:
-    """Refresh one EMA table (incremental by default)."""
-    from ta_lab2.emas.refreshers import REFRESHERS, parse_periods, refresh
-    from ta_lab2.logs import setup_logging
-    from ta_lab2.pipeline.child import default_workers, run_locked, write_summary
-    from ta_lab2.pipeline.progress import progress
-    from ta_lab2.pipeline.work import resolve_ids
-
-    setup_logging(opt.parse_log_level(log_level))
-    if refresher not in REFRESHERS:
-        raise opt.UsageError(f"refresher: {refresher!r} is not one of {', '.join(REFRESHERS)}")
-    id_list = opt.parse_ids(ids)
-    plist = parse_periods(periods)
+def refresh_command(args: argparse.Namespace) -> None:
+    """Refresh ``args.refresher``'s table for ``args.ids`` and write the summary JSON."""
+    setup_logging(parse_log_level(args.log_level))
+    id_list = parse_ids(args.ids)
+    plist = parse_periods(args.periods)
 
     def work(conn, target):  # type: ignore[no-untyped-def]
-        n = len(resolve_ids(conn, id_list, schema))
-        with progress(f"emas {refresher}", n) as advance:
-            return refresh(conn, refresher, id_list, full_refresh=full_refresh, periods=plist,
-                           include_non_canonical=include_non_canonical, progress=advance, schema=schema,
-                           workers=default_workers(num_processes, n), url=target.url)
+        n = len(resolve_ids(conn, id_list, args.schema))
+        with progress(f"emas {args.refresher}", n) as advance:
+            return refresh(conn, args.refresher, id_list, full_refresh=args.full_refresh, periods=plist,
+                           include_non_canonical=args.include_non_canonical, progress=advance, schema=args.schema,
+                           workers=default_workers(args.num_processes, n), url=target.url)
 
-    result = run_locked(db_url, "emas", wait_lock, work, schema)
+    result = run_locked(args.db_url, "emas", args.wait_lock, work, args.schema)
     log.info("%s: %d ids, %d rows inserted, %d deleted in %.2fs", result.table, len(result.ids),
              result.rows_inserted, result.rows_deleted, result.duration_s)
-    write_summary(summary_json, result.as_dict())
+    write_summary(args.summary_json, result.as_dict())
 
 
-def main() -> None:
-    from ta_lab2.cli.app import run_app
-
-    run_app(app)
+def main(argv: Sequence[str] | None = None) -> None:
+    run_child(parser(), refresh_command, argv)

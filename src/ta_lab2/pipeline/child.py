@@ -1,19 +1,30 @@
-"""Shared plumbing of a runner's child process (one builder or refresher): resolve the
-database, hold the family's advisory lock, run, and write a JSON summary the runner reads."""
+"""Shared plumbing of a runner's child process (one builder or refresher): parse its
+options, resolve the database, hold the family's advisory lock, run, write a JSON summary the
+runner reads, and exit with the documented code.
+
+The child commands (``python -m ta_lab2.bars``, ``python -m ta_lab2.emas``) parse their options
+with :mod:`argparse`, not Typer: a runner starts a dozen of them per run, and Typer (which
+validates every option through pydantic) would add ~0.15 s of imports to the fork server that
+starts them and ~15 ms to each child (docs/decisions.md). Their options are spelled, explained
+and checked as on the ``ta-lab2`` commands: both come from :mod:`ta_lab2.cli.flags`."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn, Sequence
 
 import psycopg
 
+from ta_lab2.cli.flags import HELP
 from ta_lab2.db.connect import Target, connect, resolve_target
 from ta_lab2.db.locks import writer_locks
 from ta_lab2.db.schema import ensure_schema
+from ta_lab2.errors import report_failure
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +83,51 @@ def write_summary(path: Path | None, summary: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, default=str, indent=2))
     tmp.replace(path)
+
+
+def _at_least(minimum: float, kind: type) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is less than {minimum:g}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def child_parser(prog: str, description: str, what: str, names: Sequence[str],
+                 full_flag: str) -> argparse.ArgumentParser:
+    """The options every child command takes: ``WHAT`` (one of ``names``), ``--ids``,
+    ``--db-url``, ``full_flag``, ``--include-non-canonical``, ``--num-processes``,
+    ``--wait-lock``, ``--summary-json``, ``--schema``, ``--log-level``, ``--debug``. A command
+    adds its own. Usage errors exit with code 2, as on every command."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(what, choices=list(names), metavar=what.upper(),
+                        help=f"{', '.join(names[:-1])} or {names[-1]}.")
+    parser.add_argument("--ids", default="all", help=HELP["--ids"] + " Default: all.")
+    parser.add_argument("--db-url", metavar="URL", help=HELP["--db-url"])
+    parser.add_argument(full_flag, action="store_true", help=HELP[full_flag])
+    parser.add_argument("--include-non-canonical", action="store_true", help=HELP["--include-non-canonical"])
+    parser.add_argument("--num-processes", metavar="N", type=_at_least(1, int), help=HELP["--num-processes"])
+    parser.add_argument("--wait-lock", metavar="SECONDS", type=_at_least(0, float), default=0.0, help=HELP["--wait-lock"] + " Default: 0.")
+    parser.add_argument("--summary-json", metavar="FILE", type=Path, help=HELP["--summary-json"])
+    parser.add_argument("--schema", metavar="NAME", default="public", help=HELP["--schema"] + " Default: public.")
+    parser.add_argument("--log-level", metavar="LEVEL", default="INFO", help=HELP["--log-level"] + " Default: INFO.")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
+    return parser
+
+
+def run_child(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], None],
+              argv: Sequence[str] | None = None) -> NoReturn:
+    """Parse ``argv`` (default: the process's), run ``main`` and exit: 0, or the code of the
+    failure (see :func:`ta_lab2.errors.report_failure`)."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure maps to an exit code
+        sys.exit(report_failure(exc, debug=args.debug))
+    sys.exit(0)

@@ -1,9 +1,9 @@
 """A fork server ("zygote") that starts the runners' children without paying interpreter
 start-up and imports each time.
 
-A fresh ``python -m ta_lab2.bars …`` spends about a second importing polars, numpy, psycopg,
-numba (and loading the EMA kernels from numba's on-disk cache), typer and rich before it does
-any work. The runner instead starts one zygote per run (``python -m
+A fresh ``python -m ta_lab2.bars …`` spends about a second importing polars, numpy and psycopg
+(and, to recompute EMA series, numba with the EMA kernels from numba's on-disk cache) before
+it does any work. The runner instead starts one zygote per run (``python -m
 ta_lab2.pipeline.forkserver REQUEST_FD REPLY_FD MODULE…``) that imports all of that once; every child
 is then an ``os.fork()`` of the zygote that runs its module as ``__main__`` — exactly what
 ``python -m MODULE ARGS…`` would run, with the same environment, working directory and
@@ -70,14 +70,10 @@ PRELOAD_COMMON: tuple[str, ...] = (
     "polars",
     "psycopg",
     "psycopg.sql",
-    "typer",
-    "typer._adapters",  # typer imports it (and pydantic) lazily when it parses the first option
-    "typer._click.decorators",
-    "pydantic.plugin._loader",  # imported when typer validates the first option
+    "zoneinfo",
     "logging.handlers",
     "multiprocessing.context",
     "concurrent.futures.process",
-    "ta_lab2.cli.app",
     "ta_lab2.logs",
     "ta_lab2.db.connect",
     "ta_lab2.db.bulk",

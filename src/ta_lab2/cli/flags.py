@@ -1,0 +1,70 @@
+"""The shared options' spelling, help and value rules, without any CLI framework: the
+``ta-lab2`` commands (Typer, :mod:`ta_lab2.cli.options`) and the runners' child commands
+(argparse, :mod:`ta_lab2.pipeline.child`) both build their options from here, so an option
+reads and behaves the same on every command."""
+
+from __future__ import annotations
+
+from ta_lab2.errors import UsageError
+
+#: Help text of each shared option, by flag.
+HELP: dict[str, str] = {
+    "--db-url": "PostgreSQL URL. Default: TA_LAB2_DB_URL, TARGET_DB_URL, db_config.env, else the embedded "
+                "server. 'embedded' forces the embedded server.",
+    "--ids": "'all', or ids separated by commas or spaces: '1,52,825' or '1 52 825'.",
+    "--dry-run": "Print the plan and change nothing.",
+    "--verbose": "More detail; stream children's output.",
+    "--log-level": "DEBUG, INFO, WARNING or ERROR.",
+    "--tz": "Time zone whose calendar dates are bar boundaries.",
+    "--num-processes": "Ids processed at once (default: CPU count).",
+    "--wait-lock": "Seconds to wait for another writer of the same tables.",
+    "--periods": "EMA periods: a comma list, or 'lut' for every dim_period row. "
+                 "Default: dim_period (v2: 9,10,21,50,100,200).",
+    "--schema": "Database schema holding the tables.",
+    "--full-rebuild": "Delete the selected ids' rows and state, then rebuild.",
+    "--full-refresh": "Delete the selected ids' rows and state, then recompute.",
+    "--include-non-canonical": "Also the non-canonical timeframes of dim_timeframe.",
+    "--summary-json": "Write the JSON summary here.",
+}
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise UsageError(f"--log-level: {value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def parse_ids(value: str | None, *, required: bool = True) -> list[int] | None:
+    """``all`` -> None (every id); ``'1,52 825'`` -> [1, 52, 825]. Errors name the bad token."""
+    if value is None or not value.strip():
+        if required:
+            raise UsageError("--ids is required: 'all' or a list such as '1,52,825'")
+        return None
+    text = value.strip()
+    if text.lower() == "all":
+        return None
+    ids: list[int] = []
+    for token in text.replace(",", " ").split():
+        try:
+            ident = int(token)
+        except ValueError:
+            raise UsageError(f"--ids: {token!r} is not an integer id") from None
+        if ident <= 0:
+            raise UsageError(f"--ids: {token!r} is not a positive id")
+        if ident not in ids:
+            ids.append(ident)
+    return ids
+
+
+def check_tz(value: str) -> str:
+    """``--tz`` must be an IANA zone name (``UTC``, ``Europe/Paris``)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"--tz: {value!r} is not a known time zone (e.g. UTC, America/New_York)") from None
+    return value
