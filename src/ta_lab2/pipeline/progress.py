@@ -16,14 +16,22 @@ log = logging.getLogger("ta_lab2.progress")
 def progress(description: str, total: int, *, every_s: float = 10.0) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; renders a bar on a TTY, else logs ``description: k/total`` lines."""
     if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
+        rate = TextColumn("{task.fields[rate]}")
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} ids/s" if False else ""),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), rate, TimeElapsedColumn(),
+            TimeRemainingColumn(), transient=False,
         ) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+            task = bar.add_task(description, total=total, rate="")
+
+            def advance_bar(n: int = 1) -> None:
+                bar.advance(task, n)
+                speed = next(t.speed for t in bar.tasks if t.id == task)
+                bar.update(task, rate=f"{speed:.1f} ids/s" if speed else "")
+
+            yield advance_bar
         return
     done = 0
     started = last = time.monotonic()
