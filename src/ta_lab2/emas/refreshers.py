@@ -39,6 +39,7 @@ from ta_lab2.emas.resume import Ends, resume_rows, seed_value
 from ta_lab2.db.schema import DUAL_EMA_ENDS, EMA_ENDS
 from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, TfRows, epoch_us, frame_of_rows, ids_rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
+from ta_lab2.frames import instants, rows_frame
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
                                    run_units, stored_before, unit_size)
@@ -229,7 +230,8 @@ def _read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequenc
                        _state_schema(refresher.kind), (id_list,), small=True, order_by=("id", "tf", "period"))
     states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
     last_ts: dict[tuple[int, str, int], dt.datetime | None] = {}
-    for ident, tf, period, wm, last in state.select("id", "tf", "period", "watermark_ingested_at", "last_ts").iter_rows():
+    for ident, tf, period, wm, last in zip(state["id"].to_list(), state["tf"].to_list(), state["period"].to_list(),
+                                           instants(state["watermark_ingested_at"]), instants(state["last_ts"])):
         states[ident][(tf, period)] = wm
         last_ts[(ident, tf, period)] = last
     ema_cols = [c for c in _ends(refresher.kind) if c in ("last_ema", "canon_ema", "last_ema_bar", "canon_ema_bar")]
@@ -430,7 +432,7 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
             flag_parts.append(flags)
             n_flags += ts.size
     ts_all = np.concatenate([tail_ts.get(i, np.zeros(0, np.int64)) for i in offset])
-    frame = pl.DataFrame(series, schema=_SERIES_SCHEMA, orient="row").join(
+    frame = rows_frame(series, _SERIES_SCHEMA).join(
         inputs.state, on=list(_SERIES_SCHEMA), how="left", maintain_order="left")
     last_us = frame["last_ts"].dt.epoch("us").to_numpy()
     sid = frame["id"].to_numpy()
@@ -621,7 +623,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions, changed: Sequence[
                 "AND ts >= coalesce(c.cut, '-infinity') OFFSET 0) x)) RETURNING e.id) "
                 "SELECT id, count(*) FROM d GROUP BY id"
             ).format(t=table),
-            array_params(conn, pl.DataFrame(probed, schema={**_SERIES_SCHEMA, "cut": UTC_US}, orient="row"),
+            array_params(conn, rows_frame(probed, {**_SERIES_SCHEMA, "cut": UTC_US}),
                          ("int4", "text", "int4", "timestamptz")),
         ).fetchall())
     if rows.height:
@@ -675,8 +677,7 @@ def _write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
     ends = _ends(kind)
     values = [c for c in ends if c != "canon_ts"]
     key = list(_SERIES_SCHEMA)
-    frame = pl.DataFrame(series, schema={**_SERIES_SCHEMA, "cut": UTC_US, "watermark_ingested_at": UTC_US},
-                         orient="row")
+    frame = rows_frame(series, {**_SERIES_SCHEMA, "cut": UTC_US, "watermark_ingested_at": UTC_US})
     source = {c: c.removeprefix("last_").removeprefix("canon_") for c in values}
     if rows.height:
         canonical = ~pl.col("roll")
