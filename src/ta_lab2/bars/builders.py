@@ -222,11 +222,13 @@ def daily_writes(conn: psycopg.Connection, schema: str,
 def rows_from(conn: psycopg.Connection, table: sql.Identifier, read_schema: Mapping[str, pl.DataType],
                starts: pl.DataFrame) -> tuple[pl.DataFrame, dict[int, int]]:
     """Each id's rows of ``table`` (keyed by (id, "timestamp")) from its ``from_ts`` on (NULL:
-    all), in key order, and how many of its rows precede them (an index-only count)."""
+    all), in key order, and how many of its rows precede them (an index-only count). Each id
+    is one primary-key range probe (OFFSET 0 keeps it one: joined, the planner hashed the
+    whole table to read a day's tail — 9 ms instead of 0.3 ms for 7 ids of ``upstream``)."""
     params = array_params(conn, starts.select("id", "from_ts"), ("int4", "timestamptz"))
     rows = read_frame(
-        conn, sql.SQL("(SELECT t.* FROM unnest(%b, %b) AS c(id, from_ts) JOIN {t} t ON t.id = c.id "
-                      "AND t.\"timestamp\" >= coalesce(c.from_ts, '-infinity')) r").format(t=table),
+        conn, sql.SQL("(SELECT t.* FROM unnest(%b, %b) AS c(id, from_ts) CROSS JOIN LATERAL (SELECT * FROM {t} "
+                      "WHERE id = c.id AND \"timestamp\" >= coalesce(c.from_ts, '-infinity') OFFSET 0) t) r").format(t=table),
         read_schema, params, small=True, order_by=("id", "timestamp"))
     before = dict(conn.execute(
         sql.SQL("SELECT c.id, (SELECT count(*) FROM {t} WHERE id = c.id AND \"timestamp\" < c.from_ts)::int "

@@ -381,8 +381,10 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
     canon = pl.DataFrame(schema={"id": pl.Int32(), **_CANON_SCHEMA})
     if bar_tfs:
         canon = read_frame(
-            conn, sql.SQL("(SELECT b.id, b.tf, b.time_close FROM unnest(%b, %b) AS c(id, from_ts) JOIN {b} b "
-                          "ON b.id = c.id AND b.tf = ANY(%b) AND NOT b.is_partial_end AND b.time_close >= c.from_ts) r")
+            # one index range probe per id (OFFSET 0: never a hash join over the whole table)
+            conn, sql.SQL("(SELECT c.id, b.tf, b.time_close FROM unnest(%b, %b) AS c(id, from_ts) CROSS JOIN LATERAL "
+                          "(SELECT tf, time_close FROM {b} WHERE id = c.id AND tf = ANY(%b) AND NOT is_partial_end "
+                          "AND time_close >= c.from_ts OFFSET 0) b) r")
             .format(b=sql.Identifier(s, refresher.bar_table)),
             {"id": pl.Int32(), **_CANON_SCHEMA},
             [*array_params(conn, from_frame, ("int4", "timestamptz")),
