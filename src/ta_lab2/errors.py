@@ -13,6 +13,10 @@ traceback unless ``--debug``) and exits with ``exit_code``.
 
 from __future__ import annotations
 
+import logging
+import sys
+import traceback
+
 
 class TaLabError(Exception):
     """Base class of every expected failure. The message is shown to the user as is."""
@@ -55,11 +59,7 @@ def report_failure(exc: BaseException, *, debug: bool = False) -> int:
     of an expected failure (exit code its own), ``interrupted`` (130), or the one-line
     summary of an unexpected exception (1) — with the traceback only when ``debug``. URLs
     in messages are shown with their password redacted."""
-    import logging
-    import sys
-    import traceback
-
-    from ta_lab2.db.url import redact
+    from ta_lab2.db.url import redact  # here: ta_lab2.db.url itself imports this module
 
     if isinstance(exc, TaLabError):
         if debug:

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from ta_lab2 import __version__
+from ta_lab2.cli import flags
 from ta_lab2.cli import options as opt
 from ta_lab2.db.url import redact
 from ta_lab2.errors import TaLabError, UsageError, WorkFailed, report_failure
@@ -70,7 +71,7 @@ def _root(
 def _setup(log_level: str = "INFO") -> None:
     from ta_lab2.logs import setup_logging
 
-    setup_logging(opt.parse_log_level(log_level))
+    setup_logging(flags.parse_log_level(log_level))
 
 
 @app.command()

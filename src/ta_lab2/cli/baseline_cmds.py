@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ta_lab2.cli import flags
 from ta_lab2.cli import options as opt
 from ta_lab2.errors import UsageError, WorkFailed
 
@@ -85,13 +86,13 @@ def capture(
     from ta_lab2.db.tables import PIPELINE_TABLES
     from ta_lab2.logs import setup_logging
 
-    level = opt.parse_log_level(log_level)
+    level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
     table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else PIPELINE_TABLES
     if scratch_schema is not None and not scratch_schema.isidentifier():
         raise UsageError(f"--scratch-schema: {scratch_schema!r} is not a valid schema name")
     options = CaptureOptions(
-        ids=opt.parse_ids(ids), tables=table_list, skip_rebuild=skip_rebuild, dry_run=dry_run, verbose=verbose,
+        ids=flags.parse_ids(ids), tables=table_list, skip_rebuild=skip_rebuild, dry_run=dry_run, verbose=verbose,
         sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
         tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
         scratch_schema=scratch_schema, output_dir=output_dir, timeout_s=timeout, wait_lock=wait_lock, log_level=level,
@@ -156,7 +157,7 @@ def compare_cmd(
     from ta_lab2.db.connect import resolve_target
     from ta_lab2.logs import setup_logging
 
-    setup_logging(opt.parse_log_level(log_level), log_dir=output_dir)
+    setup_logging(flags.parse_log_level(log_level), log_dir=output_dir)
     options = CaptureOptions(ids=None, sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
                              tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
                              output_dir=output_dir)
@@ -223,7 +224,7 @@ def demo(
     from ta_lab2.demo import DemoOptions, run_demo
     from ta_lab2.logs import setup_logging
 
-    setup_logging(opt.parse_log_level(log_level), log_dir=output_dir)
+    setup_logging(flags.parse_log_level(log_level), log_dir=output_dir)
 
     @contextmanager
     def step(name: str):  # type: ignore[no-untyped-def]
@@ -259,7 +260,7 @@ def bench(
     from ta_lab2.cli.render import bench_table
     from ta_lab2.logs import setup_logging
 
-    setup_logging(opt.parse_log_level(log_level), log_dir=output_dir)
+    setup_logging(flags.parse_log_level(log_level), log_dir=output_dir)
     names = ["upstream", "wide"] if scenario == "all" else [scenario]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

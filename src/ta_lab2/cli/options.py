@@ -7,10 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ta_lab2.cli.flags import HELP, LOG_LEVELS, check_tz, parse_ids, parse_log_level
-from ta_lab2.errors import UsageError
-
-__all__ = ["LOG_LEVELS", "UsageError", "check_tz", "parse_ids", "parse_log_level"]
+from ta_lab2.cli.flags import HELP
 
 DbUrl = Annotated[Optional[str], typer.Option("--db-url", help=HELP["--db-url"], show_default=False)]
 Ids = Annotated[Optional[str], typer.Option("--ids", help=HELP["--ids"], show_default=False)]

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ta_lab2.cli import flags
 from ta_lab2.cli import options as opt
 from ta_lab2.errors import UsageError, WorkFailed
 
@@ -58,11 +59,11 @@ def bars(
     from ta_lab2.logs import setup_logging
     from ta_lab2.pipeline.runners import BUILDER_ORDER, run_bar_builders, select
 
-    level = opt.parse_log_level(log_level)
+    level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
     chosen = select(BUILDER_ORDER, builders, skip, "--builders")
-    options = _options(opt.parse_ids(ids), full=full_rebuild, include_non_canonical=include_non_canonical,
-                       num_processes=num_processes, tz=opt.check_tz(tz), continue_on_error=continue_on_error,
+    options = _options(flags.parse_ids(ids), full=full_rebuild, include_non_canonical=include_non_canonical,
+                       num_processes=num_processes, tz=flags.check_tz(tz), continue_on_error=continue_on_error,
                        verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
                        schema=schema)
     _finish(run_bar_builders(resolve_target(db_url), options, chosen), output_dir, dry_run)
@@ -92,11 +93,11 @@ def emas(
     from ta_lab2.logs import setup_logging
     from ta_lab2.pipeline.runners import REFRESHER_ORDER, run_ema_refreshes, select
 
-    level = opt.parse_log_level(log_level)
+    level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
     chosen = select(REFRESHER_ORDER, only, skip, "--only")
     parse_periods(periods)  # validate here: a usage error before any child starts
-    options = _options(opt.parse_ids(ids), full=full_refresh, include_non_canonical=include_non_canonical,
+    options = _options(flags.parse_ids(ids), full=full_refresh, include_non_canonical=include_non_canonical,
                        num_processes=num_processes, periods=periods, continue_on_error=continue_on_error,
                        verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
                        schema=schema)
@@ -129,9 +130,9 @@ def refresh(
 
     if not (bars_ or emas_ or all_):
         raise UsageError("refresh: choose --bars, --emas or --all")
-    level = opt.parse_log_level(log_level)
+    level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
-    options = _options(opt.parse_ids(ids), tz=opt.check_tz(tz), num_processes=num_processes,
+    options = _options(flags.parse_ids(ids), tz=flags.check_tz(tz), num_processes=num_processes,
                        continue_on_error=continue_on_error, verbose=verbose, dry_run=dry_run, timeout_s=timeout,
                        log_level=level, wait_lock=wait_lock)
     summary = run_daily_refresh(resolve_target(db_url), options, bars=bars_ or all_, emas=emas_ or all_,
