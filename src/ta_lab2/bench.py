@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,7 +182,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
         started = time.perf_counter()
         daily_refresh(RunOptions(ids=None, periods=scenario.periods))
         day_runs.append(time.perf_counter() - started)
-    incremental_s = sorted(day_runs)[len(day_runs) // 2]
+    incremental_s = statistics.median(day_runs)
     started = time.perf_counter()
     capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
     capture_s = time.perf_counter() - started

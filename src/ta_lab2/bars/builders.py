@@ -38,7 +38,7 @@ from ta_lab2.bars.snapshot import (SEED_SCHEMA, SEEDED_FAMILIES, SnapshotInput, 
 from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref, upsert_small
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, BARS_1D_DELETIONS, BARS_1D_REJECTS, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
-from ta_lab2.frames import rows_frame
+from ta_lab2.frames import tuples_frame
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
                                    run_units, stored_before, unit_size)
 from ta_lab2.load.source_schema import UTC_US
@@ -522,7 +522,7 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
                          schema={"id": pl.Int32, "bound": UTC_US, "back": pl.Int32})
     daily_t = _ident(schema, BARS_1D)
     # from: the back-th row before the bound (NULL: every row)
-    starts = rows_frame(conn.execute(
+    starts = tuples_frame(conn.execute(
         sql.SQL("SELECT c.id, (SELECT \"timestamp\" FROM {d} WHERE id = c.id AND \"timestamp\" < c.bound "
                 "ORDER BY \"timestamp\" DESC OFFSET c.back LIMIT 1) FROM unnest(%b, %b, %b) AS c(id, bound, back)")
         .format(d=daily_t), array_params(conn, frame, ("int4", "timestamptz", "int4"))).fetchall(),
@@ -538,7 +538,7 @@ def _read_seeds(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: 
     before the cut (rows before a cut are unchanged). With them the engine recomputes a bar
     from the cut instead of from the bar's first day. One short backward probe of the primary
     key per (id, tf); OFFSET 0 keeps each probe a probe."""
-    cuts = rows_frame([(p.id, tf, at) for p in plans for tf, at in p.change_at.items() if at is not None],
+    cuts = tuples_frame([(p.id, tf, at) for p in plans for tf, at in p.change_at.items() if at is not None],
                       {"id": pl.Int32, "tf": pl.String, "cut": UTC_US})
     if not cuts.height:
         return {}

@@ -37,9 +37,9 @@ from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, state_table
 from ta_lab2.emas.resume import Ends, resume_rows, seed_value
 from ta_lab2.db.schema import DUAL_EMA_ENDS, EMA_ENDS
-from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, TfRows, epoch_us, frame_of_rows, ids_rows_frame, tf_arrays
+from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, TfRows, frame_of_rows, ids_rows_frame, tf_arrays
 from ta_lab2.errors import UsageError
-from ta_lab2.frames import instants, rows_frame
+from ta_lab2.frames import epoch_us, instants, tuples_frame
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.pipeline.work import (IdResult, ProgressFn, TableResult, bulk_rebuild, by_id, clear_ids, resolve_ids,
                                    run_units, stored_before, unit_size)
@@ -434,7 +434,7 @@ def _resume(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence
             flag_parts.append(flags)
             n_flags += ts.size
     ts_all = np.concatenate([tail_ts.get(i, np.zeros(0, np.int64)) for i in offset])
-    frame = rows_frame(series, _SERIES_SCHEMA).join(
+    frame = tuples_frame(series, _SERIES_SCHEMA).join(
         inputs.state, on=list(_SERIES_SCHEMA), how="left", maintain_order="left")
     last_us = frame["last_ts"].dt.epoch("us").to_numpy()
     sid = frame["id"].to_numpy()
@@ -625,7 +625,7 @@ def _write(conn: psycopg.Connection, options: RefreshOptions, changed: Sequence[
                 "AND ts >= coalesce(c.cut, '-infinity') OFFSET 0) x)) RETURNING e.id) "
                 "SELECT id, count(*) FROM d GROUP BY id"
             ).format(t=table),
-            array_params(conn, rows_frame(probed, {**_SERIES_SCHEMA, "cut": UTC_US}),
+            array_params(conn, tuples_frame(probed, {**_SERIES_SCHEMA, "cut": UTC_US}),
                          ("int4", "text", "int4", "timestamptz")),
         ).fetchall())
     if rows.height:
@@ -679,7 +679,7 @@ def _write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
     ends = _ends(kind)
     values = [c for c in ends if c != "canon_ts"]
     key = list(_SERIES_SCHEMA)
-    frame = rows_frame(series, {**_SERIES_SCHEMA, "cut": UTC_US, "watermark_ingested_at": UTC_US})
+    frame = tuples_frame(series, {**_SERIES_SCHEMA, "cut": UTC_US, "watermark_ingested_at": UTC_US})
     source = {c: c.removeprefix("last_").removeprefix("canon_") for c in values}
     if rows.height:
         canonical = ~pl.col("roll")

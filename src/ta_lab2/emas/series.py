@@ -9,7 +9,6 @@ continue after their stored rows are stepped by :mod:`ta_lab2.emas.resume` inste
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -180,9 +179,3 @@ def tf_rows(
     return rows_frame(kind, grid, [tf_arrays(kind, grid, tf, n_days, canonical, periods, keep_from_us)])
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def epoch_us(ts: dt.datetime) -> int:
-    """Microseconds since 1970-01-01 UTC (exact integer arithmetic)."""
-    return (ts - _EPOCH) // dt.timedelta(microseconds=1)

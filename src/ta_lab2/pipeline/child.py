@@ -95,7 +95,6 @@ def _at_least(minimum: float, kind: type) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"{text!r} is less than {minimum:g}")
         return value
 
-    convert.__name__ = kind.__name__
     return convert
 
 
