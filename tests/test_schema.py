@@ -242,7 +242,7 @@ def test_version_4_ema_state_tables_gain_their_ends(schema_conn: psycopg.Connect
     schema_conn.execute(f"ALTER TABLE {table} RESET (fillfactor), " + ", ".join(f"DROP COLUMN {c}" for c in ends))
     schema_conn.execute(f"INSERT INTO {table} (id, tf, period, watermark_ingested_at, last_ts) "
                         "VALUES (1, '1M_CAL', 10, now(), now())")
-    schema_conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version = 5")
+    schema_conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version >= 5")
     schema_conn.commit()
     assert ensure_schema(schema_conn) is True
     columns = {r[0] for r in schema_conn.execute(
@@ -253,3 +253,21 @@ def test_version_4_ema_state_tables_gain_their_ends(schema_conn: psycopg.Connect
     row = schema_conn.execute(f"SELECT last_ts IS NOT NULL, last_ema, canon_ts FROM {table}").fetchone()
     assert row == (True, None, None)
     assert schema_conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_version_5_source_gains_the_load_ts_stamp(schema_conn: psycopg.Connection) -> None:
+    """A database of schema version 5 (no trigger on the source table) is upgraded: afterwards
+    an UPDATE made by hand that changes a price stamps the row's load_ts, one that changes
+    nothing leaves it alone."""
+    schema_conn.execute("DROP TRIGGER cmc_price_histories7_stamp_load_ts ON cmc_price_histories7")
+    schema_conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version >= 6")
+    schema_conn.execute("INSERT INTO cmc_price_histories7 (id, \"timestamp\", close, load_ts) "
+                        "VALUES (7, '2024-01-01', 10, '2020-01-01')")
+    schema_conn.commit()
+    assert ensure_schema(schema_conn) is True
+    schema_conn.execute("UPDATE cmc_price_histories7 SET close = 10 WHERE id = 7")
+    assert schema_conn.execute("SELECT load_ts FROM cmc_price_histories7 WHERE id = 7").fetchone()[0].year == 2020
+    schema_conn.execute("UPDATE cmc_price_histories7 SET close = 11 WHERE id = 7")
+    stamped = schema_conn.execute("SELECT load_ts > now() - interval '1 hour' FROM cmc_price_histories7 WHERE id = 7")
+    assert stamped.fetchone() == (True,)
+    schema_conn.rollback()

@@ -32,8 +32,8 @@ from ta_lab2.timeframes import DEFAULT_PERIODS, seed_timeframes
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at); 4: the 1D table too;
-#                     5: EMA state rows keep their series' ends
+SCHEMA_VERSION = 6  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (id, ingested_at); 4: the 1D table too;
+#                     5: EMA state rows keep their series' ends; 6: a trigger stamps load_ts on every source update
 VERSION_TABLE = "ta_lab2_schema_version"
 SCHEMA_LOCK_KEY = 0x7A_1AB2_0001  # advisory lock serialising concurrent `init`s
 
@@ -59,6 +59,22 @@ CREATE TABLE IF NOT EXISTS {{s}}.{SOURCE_TABLE} (
     PRIMARY KEY (id, "timestamp")
 );
 CREATE INDEX IF NOT EXISTS {SOURCE_TABLE}_load_ts_idx ON {{s}}.{SOURCE_TABLE} (id, load_ts);
+
+-- load_ts is the change signal of every incremental refresh and of a capture's root causes:
+-- any UPDATE that changes a source row stamps it, also one made by hand in SQL. The clock,
+-- not the transaction start: a long transaction must not stamp a row below the watermark a
+-- refresh recorded while it ran.
+CREATE OR REPLACE FUNCTION {{s}}.ta_lab2_stamp_load_ts() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    NEW.load_ts := clock_timestamp();
+    RETURN NEW;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER {SOURCE_TABLE}_stamp_load_ts
+    BEFORE UPDATE ON {{s}}.{SOURCE_TABLE}
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*)
+    EXECUTE FUNCTION {{s}}.ta_lab2_stamp_load_ts();
 
 CREATE TABLE IF NOT EXISTS {{s}}.dim_assets (
     id integer PRIMARY KEY,
