@@ -228,7 +228,8 @@ def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
 def _compare_rate(conn: psycopg.Connection, helper: psycopg.Connection, rows: int) -> Phase:
     """A full in-database compare (every column of every row) of a ``rows``-row table, the way a
     capture compares a table on its own (the pass over all rows split over two connections)."""
-    from ta_lab2.baseline.comparison_utils import Sampling, TableSpec, Tolerances, column_kinds, compare_table
+    from ta_lab2.baseline.compare import TableSpec, column_kinds, compare_table
+    from ta_lab2.baseline.comparison_utils import Sampling, Tolerances
 
     source = conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "

@@ -27,6 +27,23 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def writable_dir(path: Path, option: str) -> Path:
+    """``path``, created if missing, after proving a file can be written there; else a usage
+    error naming ``option`` (found before anything changes, not after the work is done)."""
+    import tempfile
+
+    from ta_lab2.errors import UsageError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write to {path}: {exc.strerror or exc}",
+                         hint="choose a folder you can write to") from None
+    return path
+
+
 def setup_logging(level: str = "INFO", *, log_dir: Path | None = LOG_DIR, console: bool = True) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -4,7 +4,7 @@
 * the 12 pipeline tables: ``<schema>.<table>_snapshot_<suffix>`` (the seed's naming; the
   longest, ``cmc_price_bars_multi_tf_cal_anchor_iso_snapshot_20260205_143022``, is exactly
   63 bytes);
-* state tables and the 1D rejects (longer names): copies with their own names in the
+* state tables, the 1D rejects and deletion log (longer names): copies with their own names in the
   auxiliary schema ``baseline_<suffix>``, recorded in the registry;
 * primary-key constraints: ``bs<suffix>_<n>_pk`` (short and unique per capture).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from ta_lab2.db.tables import BARS_1D_REJECTS, PIPELINE_TABLES, state_table
+from ta_lab2.db.tables import BARS_1D_DELETIONS, BARS_1D_REJECTS, PIPELINE_TABLES, state_table
 
 MAX_IDENT = 63
 SUFFIX_RE = re.compile(r"^\d{8}_\d{6}$")
@@ -51,5 +51,6 @@ def constraint_name(suffix: str, n: int) -> str:
 
 
 def aux_tables() -> list[str]:
-    """Tables copied into the auxiliary schema: every state table and the 1D rejects."""
-    return [*(state_table(t) for t in PIPELINE_TABLES), BARS_1D_REJECTS]
+    """Tables copied into the auxiliary schema: every state table, the 1D rejects and the 1D
+    deletion log (what a rebuild may change besides the 12 tables, so restore puts it back)."""
+    return [*(state_table(t) for t in PIPELINE_TABLES), BARS_1D_REJECTS, BARS_1D_DELETIONS]

@@ -19,6 +19,23 @@ baseline_app = typer.Typer(help="Snapshot → truncate → rebuild → compare: 
                            no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Reports and logs go here.")]
+# Sampling never decides what is found: every row is compared, every difference classified.
+_NOT_DETECTION = " Never limits detection: every row of every table is compared."
+SampleBeginning = Annotated[int, typer.Option(
+    "--sample-beginning", min=0, help="Identical rows at the start of every series counted in the mean/std of "
+    "differences." + _NOT_DETECTION)]
+SampleEnd = Annotated[int, typer.Option(
+    "--sample-end", min=0, help="Identical rows at the end of every series counted in the mean/std of differences.")]
+SampleRandomPct = Annotated[float, typer.Option(
+    "--sample-random-pct", min=0.0, max=1.0, help="Share (0–1) of the other identical rows counted in those statistics.")]
+Seed = Annotated[int, typer.Option("--seed", help="Makes that sample reproducible.")]
+Full = Annotated[bool, typer.Option("--full", help="Statistics over every row, no sample (verdicts and divergences "
+                                                   "are over every row either way).")]
+TolerancesFile = Annotated[Optional[Path], typer.Option(
+    "--tolerances", help="TOML file of per-column rtol/atol overrides (finite numbers ≥ 0).", show_default=False)]
+ExpectedDiffsFile = Annotated[Optional[Path], typer.Option(
+    "--expected-diffs", help="TOML allow-list of intended differences (reported as INFO with their reason).",
+    show_default=False)]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
@@ -41,7 +58,7 @@ def parse_tolerances(path: Path | None):  # type: ignore[no-untyped-def]
     try:
         return Tolerances.from_mapping(_load_toml(path, "--tolerances"))
     except ValueError as exc:
-        raise UsageError(f"--tolerances: {exc}") from None
+        raise UsageError(f"--tolerances: {path}: {exc}") from None
 
 
 def parse_expected(path: Path | None):  # type: ignore[no-untyped-def]
@@ -50,10 +67,15 @@ def parse_expected(path: Path | None):  # type: ignore[no-untyped-def]
     data = _load_toml(path, "--expected-diffs")
     out = []
     for i, item in enumerate(data.get("expected", [])):
-        if "table" not in item or "reason" not in item:
-            raise UsageError(f"--expected-diffs: entry {i + 1} needs 'table' and 'reason'")
-        out.append(ExpectedDiff(item["table"], tuple(item.get("columns", ())), item["reason"],
-                                tuple(int(x) for x in item.get("ids", ())), tuple(item.get("tfs", ()))))
+        where = f"--expected-diffs: {path}, entry {i + 1}"
+        if not isinstance(item, dict) or "table" not in item or "reason" not in item:
+            raise UsageError(f"{where} needs 'table' and 'reason'")
+        ids = item.get("ids", [])
+        bad = [x for x in ids if isinstance(x, bool) or not isinstance(x, int)] if isinstance(ids, list) else [ids]
+        if bad:
+            raise UsageError(f"{where}: ids = {bad[0]!r} is not an integer id")
+        out.append(ExpectedDiff(item["table"], tuple(item.get("columns", ())), item["reason"], tuple(ids),
+                                tuple(item.get("tfs", ()))))
     return tuple(out)
 
 
@@ -65,20 +87,24 @@ def capture(
     skip_rebuild: Annotated[bool, typer.Option("--skip-rebuild", help="Snapshot + compare only (a self-check: must PASS).")] = False,
     output_dir: OutputDir = Path(".logs/baseline"),
     log_level: opt.LogLevel = "INFO",
-    sample_beginning: Annotated[int, typer.Option("--sample-beginning", min=0, help="Rows at the start of every series whose values are compared.")] = 30,
-    sample_end: Annotated[int, typer.Option("--sample-end", min=0, help="Rows at the end of every series whose values are compared.")] = 30,
-    sample_random_pct: Annotated[float, typer.Option("--sample-random-pct", min=0.0, max=1.0, help="Share of the other keys compared (deterministic).")] = 0.05,
-    seed: Annotated[int, typer.Option("--seed", help="Makes the interior sample reproducible.")] = 20250205,
-    full: Annotated[bool, typer.Option("--full", help="Compare the values of every row instead of the sample.")] = False,
+    sample_beginning: SampleBeginning = 30,
+    sample_end: SampleEnd = 30,
+    sample_random_pct: SampleRandomPct = 0.05,
+    seed: Seed = 20250205,
+    full: Full = False,
     tables: Annotated[Optional[str], typer.Option("--tables", help="Comma subset of the 12 tables (default all).", show_default=False)] = None,
-    tolerances: Annotated[Optional[Path], typer.Option("--tolerances", help="TOML file of per-column rtol/atol overrides.", show_default=False)] = None,
-    expected_diffs: Annotated[Optional[Path], typer.Option("--expected-diffs", help="TOML allow-list of intended differences.", show_default=False)] = None,
+    tolerances: TolerancesFile = None,
+    expected_diffs: ExpectedDiffsFile = None,
     scratch_schema: Annotated[Optional[str], typer.Option("--scratch-schema", help="Rebuild into this schema and compare live vs it; live tables untouched.", show_default=False)] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds each rebuild child may run.")] = 6 * 3600.0,
     wait_lock: opt.WaitLock = 0.0,
 ) -> None:
-    """Snapshot → Truncate → Rebuild → Compare → Report. Exit 0 = PASS, 1 = differences or a
-    failed rebuild (report written), 2 = usage/infrastructure error before anything changed."""
+    """Snapshot → Truncate → Rebuild → Compare → Report.
+
+    Every row of every table is compared; every difference is classified (INFO / WARNING /
+    CRITICAL) and traced to its root cause (source data revised, inherited from an input
+    table, or a computation change). Exit 0 = PASS, 1 = differences or a failed rebuild
+    (report written), 2 = usage/infrastructure error before anything changed."""
     from ta_lab2.baseline.capture import CaptureOptions, run_capture
     from ta_lab2.baseline.comparison_utils import Sampling
     from ta_lab2.baseline.metadata_tracker import redacted_argv
@@ -89,8 +115,6 @@ def capture(
     level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
     table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else PIPELINE_TABLES
-    if scratch_schema is not None and not scratch_schema.isidentifier():
-        raise UsageError(f"--scratch-schema: {scratch_schema!r} is not a valid schema name")
     options = CaptureOptions(
         ids=flags.parse_ids(ids), tables=table_list, skip_rebuild=skip_rebuild, dry_run=dry_run, verbose=verbose,
         sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
@@ -113,7 +137,7 @@ def _render(result, output_dir: Path) -> None:  # type: ignore[no-untyped-def]
     paths = write_reports(result, output_dir)
     capture_summary(result, paths)
     if result.exit_code:
-        raise WorkFailed(f"baseline {result.suffix}: {result.verdict}")
+        raise WorkFailed(f"{'compare' if result.kind == 'compare' else 'baseline'} {result.suffix}: {result.verdict}")
 
 
 baseline_app.command("capture")(capture)
@@ -140,17 +164,18 @@ def list_cmd(db_url: opt.DbUrl = None, as_json: Annotated[bool, typer.Option("--
 def compare_cmd(
     suffix: Annotated[str, typer.Argument(help="The capture to compare with the current tables.")],
     db_url: opt.DbUrl = None,
-    full: Annotated[bool, typer.Option("--full", help="Compare every row's values.")] = False,
-    sample_beginning: Annotated[int, typer.Option("--sample-beginning", min=0, help="Rows at the start of every series.")] = 30,
-    sample_end: Annotated[int, typer.Option("--sample-end", min=0, help="Rows at the end of every series.")] = 30,
-    sample_random_pct: Annotated[float, typer.Option("--sample-random-pct", min=0.0, max=1.0, help="Share of the other keys.")] = 0.05,
-    seed: Annotated[int, typer.Option("--seed", help="Interior sample seed.")] = 20250205,
-    tolerances: Annotated[Optional[Path], typer.Option("--tolerances", help="TOML tolerance overrides.", show_default=False)] = None,
-    expected_diffs: Annotated[Optional[Path], typer.Option("--expected-diffs", help="TOML allow-list.", show_default=False)] = None,
+    full: Full = False,
+    sample_beginning: SampleBeginning = 30,
+    sample_end: SampleEnd = 30,
+    sample_random_pct: SampleRandomPct = 0.05,
+    seed: Seed = 20250205,
+    tolerances: TolerancesFile = None,
+    expected_diffs: ExpectedDiffsFile = None,
     output_dir: OutputDir = Path(".logs/baseline"),
     log_level: opt.LogLevel = "INFO",
 ) -> None:
-    """Compare an existing snapshot with the current tables (no truncate, no rebuild)."""
+    """Compare an existing snapshot with the current tables (no truncate, no rebuild). Writes
+    its own report files (compare-SUFFIX-at-INSTANT.*); the capture's are never touched."""
     from ta_lab2.baseline.capture import CaptureOptions, compare_existing
     from ta_lab2.baseline.comparison_utils import Sampling
     from ta_lab2.baseline.naming import check_suffix

@@ -130,19 +130,37 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
         console.print(f"summary: {json_path}", highlight=False)
 
 
-def capture_summary(result: Any, paths: dict[str, Any]) -> None:
-    """Compact console summary of a baseline capture (or compare) and the report paths."""
+def capture_summary(result: Any, paths: dict[str, Any], *, max_roots: int = 10) -> None:
+    """Compact console summary of a baseline capture (or compare): verdict, root causes first,
+    the per-table results, what was sampled, and the report paths."""
+    from ta_lab2.baseline.wording import root_sentence
+
     colour = "green" if result.verdict == "PASS" else "red"
-    console.print(f"[bold]baseline {result.suffix}[/]: [bold {colour}]{result.verdict}[/]")
+    what = "compare" if getattr(result, "kind", "capture") == "compare" else "baseline"
+    console.print(f"[bold]{what} {result.suffix}[/]: [bold {colour}]{result.verdict}[/]")
+    roots = result.root_causes
+    if roots:
+        console.print(f"[bold]root causes[/] ({len(roots)}):")
+        for n, root in enumerate(roots[:max_roots], start=1):
+            console.print(f"  {n}. {root_sentence(root)}", markup=False, highlight=False, soft_wrap=True)
+        if len(roots) > max_roots:
+            console.print(f"  … and {len(roots) - max_roots} more (see the report)", highlight=False)
     table = Table()
-    for col in ("table", "result", "snapshot", "rebuilt", "one-sided", "compared", "match rate", "CRIT", "WARN", "INFO"):
+    for col in ("table", "result", "snapshot", "rebuilt", "one-sided", "compared", "match rate", "series", "CRIT",
+                "WARN", "INFO"):
         table.add_column(col, justify="left" if col in ("table", "result") else "right")
     for t in result.comparisons:
         sc = t.severity_counts
         table.add_row(t.table, "[green]PASS[/]" if t.passed else "[red]FAIL[/]", _fmt_int(t.rows_snapshot),
                       _fmt_int(t.rows_rebuilt), _fmt_int(t.only_in_snapshot + t.only_in_rebuilt), _fmt_int(t.rows_compared),
-                      f"{t.match_rate:.4%}", str(sc.get("CRITICAL", 0)), str(sc.get("WARNING", 0)), str(sc.get("INFO", 0)))
+                      f"{t.match_rate:.4%}", _fmt_int(len(t.divergences)), str(sc.get("CRITICAL", 0)),
+                      str(sc.get("WARNING", 0)), str(sc.get("INFO", 0)))
     console.print(table)
+    sampling = result.metadata.get("sampling", {}).get("statement")
+    if sampling:
+        console.print(f"[dim]sampling: {sampling}[/]", highlight=False, soft_wrap=True)
+    for note in getattr(result, "notes", ()):
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     for problem in result.problems:
         err_console.print(f"[red]problem:[/] {problem}", highlight=False)
     for kind, path in paths.items():

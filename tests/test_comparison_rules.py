@@ -1,0 +1,166 @@
+"""The comparison rules at their edges, as the database runs them, against an oracle written
+here from their definition: PEP 485's ``math.isclose`` for the tolerance, bit identity for
+"differs", the 1 % bound for CRITICAL (exactly rtol, exactly 1 %, NaN, NULL, ±0.0, ±inf).
+Then a whole table compare on hand-made tables, and the tolerance file's validation."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ta_lab2.baseline.compare import TableSpec, compare_table
+from ta_lab2.baseline.comparison_utils import Sampling, Tolerance, Tolerances, cell_rule
+from ta_lab2.db.connect import Target
+
+pytestmark = [pytest.mark.db]
+
+RTOL, ATOL = 1e-5, 1e-6  # the price columns' default tolerance
+INF, NAN = float("inf"), float("nan")
+
+
+def oracle(a: Any, b: Any, rtol: float = RTOL, atol: float = ATOL) -> str | None:
+    """The severity of one float cell pair, or None when the two are bit-identical."""
+    if a is None and b is None:
+        return None
+    if a is not None and b is not None and struct.pack(">d", a) == struct.pack(">d", b):
+        return None
+    if a is not None and b is not None and math.isnan(a) and math.isnan(b):
+        return None  # any NaN matches any NaN
+    if a is None or b is None:
+        return "CRITICAL"
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "CRITICAL"
+    if math.isclose(a, b, rel_tol=rtol, abs_tol=atol):
+        return "INFO"
+    return "WARNING" if abs(a - b) / max(abs(a), abs(b)) <= 0.01 else "CRITICAL"
+
+
+def _edges() -> list[tuple[float | None, float | None]]:
+    pairs: list[tuple[float | None, float | None]] = [
+        (None, None), (None, 1.0), (1.0, None), (NAN, NAN), (NAN, 1.0), (1.0, NAN), (INF, INF), (-INF, -INF),
+        (INF, -INF), (INF, 1e308), (1.0, INF), (0.0, -0.0), (-0.0, 0.0), (0.0, 0.0), (0.0, 5e-7), (0.0, 1e-6),
+        (0.0, math.nextafter(1e-6, 1.0)), (0.0, 2e-6), (-1.0, 1.0), (1e-300, -1e-300),
+    ]
+    for x in (1.0, 123.456, 7e-4, 9.87654321e6, -42.5):
+        at_rtol = x + RTOL * abs(x) / (1 - RTOL)  # about where |a-b| = rtol·max(|a|, |b|)
+        at_one_pct = x / 0.99  # |a-b| / max = 1 %
+        for b in (at_rtol, at_one_pct, x * 1.005, x * 1.02):
+            for y in (math.nextafter(b, -INF), b, math.nextafter(b, INF)):
+                pairs += [(x, y), (y, x)]
+    return pairs
+
+
+def test_float_rule_matches_math_isclose_at_every_edge(conn: psycopg.Connection) -> None:
+    pairs = _edges()
+    rule = cell_rule(sql.Identifier("v", "a"), sql.Identifier("v", "b"), "float", Tolerance(RTOL, ATOL))
+    rows = conn.execute(
+        sql.SQL("SELECT {d}, CASE WHEN {d} THEN {s} END FROM unnest(%s::float8[], %s::float8[]) "
+                "WITH ORDINALITY AS v(a, b, n) ORDER BY n").format(d=rule.differs, s=rule.severity),
+        ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
+    got = [severity if differs else None for differs, severity in rows]
+    expected = [oracle(a, b) for a, b in pairs]
+    wrong = [(a, b, g, e) for (a, b), g, e in zip(pairs, got, expected) if g != e]
+    assert not wrong, wrong
+    # the edges are real: every outcome occurs
+    assert {None, "INFO", "WARNING", "CRITICAL"} <= set(expected)
+
+
+@pytest.mark.parametrize("a, b, differs", [
+    ("1", "1", False), ("1", "2", True), (None, "x", True), (None, None, False), ("a", "A", True),
+])
+def test_exact_columns_differ_at_any_change_and_are_critical(conn: psycopg.Connection, a: Any, b: Any, differs: bool) -> None:
+    rule = cell_rule(sql.Literal(a), sql.Literal(b), "exact", None)
+    got = conn.execute(sql.SQL("SELECT {d}, {s}").format(d=rule.differs, s=rule.severity)).fetchone()
+    assert got == (differs, "CRITICAL")
+
+
+# ----------------------------------------------------------------------------- a whole table
+def _tables(conn: psycopg.Connection, rows: list[tuple[int, int, float | None]], changed: dict[tuple[int, int], float | None],
+            removed: set[tuple[int, int]] = frozenset()) -> TableSpec:
+    """Two tables keyed (id, period, ts): ``a`` holds ``rows``; ``b`` the same with ``changed``
+    values and without ``removed`` keys."""
+    conn.execute("DROP TABLE IF EXISTS cmp_a, cmp_b")
+    for name in ("cmp_a", "cmp_b"):
+        conn.execute(f"CREATE TABLE {name} (id int, period int, ts timestamptz, ema float8, d1 float8, "
+                     "PRIMARY KEY (id, period, ts))")
+    conn.execute("INSERT INTO cmp_a SELECT i, 3, timestamptz '2024-01-01' + make_interval(days => n), e, 1.0 "
+                 "FROM unnest(%s::int[], %s::int[], %s::float8[]) AS u(i, n, e)",
+                 ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
+    conn.execute("INSERT INTO cmp_b SELECT * FROM cmp_a")
+    for (i, n), value in changed.items():
+        conn.execute("UPDATE cmp_b SET ema = %s WHERE id = %s AND ts = timestamptz '2024-01-01' + make_interval(days => %s)",
+                     (value, i, n))
+    for i, n in removed:
+        conn.execute("DELETE FROM cmp_b WHERE id = %s AND ts = timestamptz '2024-01-01' + make_interval(days => %s)", (i, n))
+    return TableSpec("cmp", sql.Identifier("public", "cmp_a"), sql.Identifier("public", "cmp_b"), ("id", "period", "ts"),
+                     ("id", "period"), "ts", {"ema": "float", "d1": "float"})
+
+
+def test_every_difference_is_found_and_classified_whatever_the_sampling(conn: psycopg.Connection) -> None:
+    rows = [(i, n, 100.0 + n) for i in (1, 2, 3) for n in range(400)]
+    changed = {(1, 200): 0.0, (2, 150): 100.0 + 150 + 1e-9, (2, 151): NAN, (3, 10): -0.0}
+    spec = _tables(conn, [(i, n, (0.0 if (i, n) == (3, 10) else e)) for i, n, e in rows], changed, {(1, 399)})
+    results = []
+    for sampling in (Sampling(), Sampling(full=True), Sampling(0, 0, 0.0)):
+        with conn.transaction():
+            results.append(compare_table(conn, spec, None, sampling, Tolerances()))
+    default, full, none = results
+    for r in results:  # detection is the same every time
+        assert r.severity_counts == {"CRITICAL": 2 + 1, "WARNING": 0, "INFO": 2}, r.severity_counts
+        assert [(d.series, d.first_ts[:10], d.count) for d in r.divergences] == [
+            ({"id": 2, "period": 3}, "2024-05-31", 1), ({"id": 1, "period": 3}, "2024-07-19", 2)]
+        assert r.rows_compared == 1199 and r.only_in_snapshot == 1 and r.differing_series == 3 and not r.passed
+    # statistics: every row of the three differing series, plus the sample of identical ones (none here)
+    assert full.stats_rows == 1199 and default.stats_rows == none.stats_rows == 1199 and not default.sampled
+
+
+def test_sample_bounds_statistics_only(conn: psycopg.Connection) -> None:
+    rows = [(i, n, float(n)) for i in range(1, 6) for n in range(300)]
+    spec = _tables(conn, rows, {(5, 100): 7.5})
+    got = {}
+    for name, sampling in (("none", Sampling(10, 20, 0.0)), ("all", Sampling(10, 20, 1.0)), ("full", Sampling(full=True)),
+                           ("some", Sampling(10, 20, 0.1))):
+        with conn.transaction():
+            got[name] = compare_table(conn, spec, None, sampling, Tolerances())
+    # four identical series of 300 rows and a differing one (all of its 300 rows count)
+    assert got["none"].stats_rows == 4 * 30 + 300 and got["none"].sampled
+    assert got["all"].stats_rows == got["full"].stats_rows == 1500
+    # every 10th of the 270 rows between the first 10 and the last 20: 27 per identical series
+    assert got["some"].stats_rows == 4 * (30 + 27) + 300
+    assert {r.severity_counts["CRITICAL"] for r in got.values()} == {1}
+    ema = {name: next(c for c in r.columns if c.column == "ema") for name, r in got.items()}
+    assert ema["full"].mean_abs_diff == pytest.approx(92.5 / 1500)
+    assert ema["none"].mean_abs_diff == pytest.approx(92.5 / 420)
+
+
+# ----------------------------------------------------------------------------- tolerance files
+@pytest.mark.parametrize("text, key", [
+    ("[columns.ema]\nrtol = nan\natol = 1e-6\n", "rtol"),
+    ("[columns.ema]\nrtol = 1e-5\natol = -inf\n", "atol"),
+    ("[default]\nrtol = -1e-5\natol = 0\n", "rtol"),
+    ("[default]\nrtol = inf\natol = 0\n", "rtol"),
+    ("[tables.cmc_ema_multi_tf.ema]\nrtol = 'NaN'\natol = 0\n", "rtol"),
+    ("[default]\nrtol = true\natol = 0\n", "rtol"),
+])
+def test_tolerances_must_be_finite_and_not_negative(tmp_path: Path, text: str, key: str) -> None:
+    import tomllib
+
+    with pytest.raises(ValueError, match=key):
+        Tolerances.from_mapping(tomllib.loads(text))
+
+
+def test_zero_tolerances_are_allowed(conn: psycopg.Connection) -> None:
+    tol = Tolerances.from_mapping({"default": {"rtol": 0, "atol": 0}})
+    assert tol.for_column("t", "close") == Tolerance(0.0, 0.0)
+
+
+@pytest.fixture
+def conn(db: Target) -> psycopg.Connection:  # type: ignore[misc]
+    with psycopg.connect(db.url, autocommit=True) as c:
+        yield c
