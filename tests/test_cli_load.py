@@ -5,52 +5,22 @@ reason, no password in any output, and the zero-configuration embedded server.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_helpers import Done, base_env, run, run_all
 
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.schema import ensure_schema
 
 pytestmark = pytest.mark.db
 
-URL_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
 GEN_HEADER = "id,timestamp,open,high,low,close"
 SECRET = "SuperSecret123"
 BAD_URL = f"postgresql://u:{SECRET}@127.0.0.1:1/nodb"
-Done = subprocess.CompletedProcess[str]
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    """The current environment without any database URL, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in URL_ENV}
-    env.update(extra)
-    return env
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> Done:
-    return subprocess.run(
-        [sys.executable, "-m", "ta_lab2", *args],
-        check=False,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def run_all(jobs: list[tuple[list[str], Path, dict[str, str]]]) -> list[Done]:
-    """Independent commands, a few at a time (each one mostly pays Python start-up)."""
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return list(pool.map(lambda job: run(*job), jobs))
 
 
 def count(target: Target, table: str = "cmc_price_histories7") -> int:
