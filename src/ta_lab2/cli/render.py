@@ -139,6 +139,7 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
     table.add_row("total", "[green]ok[/]" if summary.ok else "[red]failed[/]", f"{summary.duration_s:.1f}", "",
                   _fmt_int(int(t["rows_inserted"])), _fmt_int(int(t["rows_deleted"])), _fmt_int(int(t["rejects"])), "")
     console.print(table)
+    _bar_rejects_hint(summary)
     for c in summary.children:
         if c.status == "planned":
             console.print(f"  {c.name}: {c.message}", markup=False, highlight=False)
@@ -148,6 +149,15 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
                 err_console.print(c.output_tail, markup=False, highlight=False)
     if json_path is not None:
         console.print(f"summary: {json_path}", highlight=False)
+
+
+def _bar_rejects_hint(summary: "RunSummary") -> None:
+    """Where the 1D builder's rejects are, with their reasons, when it rejected source rows."""
+    rejected = sum(int(c.summary.get("rejects") or 0) for c in summary.children if c.name == "1d" and c.summary)
+    if rejected:
+        err_console.print(f"1d rejected {rejected:,} source row(s), kept with their reason and original values: "
+                          'SELECT id, "timestamp", reason FROM cmc_price_bars_1d_rejects ORDER BY id, "timestamp"',
+                          markup=False, highlight=False)
 
 
 def capture_summary(result: Any, paths: dict[str, Any]) -> None:
