@@ -5,52 +5,22 @@ reason, no password in any output, and the zero-configuration embedded server.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_helpers import Done, base_env, run, run_all
 
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.schema import ensure_schema
 
 pytestmark = pytest.mark.db
 
-URL_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
 GEN_HEADER = "id,timestamp,open,high,low,close"
 SECRET = "SuperSecret123"
 BAD_URL = f"postgresql://u:{SECRET}@127.0.0.1:1/nodb"
-Done = subprocess.CompletedProcess[str]
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    """The current environment without any database URL, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in URL_ENV}
-    env.update(extra)
-    return env
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> Done:
-    return subprocess.run(
-        [sys.executable, "-m", "ta_lab2", *args],
-        check=False,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def run_all(jobs: list[tuple[list[str], Path, dict[str, str]]]) -> list[Done]:
-    """Independent commands, a few at a time (each one mostly pays Python start-up)."""
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return list(pool.map(lambda job: run(*job), jobs))
 
 
 def count(target: Target, table: str = "cmc_price_histories7") -> int:
@@ -94,7 +64,7 @@ def test_init_twice_load_synthetic_and_status(fresh_db: Target, tmp_path: Path) 
     assert f"loaded {added}, updated 0, unchanged 0, rejected 0" in done.stdout
     with connect(db) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM dim_assets ORDER BY id").fetchall()]
-    assert {1, 52, 1027} <= set(ids)
+    assert ids == [9_000_001, 9_000_002, 9_000_003]  # the documented synthetic id range
 
     status, as_json = run_all([(["status"], tmp_path, env), (["status", "--json"], tmp_path, env)])
     assert status.returncode == 0, status.stderr
@@ -165,10 +135,79 @@ def test_unknown_cmc_name_exit_2(initialised: Target, env: dict[str, str], tmp_p
     assert count(initialised) == before
 
 
+CMC_HEADER = "timeOpen;timeClose;timeHigh;timeLow;name;open;high;low;close;volume;marketCap;timestamp"
+
+
+def _cmc_day(day: int, name: str, sep: str = ";") -> str:
+    d = f"2024-01-0{day}"
+    return sep.join([f"{d}T00:00:00.000Z", f"{d}T23:59:59.999Z", f"{d}T10:00:00.000Z", f"{d}T03:00:00.000Z", name,
+                     "100", "110", "90", "105", "1000", "2000", f"{d}T23:59:59.999Z"])
+
+
+def test_an_id_of_another_asset_is_refused_then_forced(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
+    btc = tmp_path / "btc.csv"
+    btc.write_text(f"{CMC_HEADER}\n{_cmc_day(1, 'Bitcoin')}\n")
+    eth = tmp_path / "eth.csv"
+    eth.write_text(f"{CMC_HEADER}\n{_cmc_day(2, 'Ethereum')}\n")
+    assert run(["load", str(btc), "--id", "1"], tmp_path, env).returncode == 0
+    tables = ("cmc_price_histories7", "dim_assets", "load_rejects")
+    before = [count(initialised, t) for t in tables]
+    refused = run(["load", str(eth), "--id", "1"], tmp_path, env)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    for words in ("eth.csv", "id 1 is 'Bitcoin'", "calls it 'Ethereum'", "--force"):
+        assert words in refused.stderr, (words, refused.stderr)
+    assert "Traceback" not in refused.stderr
+    assert [count(initialised, t) for t in tables] == before
+    forced = run(["load", str(eth), "--id", "1", "--force"], tmp_path, env)
+    assert forced.returncode == 0, forced.stderr
+    assert "loaded 1, updated 0, unchanged 0, rejected 0" in forced.stdout
+    with connect(initialised) as conn:
+        assert conn.execute("SELECT name FROM dim_assets WHERE id = 1").fetchone() == ("Bitcoin",)
+
+
+def test_loader_rough_edges(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
+    """A CoinMarketCap file saved with ',' is named as such; plain dates are the UTC day's close;
+    rows the 1D builder will reject or repair are counted in a warning that says where to look."""
+    commas = tmp_path / "cmc_commas.csv"
+    commas.write_text(f"{CMC_HEADER.replace(';', ',')}\n{_cmc_day(1, 'Bitcoin', ',')}\n")
+    dates = tmp_path / "dates.csv"
+    dates.write_text(f"{GEN_HEADER}\n4646,2026-01-01,1,2,0.5,1.5\n4646,2026-01-02,1,2,0.5,1.5\n")
+    odd = tmp_path / "odd.csv"
+    odd.write_text(f"{GEN_HEADER}\n4747,2024-01-01T23:59:59.999Z,-1,2,0.5,1.5\n"
+                   "4747,2024-01-02T23:59:59.999Z,1,2,0,1.5\n4747,2024-01-03T23:59:59.999Z,1,0.5,2,1.5\n"
+                   "4747,2024-01-04T23:59:59.999Z,1,2,0.5,1.5\n")
+    comma_run, dates_run, odd_run = run_all([(["load", str(p)], tmp_path, env) for p in (commas, dates, odd)])
+
+    assert comma_run.returncode == 2, (comma_run.stdout, comma_run.stderr)
+    assert "looks like a CoinMarketCap header with ',' — the format uses ';'" in comma_run.stderr
+    assert "missing" not in comma_run.stderr
+
+    assert dates_run.returncode == 0, dates_run.stderr
+    with connect(initialised) as conn:
+        got = conn.execute("SELECT to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') "
+                           "FROM cmc_price_histories7 WHERE id = 4646 ORDER BY 1").fetchall()
+    assert got == [("2026-01-01 23:59:59.999",), ("2026-01-02 23:59:59.999",)]
+
+    assert odd_run.returncode == 0, odd_run.stderr
+    assert "loaded 4, updated 0, unchanged 0, rejected 0" in odd_run.stdout
+    assert "2 row(s) with a price ≤ 0" in odd_run.stderr and "reject" in odd_run.stderr
+    assert "1 row(s) with high below low" in odd_run.stderr and "repair" in odd_run.stderr
+    assert "cmc_price_bars_1d_rejects" in odd_run.stderr
+
+    # ... and the bar runner says how many it rejected and where they are, with their reasons
+    bars = run(["bars", "--ids", "4747", "--builders", "1d", "--output-dir", str(tmp_path / "logs")], tmp_path, env)
+    assert bars.returncode == 0, bars.stderr
+    with connect(initialised) as conn:
+        reasons = conn.execute("SELECT reason FROM cmc_price_bars_1d_rejects WHERE id = 4747").fetchall()
+    assert reasons == [("non_positive_price",)] * 2
+    assert "1d rejected 2 source row(s)" in bars.stderr and "cmc_price_bars_1d_rejects" in bars.stderr
+
+
 USAGE_ERRORS = [  # (argv, words stderr must contain)
     (["load", "missing.csv"], ["missing.csv"]),
     (["load"], ["--synthetic"]),
     (["load", "--synthetic", "0"], ["--synthetic"]),
+    (["load", "--synthetic", "1000000"], ["--synthetic", "9,000,001 to 9,999,999"]),
     (["load", "--synthetic", "2", "--days", "abc"], ["--days"]),
     (["load", "--synthetic", "2", "--end-date", "2024-13-45"], ["--end-date", "2024-13-45"]),
     (["load", "--synthetic", "2", "--log-level", "LOUD"], ["--log-level", "LOUD"]),

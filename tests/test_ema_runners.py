@@ -14,13 +14,15 @@ import pytest
 
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.load.service import load_synthetic
-from ta_lab2.load.synthetic import SyntheticConfig
+from ta_lab2.load.synthetic import SyntheticConfig, asset_ids
 
 pytestmark = pytest.mark.db
 
 ROOT = Path(__file__).resolve().parents[1]
 EMA_TABLES = ["cmc_ema_multi_tf", "cmc_ema_multi_tf_v2", "cmc_ema_multi_tf_cal_us", "cmc_ema_multi_tf_cal_iso",
               "cmc_ema_multi_tf_cal_anchor_us", "cmc_ema_multi_tf_cal_anchor_iso"]
+IDS = asset_ids(3)
+FRESH, STALE = IDS[0], IDS[1:]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def loaded(db: Target) -> Target:
     import datetime as dt
 
     with connect(db, autocommit=True) as conn:
-        # ids 1, 1027, 52 end on 2024-06-30; id 1 also gets rows up to today, so only it is fresh
+        # the three assets end on 2024-06-30; the first also gets rows up to today, so only it is fresh
         today = dt.datetime.now(dt.timezone.utc).date()
         load_synthetic(conn, SyntheticConfig(n_assets=1, days=120, seed=4, end_date=today))
         load_synthetic(conn, SyntheticConfig(n_assets=3, days=120, seed=5, end_date=dt.date(2024, 6, 30)))
@@ -58,7 +60,7 @@ def test_daily_refresh_lists_stale_ids_and_refreshes_fresh_ones(loaded: Target, 
     result = _run(loaded, tmp_path, sys.executable, str(script), "--all", "--ids", "all")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "logs" / "run_daily_refresh-latest.json").read_text())
-    assert sorted(summary["stale_ids"]) == [52, 1027]
+    assert sorted(summary["stale_ids"]) == STALE
     assert "stale ids" in result.stdout
     names = [c["name"] for c in summary["children"]]
     assert names[:6] == ["1d", "multi_tf", "cal_iso", "cal_us", "cal_anchor_iso", "cal_anchor_us"]
@@ -67,7 +69,7 @@ def test_daily_refresh_lists_stale_ids_and_refreshes_fresh_ones(loaded: Target, 
     assert all(c["status"] == "ok" for c in summary["children"])
     with psycopg.connect(loaded.url) as conn:
         ids = {r[0] for r in conn.execute("SELECT DISTINCT id FROM cmc_ema_multi_tf").fetchall()}
-    assert ids == {1}  # only the fresh asset got EMAs
+    assert ids == {FRESH}  # only the fresh asset got EMAs
     for child in summary["children"][6:]:
         assert child["summary"]["rows_inserted"] == _counts(loaded)[child["summary"]["table"]]
 
@@ -78,7 +80,7 @@ def test_skip_stale_check_refreshes_everyone(loaded: Target, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     with psycopg.connect(loaded.url) as conn:
         ids = {r[0] for r in conn.execute("SELECT DISTINCT id FROM cmc_ema_multi_tf").fetchall()}
-    assert ids == {1, 52, 1027}
+    assert ids == set(IDS)
 
 
 def test_emas_script_and_flags(loaded: Target, tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ def test_emas_script_and_flags(loaded: Target, tmp_path: Path) -> None:
     for flag in ("--ids", "--db-url", "--only", "--periods", "--full-refresh", "--include-non-canonical",
                  "--num-processes", "--continue-on-error", "--verbose", "--dry-run"):
         assert flag in help_text, flag
-    ok = _run(loaded, tmp_path, sys.executable, str(script), "--ids", "1", "--only", "v2", "--full-refresh")
+    ok = _run(loaded, tmp_path, sys.executable, str(script), "--ids", str(FRESH), "--only", "v2", "--full-refresh")
     assert ok.returncode == 0, ok.stderr
 
 

@@ -94,11 +94,11 @@ def test_synthetic_load_reload_and_csv_revisions(target: Target, tmp_path: Path)
     assert (first.totals.inserted, first.totals.updated, first.totals.unchanged) == (height, 0, 0)
     assert first.summary_line() == f"loaded {height}, updated 0, unchanged 0, rejected 0"
     assert counts(target)["cmc_price_histories7"] == height
-    # the first three ids are the real CoinMarketCap ids of BTC, ETH, XRP
+    # synthetic assets take ids 9,000,001 on: never a real CoinMarketCap id
     assert query(target, "SELECT id, symbol, name, asset_class FROM dim_assets ORDER BY id") == [
-        (1, "SYN1", "Synthetic SYN1", "CRYPTO"),
-        (52, "SYN52", "Synthetic SYN52", "CRYPTO"),
-        (1027, "SYN1027", "Synthetic SYN1027", "CRYPTO"),
+        (9_000_001, "SYN9000001", "Synthetic SYN9000001", "CRYPTO"),
+        (9_000_002, "SYN9000002", "Synthetic SYN9000002", "CRYPTO"),
+        (9_000_003, "SYN9000003", "Synthetic SYN9000003", "CRYPTO"),
     ]
     assert query(target, "SELECT DISTINCT source_file FROM cmc_price_histories7") == [
         ("synthetic:11",)
@@ -113,14 +113,14 @@ def test_synthetic_load_reload_and_csv_revisions(target: Target, tmp_path: Path)
     assert load_ts_set(target) == before
     assert counts(target)["dim_assets"] == 3
 
-    # two stored rows of id 52 written back as a generic CSV with every value column
+    # two stored rows of the second asset written back as a generic CSV with every value column
     cols = (
         'id, "timestamp", open, high, low, close, volume, marketcap, circulatingsupply, name, '
         "timeopen, timeclose, timehigh, timelow"
     )
     rows = query(
         target,
-        f'SELECT {cols} FROM cmc_price_histories7 WHERE id = 52 ORDER BY "timestamp" LIMIT 2 OFFSET 10',
+        f'SELECT {cols} FROM cmc_price_histories7 WHERE id = 9000002 ORDER BY "timestamp" LIMIT 2 OFFSET 10',
     )
     assert len(rows) == 2
     header = "id,timestamp,open,high,low,close,volume,market_cap,circulatingsupply,name,timeopen,timeclose,timehigh,timelow"
@@ -157,11 +157,11 @@ def test_synthetic_load_reload_and_csv_revisions(target: Target, tmp_path: Path)
     old = {(i, t): lt for i, t, lt in before}
     assert after.keys() == old.keys()
     changed = {k for k in old if after[k] != old[k]}
-    assert changed == {(52, rows[1][1])}
-    assert after[(52, rows[1][1])] > old[(52, rows[1][1])]
+    assert changed == {(9_000_002, rows[1][1])}
+    assert after[(9_000_002, rows[1][1])] > old[(9_000_002, rows[1][1])]
     stored = query(
         target,
-        'SELECT close, source_file FROM cmc_price_histories7 WHERE id = 52 AND "timestamp" = %s',
+        'SELECT close, source_file FROM cmc_price_histories7 WHERE id = 9000002 AND "timestamp" = %s',
         (rows[1][1],),
     )
     assert stored == [(new_close, "revised.csv")]
@@ -284,6 +284,71 @@ def test_cmc_malformed_and_naive_rows_rejected_rest_loads(target: Target, tmp_pa
     assert query(target, 'SELECT "timestamp" FROM cmc_price_histories7') == [
         (ts("2024-01-01 23:59:59.999"),)
     ]
+
+
+# --------------------------------------------------------------------------- one asset per id
+def test_an_id_of_another_asset_is_refused_unless_forced(target: Target, tmp_path: Path) -> None:
+    with connect(target) as conn:
+        load_synthetic(conn, SyntheticConfig(n_assets=1, days=5, seed=3))
+    load(target, [write(tmp_path, "btc.csv", CMC_HEADER, CMC_DAY_1)], asset_id=1)
+    before = counts(target)
+    eth = write(tmp_path, "eth.csv", CMC_HEADER, CMC_DAY_2.replace("Bitcoin", "Ethereum"))
+    good = write(tmp_path, "good.csv", GEN_HEADER, "77,2024-01-01T23:59:59.999Z,1,2,0.5,1.5,10,20")
+    with pytest.raises(InputDataError) as info:
+        load(target, [eth], asset_id=1)
+    message = str(info.value)
+    assert "eth.csv" in message and "id 1" in message and "'Bitcoin'" in message and "'Ethereum'" in message
+    assert "--force" in message and "nothing was loaded" in message
+    header = "id,timestamp,open,high,low,close,name,symbol"
+    onto_synthetic = write(tmp_path, "syn.csv", header, "9000001,2024-01-02T23:59:59.999Z,1,2,0.5,1.5,Bitcoin,BTC")
+    with pytest.raises(InputDataError) as info:  # a clash in any input refuses them all
+        load(target, [good, onto_synthetic])
+    assert "id 9000001 is 'Synthetic SYN9000001' (SYN9000001)" in str(info.value)
+    assert "'Bitcoin' (BTC)" in str(info.value)
+    assert counts(target) == before
+
+    # forced: the prices load under id 1, dim_assets keeps its name
+    report = load(target, [eth], asset_id=1, force=True)
+    assert report.summary_line() == "loaded 1, updated 0, unchanged 0, rejected 0"
+    assert query(target, "SELECT id, name, symbol FROM dim_assets WHERE id = 1") == [(1, "Bitcoin", None)]
+    assert query(target, "SELECT name FROM cmc_price_histories7 WHERE id = 1 ORDER BY 1") == [("Bitcoin",), ("Ethereum",)]
+
+
+def test_inputs_that_share_a_name_or_symbol_with_the_id_load(target: Target, tmp_path: Path) -> None:
+    load(target, [write(tmp_path, "btc.csv", CMC_HEADER, CMC_DAY_1)], asset_id=1)
+    header = "id,timestamp,open,high,low,close,name,symbol"
+    same = write(tmp_path, "same.csv", header, "1,2024-01-02T23:59:59.999Z,1,2,0.5,1.5, bitcoin ,BTC")
+    assert load(target, [same]).ok  # case and surrounding spaces do not matter; the symbol is new
+    assert query(target, "SELECT name, symbol FROM dim_assets WHERE id = 1") == [("Bitcoin", "BTC")]
+    by_symbol = write(tmp_path, "by_symbol.csv", header, "1,2024-01-03T23:59:59.999Z,1,2,0.5,1.5,XBT Coin,btc")
+    assert load(target, [by_symbol]).ok  # shares the symbol
+    # a CoinMarketCap file whose name column holds the symbol it is looked up by
+    cmc_symbol = write(tmp_path, "cmc_btc.csv", CMC_HEADER, CMC_DAY_3.replace("Bitcoin", "BTC"))
+    assert load(target, [cmc_symbol]).ok
+    unnamed = write(tmp_path, "unnamed.csv", "id,timestamp,open,high,low,close", "1,2024-01-04T23:59:59.999Z,1,2,0.5,1.5")
+    assert load(target, [unnamed]).ok  # nothing to compare
+    assert query(target, "SELECT count(*) FROM cmc_price_histories7 WHERE id = 1") == [(4,)]
+
+
+def test_rows_the_1d_builder_will_reject_or_repair_are_counted(target: Target, tmp_path: Path) -> None:
+    rows = [
+        "5,2024-01-01T23:59:59.999Z,-1,2,0.5,1.5,,",  # negative open
+        "5,2024-01-02T23:59:59.999Z,1,2,0,1.5,,",  # zero low
+        "5,2024-01-03T23:59:59.999Z,1,0.5,2,1.5,,",  # high < low
+        "5,2024-01-04T23:59:59.999Z,-1,0.5,2,1.5,,",  # both: counted as non-positive only
+        "5,2024-01-05T23:59:59.999Z,1,,2,1.5,,",  # no high: nothing to compare
+        "5,2024-01-06T23:59:59.999Z,1,2,0.5,1.5,,",  # fine
+    ]
+    report = load(target, [write(tmp_path, "odd.csv", GEN_HEADER, *rows)])
+    assert report.ok and report.totals.inserted == 6  # loaded as given
+    odd = report.files[0].oddities
+    # the same counts, by SQL over what was stored
+    expected = query(
+        target,
+        "SELECT count(*) FILTER (WHERE least(open, high, low, close) <= 0), "
+        "count(*) FILTER (WHERE high < low AND NOT least(open, high, low, close) <= 0) FROM cmc_price_histories7",
+    )
+    assert (odd.non_positive_price, odd.high_below_low) == expected[0] == (3, 1)
 
 
 # --------------------------------------------------------------------------- generic CSV / Parquet
@@ -460,7 +525,7 @@ BAD_ROWS = [
         "7,2024-02-30T23:59:59.999Z,10,12,9,11,200,2000",
         ["timestamp", "2024-02-30"],
     ),
-    ("date only instant", "7,2024-01-02,10,12,9,11,200,2000", ["timestamp", "2024-01-02"]),
+    ("not a date", "7,2024-01-32,10,12,9,11,200,2000", ["timestamp", "2024-01-32"]),
     (
         "naive timestamp",
         "7,2024-01-02T23:59:59.999,10,12,9,11,200,2000",

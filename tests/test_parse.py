@@ -238,7 +238,8 @@ def test_semantically_odd_rows_are_accepted(tmp_path: Path) -> None:
             "1,2024-02-30T23:59:59Z,1,2,0.5,1.5",
             "timestamp: '2024-02-30T23:59:59Z' is not an ISO-8601 instant",
         ),
-        ("1,2024-01-01,1,2,0.5,1.5", "timestamp: '2024-01-01' is not an ISO-8601 instant"),
+        ("1,2024-13-01,1,2,0.5,1.5", "timestamp: '2024-13-01' is not an ISO-8601 instant"),
+        ("1,2024-1-5,1,2,0.5,1.5", "timestamp: '2024-1-5' is not an ISO-8601 instant"),
         ("1,2024-01-01T23:59:59.999Z,NaN,2,0.5,1.5", "open: 'NaN' is not finite"),
         ("1,2024-01-01T23:59:59.999Z,1,inf,0.5,1.5", "high: 'inf' is not finite"),
         ("1,2024-01-01T23:59:59.999Z,1,2,-inf,1.5", "low: '-inf' is not finite"),
@@ -263,6 +264,54 @@ def test_generic_csv_malformed_row(tmp_path: Path, row: str, reason: str) -> Non
     assert result.frame["id"].to_list() == [7, 7]
     assert rejects(result) == [(3, reason)]
     assert result.rejects["raw"].to_list() == [row]
+
+
+def test_plain_dates_mean_the_day(tmp_path: Path) -> None:
+    """A plain date is that UTC day: its close instant in timestamp / timeclose, its start in
+    timeopen; in timehigh / timelow it is refused (the instant of an extreme needs a time)."""
+    header = "id,timestamp,open,high,low,close,timeopen,timeclose,timehigh"
+    result = gen(
+        tmp_path,
+        "1,2026-01-01,1,2,0.5,1.5,2026-01-01,2026-01-01,2026-01-01T12:00:00Z",
+        "1,2026-01-02T23:59:59.999Z,1,2,0.5,1.5,,,",
+        "1,2024-02-29,1,2,0.5,1.5,,,",
+        "1,2026-01-03,1,2,0.5,1.5,,,2026-01-03",
+        "2,2026-01-02,1,2,0.5,1.5,,,",
+        "2,2026-01-02T23:59:59.999Z,1,2,0.5,1.6,,,",  # the same instant as the line above
+        header=header,
+    )
+    assert result.frame.select("id", "timestamp", "timeopen", "timeclose", "date").rows() == [
+        (1, ts("2024-02-29 23:59:59.999"), None, None, date(2024, 2, 29)),
+        (1, ts("2026-01-01 23:59:59.999"), ts("2026-01-01 00:00:00"), ts("2026-01-01 23:59:59.999"), date(2026, 1, 1)),
+        (1, ts("2026-01-02 23:59:59.999"), None, None, date(2026, 1, 2)),
+        (2, ts("2026-01-02 23:59:59.999"), None, None, date(2026, 1, 2)),
+    ]
+    assert result.frame.filter(pl.col("id") == 2)["close"].to_list() == [1.6]
+    assert rejects(result) == [
+        (5, "timehigh: '2026-01-03' is a date without a time of day"),
+        (6, "duplicate (id, timestamp) in file; line 7 kept"),
+    ]
+
+
+def test_parquet_date_column_is_a_plain_date(tmp_path: Path) -> None:
+    path = tmp_path / "dates.parquet"
+    pl.DataFrame({"id": [3], "timestamp": [date(2026, 1, 1)], "open": [1.0], "high": [2.0], "low": [0.5],
+                  "close": [1.5]}).write_parquet(path)
+    result = parse_file(path)
+    assert result.rejects.height == 0
+    assert result.frame["timestamp"].to_list() == [ts("2026-01-01 23:59:59.999")]
+
+
+def test_cmc_header_with_commas_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "btc.csv", CMC_HEADER.replace(";", ","), CMC_ROW_2.replace(";", ","))
+    with pytest.raises(InputDataError) as err:
+        parse_file(path, asset_id=1)
+    message = str(err.value)
+    assert "btc.csv" in message and "looks like a CoinMarketCap header with ','" in message
+    assert "the format uses ';'" in message and "missing" not in message
+    # with an id column it is a generic CSV that happens to carry the same columns
+    generic = write(tmp_path, "gen.csv", "id," + CMC_HEADER.replace(";", ","), "5," + CMC_ROW_2.replace(";", ","))
+    assert parse_file(generic).frame["id"].to_list() == [5]
 
 
 def test_nonfinite_optional_column(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from ta_lab2.load.source_schema import SOURCE_SCHEMA, SYMBOL_COLUMN
 from ta_lab2.load.synthetic import (
+    MAX_ASSETS,
+    SYNTHETIC_ID_FIRST,
     SyntheticConfig,
     SyntheticUniverse,
     asset_ids,
@@ -45,18 +47,22 @@ def _gap_lengths(dates: list[dt.date]) -> list[int]:
 # --------------------------------------------------------------------------- ids / config
 
 
-def test_asset_ids() -> None:
+def test_asset_ids_are_in_the_reserved_range() -> None:
     assert asset_ids(0) == []
-    assert asset_ids(3) == [1, 1027, 52]
-    assert asset_ids(7) == [1, 1027, 52, 825, 1839, 5426, 74]
-    assert asset_ids(10) == [1, 1027, 52, 825, 1839, 5426, 74, 100001, 100002, 100003]
+    assert asset_ids(3) == [9_000_001, 9_000_002, 9_000_003]
     assert asset_ids(10)[:5] == asset_ids(5)
+    every = asset_ids(MAX_ASSETS)
+    assert (every[0], every[-1], len(set(every))) == (9_000_001, 9_999_999, 999_999)
+    assert every[-1] < 2**31  # fits the integer id column
+    with pytest.raises(ValueError):
+        asset_ids(MAX_ASSETS + 1)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"n_assets": -1, "days": 10, "seed": 1},
+        {"n_assets": 1_000_000, "days": 10, "seed": 1},
         {"n_assets": 2, "days": 0, "seed": 1},
         {"n_assets": 2, "days": 10, "seed": -1},
         {"n_assets": 2, "days": 10, "seed": 1, "lengths": (5,)},
@@ -92,8 +98,8 @@ def test_different_seeds_differ() -> None:
     a = _gen(SyntheticConfig(n_assets=3, days=300, seed=1)).frame
     b = _gen(SyntheticConfig(n_assets=3, days=300, seed=2)).frame
     assert not a.equals(b)
-    a0 = a.filter(pl.col("id") == 1)
-    b0 = b.filter(pl.col("id") == 1)
+    a0 = a.filter(pl.col("id") == SYNTHETIC_ID_FIRST)
+    b0 = b.filter(pl.col("id") == SYNTHETIC_ID_FIRST)
     assert a0["close"].to_list()[:50] != b0["close"].to_list()[:50]
     assert a["source_file"].unique().to_list() == ["synthetic:1"]
     assert b["source_file"].unique().to_list() == ["synthetic:2"]
@@ -175,7 +181,7 @@ def test_listing_dates_and_lengths_differ() -> None:
     frame = _gen(SyntheticConfig(n_assets=20, days=days, seed=21, **CLEAN)).frame
     per = _per_asset_dates(frame)
     lengths = {i: len(ds) for i, ds in per.items()}
-    assert lengths[1] == days  # asset 0 is the longest
+    assert lengths[SYNTHETIC_ID_FIRST] == days  # asset 0 is the longest
     assert max(lengths.values()) == days
     assert all(math.ceil(0.35 * days) <= n <= days for n in lengths.values())
     assert len(set(lengths.values())) >= 15
@@ -320,7 +326,8 @@ def test_invariants_property(
     assert frame.equals(frame.sort("id", "timestamp"))
     per = _per_asset_dates(frame)
     assert sorted(per) == sorted(asset_ids(n_assets))
-    assert len(per[1]) >= min(days, 2) and (per[1][-1] - per[1][0]).days + 1 == days
+    first = per[SYNTHETIC_ID_FIRST]  # asset 0
+    assert len(first) >= min(days, 2) and (first[-1] - first[0]).days + 1 == days
     for ds in per.values():
         assert ds[-1] == end_date
         assert 1 <= (ds[-1] - ds[0]).days + 1 <= days

@@ -57,21 +57,28 @@ class WorkFailed(TaLabError):
 def report_failure(exc: BaseException, *, debug: bool = False) -> int:
     """Tell the user on stderr why a command stopped and return its exit code: the message
     of an expected failure (exit code its own), ``interrupted`` (130), or the one-line
-    summary of an unexpected exception (1) — with the traceback only when ``debug``. URLs
-    in messages are shown with their password redacted."""
+    summary of an unexpected exception (1) — with the traceback (the whole exception chain)
+    only when ``debug``. Every password in messages and tracebacks is redacted."""
     from ta_lab2.db.url import redact  # here: ta_lab2.db.url itself imports this module
 
-    if isinstance(exc, TaLabError):
-        if debug:
-            logging.getLogger("ta_lab2").exception("failed", exc_info=exc)
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
     if debug:
-        traceback.print_exception(exc)
-        return 1
-    print(f"internal error: {redact(f'{type(exc).__name__}: {exc}')} (run with --debug for the traceback)",
-          file=sys.stderr)
+        _report_traceback(redact("".join(traceback.format_exception(exc))).rstrip())
+    if isinstance(exc, TaLabError):
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    if not debug:
+        print(f"internal error: {redact(f'{type(exc).__name__}: {exc}')} (run with --debug for the traceback)",
+              file=sys.stderr)
     return 1
+
+
+def _report_traceback(text: str) -> None:
+    """Through logging (console and log file) once logging is set up, else on stderr."""
+    log = logging.getLogger("ta_lab2")
+    if log.hasHandlers():
+        log.error("%s", text)
+    else:
+        print(text, file=sys.stderr)

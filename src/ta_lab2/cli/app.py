@@ -99,6 +99,7 @@ def load(
     end_date: Annotated[Optional[str], typer.Option("--end-date", help="Synthetic: last day (YYYY-MM-DD or 'today'; default 2025-12-31).", show_default=False)] = None,
     gap_rate: Annotated[float, typer.Option("--gap-rate", min=0.0, max=1.0, help="Synthetic: probability a day starts a gap of 1-5 missing days.")] = 0.01,
     defect_rate: Annotated[float, typer.Option("--defect-rate", min=0.0, max=1.0, help="Synthetic: probability per row of each defect kind.")] = 0.005,
+    force: Annotated[bool, typer.Option("--force", help="Load even into an id whose name or symbol in dim_assets differs from the input's.")] = False,
     db_url: opt.DbUrl = None,
     schema: opt.Schema = "public",
     log_level: opt.LogLevel = "INFO",
@@ -121,16 +122,21 @@ def load(
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise UsageError(f"load: no such file: {', '.join(missing)}")
-    target = resolve_target(db_url)
-    with connect(target, autocommit=True) as conn:
-        if synthetic is not None:
+    config = None
+    if synthetic is not None:
+        try:
             config = SyntheticConfig(
                 n_assets=synthetic, days=days, seed=seed, end_date=_parse_end_date(end_date),
                 gap_rate=gap_rate, defect_rate=defect_rate,
             )
-            report = load_synthetic(conn, config, schema=schema)
+        except ValueError as exc:
+            raise UsageError(f"load --synthetic: {exc}") from None
+    target = resolve_target(db_url)
+    with connect(target, autocommit=True) as conn:
+        if config is not None:
+            report = load_synthetic(conn, config, schema=schema, force=force)
         else:
-            report = load_files(conn, files or [], asset_id=asset_id, schema=schema)
+            report = load_files(conn, files or [], asset_id=asset_id, schema=schema, force=force)
     load_report(report)
     if not report.ok:
         raise WorkFailed(f"{report.rejected} row(s) rejected; see above and table load_rejects")

@@ -9,8 +9,8 @@ from ta_lab2.errors import UsageError
 
 #: Help text of each shared option, by flag.
 HELP: dict[str, str] = {
-    "--db-url": "PostgreSQL URL. Default: TA_LAB2_DB_URL, TARGET_DB_URL, db_config.env, else the embedded "
-                "server. 'embedded' forces the embedded server.",
+    "--db-url": "PostgreSQL URL (postgresql://…) or libpq key=value string. Default: TA_LAB2_DB_URL, "
+                "TARGET_DB_URL, db_config.env, else the embedded server. 'embedded' forces the embedded server.",
     "--ids": "'all', or ids separated by commas or spaces: '1,52,825' or '1 52 825'.",
     "--dry-run": "Print the plan and change nothing.",
     "--verbose": "More detail; stream children's output.",

@@ -78,7 +78,27 @@ def load_report(report: LoadReport, *, max_rejects: int = 20) -> None:
             err_console.print(f"  {row['source_file']}:{row['line']}: {row['reason']}", markup=False, highlight=False)
         if rejects.height > max_rejects:
             err_console.print(f"  … and {rejects.height - max_rejects} more")
+    _oddities(report)
     console.print(report.summary_line(), markup=False, highlight=False)
+
+
+def _oddities(report: LoadReport) -> None:
+    """Warn about loaded rows the 1D bar builder will reject (price ≤ 0) or repair (high < low)."""
+    for f in report.files:
+        odd = f.oddities
+        if odd.non_positive_price:
+            err_console.print(f"warning: {f.source}: {odd.non_positive_price:,} row(s) with a price ≤ 0, loaded as "
+                              "given; the 1D bar builder will reject them (reason non_positive_price)",
+                              markup=False, highlight=False)
+        if odd.high_below_low:
+            err_console.print(f"warning: {f.source}: {odd.high_below_low:,} row(s) with high below low, loaded as "
+                              "given; the 1D bar builder will repair them (high raised to max(open, close, low), "
+                              "repaired_high)", markup=False, highlight=False)
+    if report.oddities:
+        err_console.print("  to list them: SELECT * FROM cmc_price_histories7 WHERE least(open, high, low, close) <= 0 "
+                          "OR high < low; after `ta-lab2 bars`, table cmc_price_bars_1d_rejects holds the rejected "
+                          "ones and cmc_price_bars_1d flags the repaired ones (repaired_high)",
+                          markup=False, highlight=False)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -119,6 +139,7 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
     table.add_row("total", "[green]ok[/]" if summary.ok else "[red]failed[/]", f"{summary.duration_s:.1f}", "",
                   _fmt_int(int(t["rows_inserted"])), _fmt_int(int(t["rows_deleted"])), _fmt_int(int(t["rejects"])), "")
     console.print(table)
+    _bar_rejects_hint(summary)
     for c in summary.children:
         if c.status == "planned":
             console.print(f"  {c.name}: {c.message}", markup=False, highlight=False)
@@ -128,6 +149,15 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
                 err_console.print(c.output_tail, markup=False, highlight=False)
     if json_path is not None:
         console.print(f"summary: {json_path}", highlight=False)
+
+
+def _bar_rejects_hint(summary: "RunSummary") -> None:
+    """Where the 1D builder's rejects are, with their reasons, when it rejected source rows."""
+    rejected = sum(int(c.summary.get("rejects") or 0) for c in summary.children if c.name == "1d" and c.summary)
+    if rejected:
+        err_console.print(f"1d rejected {rejected:,} source row(s), kept with their reason and original values: "
+                          'SELECT id, "timestamp", reason FROM cmc_price_bars_1d_rejects ORDER BY id, "timestamp"',
+                          markup=False, highlight=False)
 
 
 def capture_summary(result: Any, paths: dict[str, Any], *, max_roots: int = 10) -> None:

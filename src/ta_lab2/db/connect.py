@@ -1,5 +1,5 @@
-"""Opening connections: resolve the URL (spec 01), start the embedded server when that is the
-answer, and map connection failures to :class:`DatabaseError` with the URL redacted."""
+"""Opening connections: resolve the URL, start the embedded server when that is the answer,
+and map connection failures to :class:`DatabaseError` with the URL redacted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from ta_lab2.db.embedded import EmbeddedServer
-from ta_lab2.db.url import ENV_URL, ResolvedUrl, redact, resolve_url
+from ta_lab2.db.url import ENV_URL, ResolvedUrl, redact, resolve_url, unparsable
 from ta_lab2.errors import DatabaseError
 
 APPLICATION_NAME = "ta_lab2"
@@ -71,9 +71,11 @@ def connect(target: Target, *, autocommit: bool = False) -> psycopg.Connection:
             connect_timeout=15,
             options="-c TimeZone=UTC",
         )
+    except psycopg.ProgrammingError as exc:  # libpq refused the connection string itself
+        raise unparsable(target.source, exc) from None
     except psycopg.OperationalError as exc:
         raise DatabaseError(
-            f"cannot connect to {redact(target.url)}: {redact(str(exc)).strip()}",
+            f"cannot connect to {target.describe()}: {redact(str(exc)).strip()}",
             hint="check --db-url / TA_LAB2_DB_URL / TARGET_DB_URL / db_config.env, or unset them to use the embedded server",
         ) from None
     return conn

@@ -1,8 +1,18 @@
-"""Database URL resolution and redaction (spec 01, "URL resolution").
+"""Database URL resolution, validation and redaction.
 
 First hit wins: ``--db-url`` -> ``TA_LAB2_DB_URL`` -> ``TARGET_DB_URL`` -> a ``db_config.env``
 file (``TARGET_DB_URL=...`` line) in the working directory or up to 4 parents -> the embedded
-server (``EMBEDDED``). A URL is never shown with its password: use :func:`redact`.
+server (``EMBEDDED``).
+
+A "URL" is anything libpq accepts as a connection string: a URI (``postgresql://`` or
+``postgres://``, optionally with a SQLAlchemy driver suffix such as ``+psycopg``) or a
+``key=value`` string (``host=… dbname=… password='…'``). It is checked with libpq's own parser
+(:func:`psycopg.conninfo.conninfo_to_dict`) before anything uses it; one that does not parse,
+or that libpq would split differently from what its author meant (a raw ``@`` or ``/`` in the
+password), is refused with the source it came from and what is wrong, never echoed.
+
+A URL is never shown with its password: :func:`redact` removes every password from any text
+(messages, log lines, tracebacks, reports, argv).
 """
 
 from __future__ import annotations
@@ -11,7 +21,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ta_lab2.errors import ConfigError
 
@@ -20,6 +29,14 @@ ENV_TARGET_URL = "TARGET_DB_URL"
 CONFIG_FILE = "db_config.env"
 CONFIG_PARENTS = 4
 EMBEDDED = "embedded"
+MASK = "***"
+
+# No "://" and no "user:password@" in here: redact() would mask them in the message itself.
+_URL_HINT = (
+    "in a URL, percent-encode the password's special characters (@ %40, / %2F, # %23, ? %3F, "
+    "% %25, : %3A, space %20); or give a key=value string: host=… port=… dbname=… user=… "
+    "password='…'; or --db-url embedded for the embedded server"
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,13 @@ class ResolvedUrl:
         return f"{redact(self.url)} (from {self.source})"
 
 
+def _unquoted(value: str) -> str:
+    """``value`` without one pair of matching surrounding quotes (shell-style ``KEY="…"``)."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
+
+
 def _read_config_file(path: Path) -> str | None:
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
@@ -49,7 +73,7 @@ def _read_config_file(path: Path) -> str | None:
             continue
         key, value = line.split("=", 1)
         if key.strip() == ENV_TARGET_URL:
-            value = value.strip().strip('"').strip("'")
+            value = _unquoted(value.strip())
             if value:
                 return value
     return None
@@ -70,7 +94,11 @@ def resolve_url(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> ResolvedUrl:
-    """Apply the resolution order of spec 01. ``--db-url embedded`` forces the embedded server."""
+    """Apply the resolution order above. ``--db-url embedded`` forces the embedded server.
+
+    Raises ``ConfigError`` (naming the source, never echoing the URL) for a URL libpq cannot
+    use as meant.
+    """
     env = dict(os.environ) if env is None else env
     if cli_url:
         return _checked(cli_url, "--db-url")
@@ -86,33 +114,127 @@ def resolve_url(
     return ResolvedUrl(None, EMBEDDED)
 
 
+_SCHEME = re.compile(r"^\s*(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
 def _checked(url: str, source: str) -> ResolvedUrl:
+    """Validate ``url`` with libpq's parser; ``ConfigError`` (no echo of the URL) if unusable."""
     if url.strip().lower() == EMBEDDED:
         return ResolvedUrl(None, source)
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
-        raise ConfigError(
-            f"{source}: {redact(url)!r} is not a PostgreSQL URL",
-            hint="use postgresql://user:password@host:5432/dbname, or 'embedded'",
-        )
-    return ResolvedUrl(normalize(url), source)
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme = _SCHEME.match(url)
+    if scheme is not None:
+        base = scheme["scheme"].lower().split("+", 1)[0]
+        if base not in _POSTGRES_SCHEMES:
+            raise ConfigError(
+                f"the database URL from {source} has scheme {scheme['scheme']!r}; "
+                "expected postgresql:// or postgres://",
+                hint=_URL_HINT,
+            )
+        url = normalize(url)
+        problem = _ambiguous_uri(url)
+        if problem:
+            raise ConfigError(f"the database URL from {source} {problem}", hint=_URL_HINT)
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise unparsable(source, exc) from None
+    return ResolvedUrl(url, source)
+
+
+def unparsable(source: str, exc: BaseException) -> ConfigError:
+    """The error for a connection string libpq refused to parse: libpq's reason with every
+    quoted fragment (which may be part of the password) replaced by ``…``."""
+    def hide(m: re.Match[str]) -> str:  # keep libpq's own punctuation, such as "="
+        return m[0] if len(m[1]) == 1 and not m[1].isalnum() else '"…"'
+
+    reason = re.sub(r'"([^"]*)"', hide, str(exc)).strip()
+    return ConfigError(f"the database URL from {source} cannot be parsed: {reason}", hint=_URL_HINT)
+
+
+def _ambiguous_uri(url: str) -> str | None:
+    """Why libpq would read a URI differently from what its author meant, or None.
+
+    libpq ends the user:password part at the first ``@``, and only looks for it before the
+    first ``/``: a raw ``@`` in the password turns its tail into the host name, a raw ``/``
+    turns the user into the host and the password into port and database name. Neither can
+    be what was meant (a host name has no ``@``; a database name with ``@`` must be
+    percent-encoded to be told apart).
+    """
+    rest = url.split("://", 1)[1]
+    slash = rest.find("/")
+    authority = rest if slash < 0 else rest[:slash]
+    path = "" if slash < 0 else rest[slash:].split("?", 1)[0]
+    if authority.count("@") > 1:
+        return "has more than one raw '@' before its host: an '@' in the password must be written %40"
+    if "@" in path:
+        return ("has a raw '@' after a '/': a '/' in the password must be written %2F "
+                "(and an '@' in a database name %40)")
+    return None
 
 
 def normalize(url: str) -> str:
     """Strip SQLAlchemy driver suffixes (``postgresql+psycopg://``) so libpq accepts the URL."""
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url, count=1)
+    return re.sub(r"^\s*postgres(ql)?(\+\w+)?://", "postgresql://", url, count=1)
 
 
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]*):(?P<pw>[^@/?#\s]*)@")
-_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
-_PASSWORD_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|[^\s&]+)", re.IGNORECASE)
+# --------------------------------------------------------------------------- redaction
+# A URI inside free text: its userinfo is taken to end at the LAST '@' before the next URI or
+# the end of the line, so a password with raw '@', '/', '#', '?', ':' or spaces is masked
+# whole (the cost, rarely, is masking a little more than the password).
+_URI_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# An already masked value ("***" followed by a delimiter) is left as it is, so that redacting
+# twice (a redacted URL inside a redacted JSON report) changes nothing.
+_MASKED = r"\*\*\*(?![^\s\"',;)\]}&])"
+_QUERY_PASSWORD = re.compile(rf"(?P<head>[?&]password=)(?:{_MASKED}|[^&\s]*)", re.IGNORECASE)
+# key=value connection strings (value quoted with '…' and \' escapes, or up to whitespace),
+# also PGPASSWORD=…; not after ?/& (the query form above handles those).
+_KEYWORD_PASSWORD = re.compile(
+    rf"(?<![?&\w])(?P<head>(?:pg)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|{_MASKED}|\S*)",
+    re.IGNORECASE | re.DOTALL,
+)
+# "password": "…" or 'password': '…' in JSON or a Python dict repr.
+_MAPPING_PASSWORD = re.compile(
+    r"""(?P<head>(?P<q>["'])(?:pg)?password(?P=q)\s*:\s*)(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""",
+    re.IGNORECASE,
+)
+
+
+def _redact_uris(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    heads = list(_URI_HEAD.finditer(text))
+    for i, head in enumerate(heads):
+        start = head.end()
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        newline = text.find("\n", start, end)
+        end = end if newline < 0 else newline
+        segment = text[start:end]
+        at = segment.rfind("@")
+        colon = segment.find(":", 0, max(at, 0))
+        if at < 0 or colon < 0 or colon + 1 == at or any(c.isspace() for c in segment[:colon]):
+            continue  # no userinfo, no password, or the ':' is not in a user name
+        out.append(text[pos : start + colon + 1])
+        out.append(MASK)
+        pos = start + at
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def redact(text: str) -> str:
-    """Replace every password in ``text`` (URLs, ``?password=``, ``password=...`` DSNs) by ***.
+    """``text`` with every password replaced by ``***``: in URIs (raw or percent-encoded,
+    whatever characters the password holds), in ``?password=`` / ``&password=`` query
+    parameters, in ``password=…`` of key=value strings (quoted or not, also ``PGPASSWORD=``),
+    and as a ``"password": "…"`` mapping entry.
 
-    Works on any string (log lines, argv, error messages), not only on a bare URL.
+    Works on any string (log lines, tracebacks, argv, error messages, reports) and is
+    idempotent. It errs on the side of masking too much: a line holding a URI and, later, an
+    unrelated ``@`` loses what lies between.
     """
-    out = _PASSWORD_IN_NETLOC.sub(lambda m: f"{m['head']}:***@" if m["pw"] else m[0], text)
-    out = _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", out)
-    return _PASSWORD_KEYWORD.sub(lambda m: f"{m['head']}***", out)
+    out = _redact_uris(text)
+    out = _QUERY_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", out)
+    out = _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", out)
+    return _MAPPING_PASSWORD.sub(lambda m: f"{m['head']}{m['q']}{MASK}{m['q']}", out)

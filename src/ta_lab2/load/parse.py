@@ -6,6 +6,9 @@ one) sorted by ``(id, timestamp)``, and the rejects (``REJECT_SCHEMA``) sorted b
 
 * A file unusable as a whole (unreadable, empty, header only, wrong header, unknown CoinMarketCap
   name, naive Parquet Datetime column) raises ``InputDataError`` before anything is written.
+* Instants are ISO-8601 with a time zone; a plain date (``2026-01-01``, or a Parquet ``Date``)
+  in ``timestamp`` / ``timeclose`` means that UTC day's close, 23:59:59.999Z, in ``timeopen``
+  its start, 00:00:00.000Z (:data:`PLAIN_DATE_TIME`).
 * A malformed row (bad number or instant, instant without time zone, missing required field,
   non-finite number, non-integer id, wrong field count, duplicate key) becomes one reject whose
   reason names the column and the value; the rest loads. Semantically odd but well-formed values
@@ -49,9 +52,13 @@ _INT32 = (-(2**31), 2**31 - 1)
 _LINE, _RAW, _REASON = "__line", "__raw", "__reason"
 _NO_REJECTS = pl.DataFrame(schema={_LINE: pl.Int64, _REASON: pl.String, _RAW: pl.String})
 _INSTANT_RE = (
-    r"^(?<date>\d{4}-\d{2}-\d{2})[Tt ](?<time>\d{2}:\d{2}:\d{2})(?<frac>\.\d{1,9})?"
-    r"(?<tz>[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?$"
+    r"^(?<date>\d{4}-\d{2}-\d{2})(?:[Tt ](?<time>\d{2}:\d{2}:\d{2})(?<frac>\.\d{1,9})?"
+    r"(?<tz>[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?)?$"
 )
+#: The UTC time of day a plain date (``2026-01-01``) stands for, per instant column: a day's
+#: close is 23:59:59.999 (as in CoinMarketCap files), its open 00:00:00.000. A plain date in
+#: ``timehigh`` / ``timelow`` is refused: the instant of an extreme needs a time of day.
+PLAIN_DATE_TIME = {"timestamp": "23:59:59.999", "timeclose": "23:59:59.999", "timeopen": "00:00:00.000"}
 
 
 @dataclass(frozen=True)
@@ -169,16 +176,18 @@ def _parse_number(c: str) -> tuple[pl.Expr, pl.Expr]:
 
 
 def _parse_instant(c: str) -> tuple[pl.Expr, pl.Expr]:
-    """ISO-8601 with ``Z`` or ``±HH:MM`` (fraction optional, ≤ 9 digits) -> UTC microseconds."""
+    """ISO-8601 with ``Z`` or ``±HH:MM`` (fraction optional, ≤ 9 digits) -> UTC microseconds;
+    a plain date ``YYYY-MM-DD`` -> that UTC day at :data:`PLAIN_DATE_TIME` ``[c]``."""
     s = pl.col(c)
     g = s.str.extract_groups(_INSTANT_RE)
+    date, time = g.struct.field("date"), g.struct.field("time")
+    plain = date.is_not_null() & time.is_null()
+    day_time = PLAIN_DATE_TIME.get(c)
     tz = g.struct.field("tz")
-    local = pl.concat_str(
-        g.struct.field("date"),
-        pl.lit("T"),
-        g.struct.field("time"),
-        g.struct.field("frac").fill_null(""),
-    )
+    local = pl.concat_str(date, pl.lit("T"), time, g.struct.field("frac").fill_null(""))
+    if day_time is not None:
+        local = pl.when(plain).then(pl.concat_str(date, pl.lit(f"T{day_time}"))).otherwise(local)
+        tz = pl.when(plain).then(pl.lit("Z")).otherwise(tz)
     naive = local.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
     sign = pl.when(tz.str.starts_with("-")).then(-1).otherwise(1)
     digits = tz.str.replace(":", "", literal=True)
@@ -187,8 +196,10 @@ def _parse_instant(c: str) -> tuple[pl.Expr, pl.Expr]:
     value = (naive - pl.duration(minutes=minutes)).dt.replace_time_zone("UTC").cast(UTC_US)
     bad = pl.format(f"{c}: '{{}}' is not an ISO-8601 instant", s)
     reason = (
-        pl.when(s.is_not_null() & g.struct.field("date").is_null())
+        pl.when(s.is_not_null() & date.is_null())
         .then(bad)
+        .when(s.is_not_null() & plain & pl.lit(day_time is None))
+        .then(pl.format(f"{c}: '{{}}' is a date without a time of day", s))
         .when(s.is_not_null() & tz.is_null())
         .then(pl.format(f"{c}: '{{}}' has no time zone", s))
         .when(s.is_not_null() & naive.is_null())
@@ -316,7 +327,7 @@ def _parse_parquet(path: Path) -> ParseResult:
     exprs: list[pl.Expr] = []
     for col, i in sorted(picked.items(), key=lambda kv: kv[1]):
         src, dtype = pl.col(df.columns[i]), df.dtypes[i]
-        naive = dtype == pl.Date or (isinstance(dtype, pl.Datetime) and dtype.time_zone is None)
+        naive = isinstance(dtype, pl.Datetime) and dtype.time_zone is None  # a Date is a plain date
         if col in INSTANT_COLUMNS and naive:
             raise InputDataError(
                 f"{path}: column {df.columns[i]!r} holds {dtype} values without a time zone; "
@@ -340,8 +351,9 @@ def detect_format(path: Path) -> str:
     """``"cmc"`` for a ``.csv`` whose header is ``;``-separated and holds the CoinMarketCap columns,
     ``"generic-csv"`` for another ``.csv``, ``"generic-parquet"`` for ``.parquet``/``.pq``.
 
-    InputDataError for any other suffix, an unreadable or empty file, or a ``;``-separated
-    header that is not the CoinMarketCap header (generic CSV is comma-separated).
+    InputDataError for any other suffix, an unreadable or empty file, a ``;``-separated
+    header that is not the CoinMarketCap header (generic CSV is comma-separated), or the
+    CoinMarketCap header separated by ``,`` without an ``id`` column.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -361,6 +373,13 @@ def detect_format(path: Path) -> str:
                 f"{', '.join(missing)} (generic CSV files must be comma-separated)"
             )
         return "cmc"
+    names = _header_names(header, ",")
+    if "id" not in names and all(c.lower() in names for c in CMC_HEADER):
+        raise InputDataError(
+            f"{path}: looks like a CoinMarketCap header with ',' — the format uses ';'",
+            hint="save the file with ';' as the separator (as CoinMarketCap's download does), "
+                 "or add an id column to load it as a generic CSV",
+        )
     return "generic-csv"
 
 

@@ -1,6 +1,7 @@
 """Load orchestration: parse every input first (a file in the wrong format is refused before
-anything is written), then write each file's rows in one transaction and return a frozen
-report the CLI renders."""
+anything is written), check that no input puts its prices under an id ``dim_assets`` gives to
+another asset (refused unless forced), then write each input's rows in one transaction and
+return a frozen report the CLI renders."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ import psycopg
 
 from ta_lab2.db.locks import SOURCE_LOCK, lock_key
 from ta_lab2.db.schema import ensure_schema
+from ta_lab2.errors import InputDataError
+from ta_lab2.load.checks import Oddities, asset_clashes, input_labels, oddities
 from ta_lab2.load.parse import ParseResult, parse_file
 from ta_lab2.load.source_schema import REJECT_SCHEMA
-from ta_lab2.load.store import UpsertCounts, name_to_id, record_rejects, upsert_assets, upsert_source
+from ta_lab2.load.store import UpsertCounts, name_to_id, record_rejects, stored_labels, upsert_assets, upsert_source
 from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
 
 log = logging.getLogger(__name__)
+
+_CLASHES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class FileLoad:
     rejected: int
     new_assets: int
     rejects: pl.DataFrame = field(repr=False, compare=False)
+    oddities: Oddities = Oddities()
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,13 @@ class LoadReport:
     def ok(self) -> bool:
         return self.rejected == 0
 
+    @property
+    def oddities(self) -> Oddities:
+        total = Oddities()
+        for f in self.files:
+            total = total + f.oddities
+        return total
+
     def summary_line(self) -> str:
         t = self.totals
         return f"loaded {t.inserted}, updated {t.updated}, unchanged {t.unchanged}, rejected {self.rejected}"
@@ -72,30 +85,66 @@ def _write(conn: psycopg.Connection, result: ParseResult, source: str, schema: s
         counts = upsert_source(conn, result.frame, schema)
         record_rejects(conn, result.rejects, schema)
     log.info("%s: %d rows read, %s", source, result.rows_read, counts)
-    return FileLoad(source, result.format, result.rows_read, counts, result.rejects.height, new_assets, result.rejects)
+    return FileLoad(source, result.format, result.rows_read, counts, result.rejects.height, new_assets,
+                    result.rejects, oddities(result.frame))
+
+
+def _refuse_clashes(conn: psycopg.Connection, inputs: Sequence[tuple[str, ParseResult]], schema: str, force: bool) -> None:
+    """InputDataError naming every input whose (name, symbol) for an id disagrees with
+    ``dim_assets`` — before anything is written — unless ``force`` (then only logged)."""
+    labels = {source: input_labels(result.frame) for source, result in inputs}
+    ids = sorted({i for frame in labels.values() for i in frame.get_column("id").to_list()})
+    stored = stored_labels(conn, ids, schema)
+    if not conn.autocommit:
+        conn.commit()  # end the read's implicit transaction: each input's write is its own transaction
+    clashes = [c for source, frame in labels.items() for c in asset_clashes(source, frame, stored)]
+    if not clashes:
+        return
+    lines = [c.describe() for c in clashes[:_CLASHES_SHOWN]]
+    if len(clashes) > _CLASHES_SHOWN:
+        lines.append(f"… and {len(clashes) - _CLASHES_SHOWN} more")
+    if force:
+        for line in lines:
+            log.warning("loading anyway (--force): %s", line)
+        return
+    raise InputDataError(
+        "refusing to mix two assets' prices under one id; nothing was loaded:\n  " + "\n  ".join(lines),
+        hint="check --id or the input's id column; or pass --force to load anyway "
+             "(dim_assets keeps the name and symbol it has)",
+    )
 
 
 def load_files(
-    conn: psycopg.Connection, paths: Sequence[Path], *, asset_id: int | None = None, schema: str = "public"
+    conn: psycopg.Connection,
+    paths: Sequence[Path],
+    *,
+    asset_id: int | None = None,
+    schema: str = "public",
+    force: bool = False,
 ) -> LoadReport:
-    """Parse all ``paths`` (raising ``InputDataError`` before any write if one is unusable),
-    then upsert each file in its own transaction."""
+    """Parse all ``paths`` (raising ``InputDataError`` before any write if one is unusable, or
+    if one names an id's asset differently from ``dim_assets`` and not ``force``), then
+    upsert each file in its own transaction."""
     ensure_schema(conn, schema)
     mapping = name_to_id(conn, schema)
-    if not conn.autocommit:
-        conn.commit()  # end the read's implicit transaction: each file's write is its own transaction
-    parsed = [(path, parse_file(path, asset_id=asset_id, name_to_id=mapping)) for path in paths]
-    return LoadReport(tuple(_write(conn, result, str(path), schema) for path, result in parsed))
+    parsed = [(str(path), parse_file(path, asset_id=asset_id, name_to_id=mapping)) for path in paths]
+    _refuse_clashes(conn, parsed, schema, force)
+    return LoadReport(tuple(_write(conn, result, source, schema) for source, result in parsed))
 
 
-def load_synthetic(conn: psycopg.Connection, config: SyntheticConfig, *, schema: str = "public") -> LoadReport:
+def load_synthetic(
+    conn: psycopg.Connection, config: SyntheticConfig, *, schema: str = "public", force: bool = False
+) -> LoadReport:
     """Generate the deterministic synthetic universe and upsert it (one transaction)."""
-    return load_frame(conn, generate_universe(config).frame, f"synthetic:{config.seed}", schema=schema)
+    return load_frame(conn, generate_universe(config).frame, f"synthetic:{config.seed}", schema=schema, force=force)
 
 
-def load_frame(conn: psycopg.Connection, frame: pl.DataFrame, source: str, *, schema: str = "public") -> LoadReport:
+def load_frame(
+    conn: psycopg.Connection, frame: pl.DataFrame, source: str, *, schema: str = "public", force: bool = False
+) -> LoadReport:
     """Upsert rows already shaped like a loader's output (``SOURCE_SCHEMA`` + ``symbol``), e.g.
-    a slice of a synthetic universe, in one transaction."""
+    a slice of a synthetic universe, in one transaction (same asset check as :func:`load_files`)."""
     ensure_schema(conn, schema)
     result = ParseResult(frame=frame, rejects=pl.DataFrame(schema=REJECT_SCHEMA), rows_read=frame.height, format="synthetic")
+    _refuse_clashes(conn, [(source, result)], schema, force)
     return LoadReport((_write(conn, result, source, schema),))

@@ -41,6 +41,15 @@ def name_to_id(conn: psycopg.Connection, schema: str = "public") -> dict[str, in
     return {key: ident for key, ident in rows}
 
 
+def stored_labels(conn: psycopg.Connection, ids: list[int], schema: str = "public") -> dict[int, tuple[str | None, str | None]]:
+    """``id -> (name, symbol)`` of the ``ids`` that ``dim_assets`` already has."""
+    rows = conn.execute(
+        sql.SQL("SELECT id, name, symbol FROM {t} WHERE id = ANY(%s)").format(t=sql.Identifier(schema, "dim_assets")),
+        (ids,),
+    ).fetchall()
+    return {ident: (name, symbol) for ident, name, symbol in rows}
+
+
 def upsert_source(conn: psycopg.Connection, frame: pl.DataFrame, schema: str = "public") -> UpsertCounts:
     """Upsert ``frame`` (SOURCE_SCHEMA, unique on (id, timestamp)) inside the caller's transaction."""
     if frame.is_empty():

@@ -8,6 +8,8 @@ I/O; the output depends on the :class:`SyntheticConfig` only.
 Model, per asset (units: prices and market cap in quote currency, e.g. USD; volume in quote
 currency traded over the day; circulating supply in coins):
 
+* **Ids.** Asset k has id ``9_000_001 + k``, symbol ``SYN<id>`` and name ``Synthetic SYN<id>``:
+  ids 9,000,001–9,999,999 are reserved for synthetic assets, far from real CoinMarketCap ids.
 * **Listing.** Asset 0 has ``days`` calendar days of history ending at ``end_date``; asset k>0 a
   deterministic random length in ``[max(ceil(0.35·days), min(30, days)), days]``, also ending at
   ``end_date`` (so listing dates, weekdays and month days differ). ``lengths`` overrides both.
@@ -51,8 +53,9 @@ import polars as pl
 from ta_lab2.load.source_schema import SYMBOL_COLUMN, conform
 
 __all__ = [
-    "REAL_IDS",
-    "SYNTHETIC_ID_BASE",
+    "MAX_ASSETS",
+    "SYNTHETIC_ID_FIRST",
+    "SYNTHETIC_ID_LAST",
     "SyntheticConfig",
     "SyntheticUniverse",
     "asset_ids",
@@ -61,10 +64,12 @@ __all__ = [
     "generate_universe",
 ]
 
-#: The first ids handed out are real CoinMarketCap ids (BTC, ETH, XRP, USDT, BNB, SOL, DOGE).
-REAL_IDS: tuple[int, ...] = (1, 1027, 52, 825, 1839, 5426, 74)
-#: Ids after the real ones are ``SYNTHETIC_ID_BASE + 1, + 2, …``.
-SYNTHETIC_ID_BASE = 100_000
+#: Ids reserved for synthetic assets: asset k of a universe is ``SYNTHETIC_ID_FIRST + k``. The
+#: range lies far above every CoinMarketCap id (a few tens of thousands today) and inside the
+#: 32-bit ``integer`` id column, so synthetic prices never share an id with a real asset.
+SYNTHETIC_ID_FIRST = 9_000_001
+SYNTHETIC_ID_LAST = 9_999_999
+MAX_ASSETS = SYNTHETIC_ID_LAST - SYNTHETIC_ID_FIRST + 1
 
 _EPOCH = dt.date(1970, 1, 1)
 _MS_PER_DAY = 86_400_000
@@ -95,7 +100,7 @@ class SyntheticConfig:
     """Parameters of a synthetic universe.
 
     Attributes:
-        n_assets: number of assets (>= 0); ids are :func:`asset_ids` ``(n_assets)``.
+        n_assets: number of assets (0 … :data:`MAX_ASSETS`); ids are :func:`asset_ids` ``(n_assets)``.
         days: history length, in calendar days, of asset 0 (the longest asset). Ignored when
             ``lengths`` is given.
         seed: non-negative integer seed; the whole output is a function of the config.
@@ -117,8 +122,7 @@ class SyntheticConfig:
     defect_rate: float = 0.005
 
     def __post_init__(self) -> None:
-        if self.n_assets < 0:
-            raise ValueError(f"n_assets must be >= 0, got {self.n_assets}")
+        _check_count(self.n_assets)
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         if self.lengths is None:
@@ -153,15 +157,18 @@ class SyntheticUniverse:
 
 
 def asset_ids(n_assets: int) -> list[int]:
-    """The ids of a universe of ``n_assets``: :data:`REAL_IDS` first, then 100001, 100002, …
+    """The ids of a universe of ``n_assets``: 9000001, 9000002, … (:data:`SYNTHETIC_ID_FIRST` on).
 
     A prefix of ``asset_ids(n)`` is ``asset_ids(m)`` for ``m <= n``.
     """
-    if n_assets < 0:
-        raise ValueError(f"n_assets must be >= 0, got {n_assets}")
-    real = list(REAL_IDS[:n_assets])
-    extra = n_assets - len(real)
-    return real + [SYNTHETIC_ID_BASE + i for i in range(1, extra + 1)]
+    _check_count(n_assets)
+    return list(range(SYNTHETIC_ID_FIRST, SYNTHETIC_ID_FIRST + n_assets))
+
+
+def _check_count(n_assets: int) -> None:
+    if not 0 <= n_assets <= MAX_ASSETS:
+        raise ValueError(f"the number of assets must be in [0, {MAX_ASSETS:,}] (ids {SYNTHETIC_ID_FIRST:,} to "
+                         f"{SYNTHETIC_ID_LAST:,} are reserved for synthetic assets), got {n_assets:,}")
 
 
 def asset_symbol(asset_id: int) -> str:
@@ -307,9 +314,7 @@ def generate_universe(config: SyntheticConfig) -> SyntheticUniverse:
     """
     ids = asset_ids(config.n_assets)
     end_day = (config.end_date - _EPOCH).days
-    # Concatenate in id order so the frame comes out (almost) sorted; the sort below is cheap.
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    parts = [_asset_columns(config, k, ids[k], end_day) for k in order]
+    parts = [_asset_columns(config, k, asset_id, end_day) for k, asset_id in enumerate(ids)]
     if parts:
         cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     else:
