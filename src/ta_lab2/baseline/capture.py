@@ -27,11 +27,11 @@ from ta_lab2.baseline.rebuild import ChildRun, RebuildSettings, planned_commands
 from ta_lab2.baseline.results import RootCause, TableComparison, summarize_comparison
 from ta_lab2.baseline.scratch import check_scratch, prepare_scratch
 from ta_lab2.baseline.snapshots import (
-    SnapshotInfo, check_tables, registry_insert, registry_update, settle, take_snapshots, truncate,
+    SnapshotInfo, capture_lock, check_tables, registry_insert, registry_update, settle, take_snapshots, truncate,
 )
 from ta_lab2.baseline.tables import CompareSettings, RootChart, compare_all
 from ta_lab2.db.connect import Target, connect
-from ta_lab2.db.locks import writer_locks
+from ta_lab2.db.locks import advisory_lock, writer_locks
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.db.tables import PIPELINE_TABLES
 from ta_lab2.db.url import redact
@@ -147,7 +147,10 @@ def run_capture(target: Target, options: CaptureOptions, argv: Sequence[str] = (
             check_tables(conn, options.tables)
             # the one clock read, once the capture may work: the suffix and every metadata instant
             now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-            return _phases(conn, target, options, make_suffix(now), now, id_list, argv)
+            suffix = make_suffix(now)
+            # held while it runs: `baseline list` tells running from interrupted, drop waits
+            with advisory_lock(conn, capture_lock(suffix)):
+                return _phases(conn, target, options, suffix, now, id_list, argv)
 
 
 def _settle_in_background(target: Target, snaps: Sequence[SnapshotInfo]) -> threading.Thread:

@@ -11,20 +11,58 @@ import datetime as dt
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import psycopg
 from psycopg import sql
 
 from ta_lab2.baseline.compare import primary_key
 from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, snapshot_name
+from ta_lab2.db.locks import lock_key
 from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.errors import DatabaseError, UsageError
 from ta_lab2.pipeline.work import clear_ids
 
 log = logging.getLogger(__name__)
 REGISTRY = "baseline_snapshots"
+#: phases after which the live tables no longer hold what the snapshot holds
+CHANGED_PHASES = frozenset({"truncating", "truncated", "rebuilding", "rebuilt", "rebuild_failed"})
+
+
+def capture_lock(suffix: str) -> str:
+    """The advisory lock a capture holds while it runs (released when it ends or dies)."""
+    return f"ta_lab2:capture:{suffix}"
+
+
+def is_running(conn: psycopg.Connection, suffix: str) -> bool:
+    """Whether another session holds ``suffix``'s capture lock, i.e. the capture is running."""
+    key = lock_key(capture_lock(suffix))
+    if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        return False
+    return True
+
+
+def capture_state(row: dict[str, Any], running: bool) -> tuple[str, str | None]:
+    """(state, hint) of a registry row: "running", "interrupted", "finished", "restored" or
+    "failed" (the snapshot failed: nothing changed); the hint says what to do, if anything."""
+    status, suffix = row["status"], row["suffix"]
+    if running:
+        return "running", None
+    if status == "restored":
+        return "restored", None
+    if status == "snapshot_failed":
+        return "failed", "nothing was changed"
+    if row.get("verdict") is not None:
+        if status == "rebuild_failed" and not row.get("scratch_schema"):
+            return "finished", f"the rebuild failed: run `ta-lab2 baseline restore {suffix}` to put the snapshot back"
+        return "finished", None
+    if status in CHANGED_PHASES and not row.get("scratch_schema"):
+        return "interrupted", (f"interrupted after it changed the live tables: run `ta-lab2 baseline restore {suffix}` "
+                               "to put the snapshot back")
+    return "interrupted", f"interrupted before changing anything: `ta-lab2 baseline drop {suffix}` removes its copies"
 
 
 @dataclass(frozen=True)
@@ -241,7 +279,7 @@ def restore(conn: psycopg.Connection, suffix: str, schema: str = "public") -> di
     if not tables:
         raise UsageError(f"capture {suffix} has no verified snapshots (status {row['status']}); nothing to restore")
     restored: dict[str, int] = {}
-    with conn.transaction():
+    with _not_running(conn, suffix), conn.transaction():
         for table, info in tables.items():
             live = sql.Identifier(schema, table)
             snap = sql.SQL(info["snapshot"])  # recorded by this code from Identifier.as_string
@@ -264,16 +302,39 @@ def _replace(conn: psycopg.Connection, live: sql.Composable, snap: sql.Composabl
     conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(live, snap))
 
 
-def drop(conn: psycopg.Connection, suffix: str, schema: str = "public") -> int:
-    """Drop a capture's snapshot tables, its auxiliary schema and its registry row."""
+@contextmanager
+def _not_running(conn: psycopg.Connection, suffix: str) -> Iterator[None]:
+    """Hold ``suffix``'s capture lock for the block (``conn`` in autocommit); a running
+    capture holds it, so drop and restore are refused while it runs."""
+    key = lock_key(capture_lock(suffix))
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        raise UsageError(f"capture {suffix} is running; wait for it to finish (`ta-lab2 baseline list` shows it)")
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def drop(conn: psycopg.Connection, suffix: str, schema: str = "public", *, force: bool = False) -> int:
+    """Drop a capture's snapshot tables, its auxiliary schema and its registry row. Refused for
+    a running capture, and — unless ``force`` — for an interrupted one that changed the live
+    tables (its snapshot may hold the only copy of their rows)."""
     row = registry_row(conn, suffix, schema)
     dropped = 0
-    with conn.transaction():
-        for table in PIPELINE_TABLES:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, snapshot_name(table, suffix))))
-            dropped += 1
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(row["aux_schema"])))
-        conn.execute(sql.SQL("DELETE FROM {} WHERE suffix = %s").format(sql.Identifier(schema, REGISTRY)), (suffix,))
+    with _not_running(conn, suffix):
+        state, _ = capture_state(row, running=False)
+        if state == "interrupted" and row["status"] in CHANGED_PHASES and not row.get("scratch_schema") and not force:
+            raise UsageError(
+                f"capture {suffix} was interrupted after it truncated the live tables: its snapshot may be the only "
+                "copy of their rows, and dropping it would lose them",
+                hint=f"run `ta-lab2 baseline restore {suffix}` first, or pass --force to drop it anyway")
+        with conn.transaction():
+            for table in PIPELINE_TABLES:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, snapshot_name(table, suffix))))
+                dropped += 1
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(row["aux_schema"])))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE suffix = %s").format(sql.Identifier(schema, REGISTRY)), (suffix,))
     return dropped
 
 
@@ -292,4 +353,7 @@ def list_captures(conn: psycopg.Connection, schema: str = "public") -> list[dict
         (schema,),
     )
     names = [d.name for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    for row in rows:
+        row["state"], row["hint"] = capture_state(row, is_running(conn, row["suffix"]))
+    return rows

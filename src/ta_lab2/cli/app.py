@@ -100,6 +100,7 @@ def load(
     gap_rate: Annotated[float, typer.Option("--gap-rate", min=0.0, max=1.0, help="Synthetic: probability a day starts a gap of 1-5 missing days.")] = 0.01,
     defect_rate: Annotated[float, typer.Option("--defect-rate", min=0.0, max=1.0, help="Synthetic: probability per row of each defect kind.")] = 0.005,
     force: Annotated[bool, typer.Option("--force", help="Load even into an id whose name or symbol in dim_assets differs from the input's.")] = False,
+    wait_lock: opt.WaitLock = 0.0,
     db_url: opt.DbUrl = None,
     schema: opt.Schema = "public",
     log_level: opt.LogLevel = "INFO",
@@ -134,9 +135,9 @@ def load(
     target = resolve_target(db_url)
     with connect(target, autocommit=True) as conn:
         if config is not None:
-            report = load_synthetic(conn, config, schema=schema, force=force)
+            report = load_synthetic(conn, config, schema=schema, force=force, wait_lock=wait_lock)
         else:
-            report = load_files(conn, files or [], asset_id=asset_id, schema=schema, force=force)
+            report = load_files(conn, files or [], asset_id=asset_id, schema=schema, force=force, wait_lock=wait_lock)
     load_report(report)
     if not report.ok:
         raise WorkFailed(f"{report.rejected} row(s) rejected; see above and table load_rejects")

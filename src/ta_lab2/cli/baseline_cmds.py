@@ -202,33 +202,54 @@ def _confirm(question: str, yes: bool) -> None:
 def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to restore.")], db_url: opt.DbUrl = None, yes: Yes = False) -> None:
     """Put a snapshot's rows back into the live tables (one transaction: all or nothing)."""
     from ta_lab2.baseline.naming import check_suffix
-    from ta_lab2.baseline.snapshots import restore
+    from ta_lab2.baseline.snapshots import is_running, registry_row, restore
     from ta_lab2.cli.render import console
     from ta_lab2.db.connect import connect, resolve_target
     from ta_lab2.db.locks import writer_locks
 
     check_suffix(suffix)
     target = resolve_target(db_url)
-    _confirm(f"Replace the live rows of capture {suffix}'s ids with its snapshot?", yes)
-    with connect(target, autocommit=True) as conn, writer_locks(conn, "baseline"):
-        restored = restore(conn, suffix)
+    with connect(target, autocommit=True) as conn:
+        registry_row(conn, suffix)
+        if is_running(conn, suffix):  # say so, rather than that the pipeline's locks are taken
+            raise UsageError(f"capture {suffix} is running; wait for it to finish (`ta-lab2 baseline list` shows it)")
+        _confirm(f"Replace the live rows of capture {suffix}'s ids with its snapshot?", yes)
+        with writer_locks(conn, "baseline"):
+            restored = restore(conn, suffix)
     for table, rows in restored.items():
         console.print(f"restored {table}: {rows:,} rows", highlight=False)
 
 
 @baseline_app.command("drop")
-def drop_cmd(suffix: Annotated[str, typer.Argument(help="The capture to drop.")], db_url: opt.DbUrl = None, yes: Yes = False) -> None:
-    """Drop a capture's snapshot tables and registry entry."""
+def drop_cmd(
+    suffix: Annotated[str, typer.Argument(help="The capture to drop.")],
+    db_url: opt.DbUrl = None,
+    yes: Yes = False,
+    force: Annotated[bool, typer.Option("--force", help="Also drop a capture that was interrupted after it truncated "
+                                        "the live tables (its snapshot may hold the only copy of their rows).")] = False,
+) -> None:
+    """Drop a capture's snapshot tables and registry entry. A running capture is never dropped."""
     from ta_lab2.baseline.naming import check_suffix
-    from ta_lab2.baseline.snapshots import drop
+    from ta_lab2.baseline.snapshots import CHANGED_PHASES, capture_state, drop, is_running, registry_row
     from ta_lab2.cli.render import console
     from ta_lab2.db.connect import connect, resolve_target
 
     check_suffix(suffix)
     target = resolve_target(db_url)
-    _confirm(f"Drop every snapshot of capture {suffix}?", yes)
     with connect(target, autocommit=True) as conn:
-        drop(conn, suffix)
+        row = registry_row(conn, suffix)
+        state, _ = capture_state(row, is_running(conn, suffix))
+        risky = state == "interrupted" and row["status"] in CHANGED_PHASES and not row.get("scratch_schema")
+        if risky and not force and sys.stdin.isatty() and not yes:
+            console.print(f"[yellow]capture {suffix} was interrupted after it truncated the live tables: its snapshot "
+                          "may be the only copy of their rows.[/] Restore it first with "
+                          f"`ta-lab2 baseline restore {suffix}`.")
+            force = typer.prompt("Type the suffix to drop it anyway", default="", show_default=False) == suffix
+            if not force:
+                raise UsageError("cancelled")
+        elif not risky:
+            _confirm(f"Drop every snapshot of capture {suffix}?", yes)
+        drop(conn, suffix, force=force)
     console.print(f"dropped capture {suffix}")
 
 

@@ -9,6 +9,17 @@ import typer
 
 from ta_lab2.cli.flags import HELP
 
+
+def _schema_name(value: str) -> str:
+    from ta_lab2.db.tables import check_schema_name
+    from ta_lab2.errors import UsageError
+
+    try:
+        return check_schema_name(value)
+    except UsageError as exc:
+        raise typer.BadParameter(exc.message.split(": ", 1)[1]) from None
+
+
 DbUrl = Annotated[Optional[str], typer.Option("--db-url", help=HELP["--db-url"], show_default=False)]
 Ids = Annotated[Optional[str], typer.Option("--ids", help=HELP["--ids"], show_default=False)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help=HELP["--dry-run"])]
@@ -18,7 +29,7 @@ Tz = Annotated[str, typer.Option("--tz", help=HELP["--tz"])]
 NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", min=1, help=HELP["--num-processes"], show_default=False)]
 WaitLock = Annotated[float, typer.Option("--wait-lock", min=0, help=HELP["--wait-lock"])]
 Periods = Annotated[Optional[str], typer.Option("--periods", help=HELP["--periods"], show_default=False)]
-Schema = Annotated[str, typer.Option("--schema", help=HELP["--schema"])]
+Schema = Annotated[str, typer.Option("--schema", help=HELP["--schema"], callback=_schema_name)]
 FullRebuild = Annotated[bool, typer.Option("--full-rebuild", help=HELP["--full-rebuild"])]
 FullRefresh = Annotated[bool, typer.Option("--full-refresh", help=HELP["--full-refresh"])]
 IncludeNonCanonical = Annotated[bool, typer.Option("--include-non-canonical", help=HELP["--include-non-canonical"])]

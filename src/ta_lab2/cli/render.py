@@ -198,15 +198,23 @@ def capture_summary(result: Any, paths: dict[str, Any], *, max_roots: int = 10) 
 
 
 def captures_table(rows: list[dict[str, Any]]) -> None:
+    """Captures newest first: whether each is running, interrupted or finished, and what to do
+    about an interrupted one."""
     table = Table(title="baseline captures")
-    for col in ("suffix", "status", "verdict", "ids", "rows", "size", "scratch"):
+    for col in ("suffix", "state", "phase", "verdict", "ids", "rows", "size", "scratch"):
         table.add_column(col)
+    colours = {"running": "cyan", "interrupted": "yellow", "failed": "red"}
     for r in rows:
         total = sum(int(v.get("rows", 0)) for v in (r.get("tables") or {}).values())
         ids = "all" if r["ids"] is None else ",".join(map(str, r["ids"]))
-        table.add_row(r["suffix"], r["status"], r.get("verdict") or "-", ids, _fmt_int(total),
-                      f"{int(r.get('size_bytes') or 0) / 1e6:.1f} MB", r.get("scratch_schema") or "")
+        state = r.get("state", "")
+        table.add_row(r["suffix"], f"[{colours[state]}]{state}[/]" if state in colours else state, r["status"],
+                      r.get("verdict") or "-", ids, _fmt_int(total), f"{int(r.get('size_bytes') or 0) / 1e6:.1f} MB",
+                      r.get("scratch_schema") or "")
     console.print(table)
+    for r in rows:
+        if r.get("hint") and r.get("state") in ("interrupted", "finished"):
+            console.print(f"{r['suffix']}: {r['hint']}", highlight=False, soft_wrap=True)
 
 
 def bench_table(result: Any) -> None:

@@ -7,6 +7,7 @@ at once: the second waits up to ``wait_s`` seconds, then fails with a clear mess
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -14,6 +15,8 @@ from typing import Iterator
 import psycopg
 
 from ta_lab2.errors import DatabaseError
+
+log = logging.getLogger(__name__)
 
 SOURCE_LOCK = "ta_lab2:source"
 BARS_LOCK = "ta_lab2:bars"
@@ -45,23 +48,44 @@ def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0, *, s
     if not conn.autocommit:
         raise ValueError("advisory_lock needs an autocommit connection")
     key = lock_key(name)
-    deadline = time.monotonic() + max(wait_s, 0.0)
-    while True:
-        try_fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-        row = conn.execute(f"SELECT {try_fn}(%s)", (key,)).fetchone()
-        if row and row[0]:
-            break
-        if time.monotonic() >= deadline:
-            raise DatabaseError(
-                f"another ta_lab2 process is writing the {name.split(':')[-1]} tables (advisory lock {name!r} is held)",
-                hint="wait for it to finish, or pass --wait-lock SECONDS to wait",
-            )
-        time.sleep(0.2)
+    _take(conn, "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock", name, wait_s)
     try:
         yield
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.execute("SELECT pg_advisory_unlock_shared(%s)" if shared else "SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _take(conn: psycopg.Connection, try_fn: str, name: str, wait_s: float) -> None:
+    """Take lock ``name`` with ``try_fn``, retrying for up to ``wait_s`` seconds (saying what it
+    waits for), else a DatabaseError naming the lock and how to wait."""
+    key = lock_key(name)
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    waited = False
+    while True:
+        row = conn.execute(f"SELECT {try_fn}(%s)", (key,)).fetchone()
+        if row and row[0]:
+            return
+        if time.monotonic() >= deadline:
+            raise DatabaseError(
+                f"another ta_lab2 process is writing the {name.split(':')[-1]} tables (a load, build, refresh "
+                f"or baseline capture holds advisory lock {name!r})",
+                hint="wait for it to finish, or pass --wait-lock SECONDS to wait",
+            )
+        if not waited:
+            log.warning("waiting up to %.0f s for another ta_lab2 process writing the %s tables (lock %r)",
+                        wait_s, name.split(":")[-1], name)
+            waited = True
+        time.sleep(0.2)
+
+
+def xact_lock(conn: psycopg.Connection, name: str, wait_s: float | None = None) -> None:
+    """Lock ``name`` exclusively until the caller's transaction ends: waiting without limit
+    (``None``) or up to ``wait_s`` seconds (then a DatabaseError, see :func:`advisory_lock`)."""
+    if wait_s is None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+    else:
+        _take(conn, "pg_try_advisory_xact_lock", name, wait_s)
 
 
 @contextmanager

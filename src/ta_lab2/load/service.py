@@ -13,7 +13,7 @@ from typing import Sequence
 import polars as pl
 import psycopg
 
-from ta_lab2.db.locks import SOURCE_LOCK, lock_key
+from ta_lab2.db.locks import SOURCE_LOCK, xact_lock
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.errors import InputDataError
 from ta_lab2.load.checks import Oddities, asset_clashes, input_labels, oddities
@@ -76,11 +76,13 @@ class LoadReport:
         return pl.concat(frames) if frames else pl.DataFrame(schema=REJECT_SCHEMA)
 
 
-def _write(conn: psycopg.Connection, result: ParseResult, source: str, schema: str) -> FileLoad:
+def _write(conn: psycopg.Connection, result: ParseResult, source: str, schema: str,
+           wait_lock: float | None = None) -> FileLoad:
     with conn.transaction():
         # Exclusive on the source: a bar build reading it (shared lock) never sees a load
-        # commit below its load_ts watermark. Waits for a running bar build to finish.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(SOURCE_LOCK),))
+        # commit below its load_ts watermark. Waits for a running build or capture to finish
+        # (without limit when ``wait_lock`` is None).
+        xact_lock(conn, SOURCE_LOCK, wait_lock)
         new_assets = upsert_assets(conn, result.frame, schema)
         counts = upsert_source(conn, result.frame, schema)
         record_rejects(conn, result.rejects, schema)
@@ -121,30 +123,35 @@ def load_files(
     asset_id: int | None = None,
     schema: str = "public",
     force: bool = False,
+    wait_lock: float | None = None,
 ) -> LoadReport:
     """Parse all ``paths`` (raising ``InputDataError`` before any write if one is unusable, or
     if one names an id's asset differently from ``dim_assets`` and not ``force``), then
-    upsert each file in its own transaction."""
+    upsert each file in its own transaction. ``wait_lock``: seconds to wait for a running
+    build or capture (None: as long as it takes)."""
     ensure_schema(conn, schema)
     mapping = name_to_id(conn, schema)
     parsed = [(str(path), parse_file(path, asset_id=asset_id, name_to_id=mapping)) for path in paths]
     _refuse_clashes(conn, parsed, schema, force)
-    return LoadReport(tuple(_write(conn, result, source, schema) for source, result in parsed))
+    return LoadReport(tuple(_write(conn, result, source, schema, wait_lock) for source, result in parsed))
 
 
 def load_synthetic(
-    conn: psycopg.Connection, config: SyntheticConfig, *, schema: str = "public", force: bool = False
+    conn: psycopg.Connection, config: SyntheticConfig, *, schema: str = "public", force: bool = False,
+    wait_lock: float | None = None,
 ) -> LoadReport:
     """Generate the deterministic synthetic universe and upsert it (one transaction)."""
-    return load_frame(conn, generate_universe(config).frame, f"synthetic:{config.seed}", schema=schema, force=force)
+    return load_frame(conn, generate_universe(config).frame, f"synthetic:{config.seed}", schema=schema, force=force,
+                      wait_lock=wait_lock)
 
 
 def load_frame(
-    conn: psycopg.Connection, frame: pl.DataFrame, source: str, *, schema: str = "public", force: bool = False
+    conn: psycopg.Connection, frame: pl.DataFrame, source: str, *, schema: str = "public", force: bool = False,
+    wait_lock: float | None = None,
 ) -> LoadReport:
     """Upsert rows already shaped like a loader's output (``SOURCE_SCHEMA`` + ``symbol``), e.g.
     a slice of a synthetic universe, in one transaction (same asset check as :func:`load_files`)."""
     ensure_schema(conn, schema)
     result = ParseResult(frame=frame, rejects=pl.DataFrame(schema=REJECT_SCHEMA), rows_read=frame.height, format="synthetic")
     _refuse_clashes(conn, [(source, result)], schema, force)
-    return LoadReport((_write(conn, result, source, schema),))
+    return LoadReport((_write(conn, result, source, schema, wait_lock),))
