@@ -65,3 +65,69 @@ def test_child_commands_are_documented_and_spelled_like_their_runner(module: str
     for flag in sorted(options & set(HELP)):
         assert HELP[flag] in flat_child, flag
     assert HELP["--ids"] in flat_parent  # the same text on both (Typer wraps it in a box)
+
+
+# --------------------------------------------------------------------------- docs stand alone
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# "spec 06", "issue 3", "decision 70", "decisions 55–61", "issue #4" — the numbering of notes a
+# reader does not have; "PEP 485" or "version 3" are fine.
+_INTERNAL_NUMBER = re.compile(r"\b(?:spec|issue|decision)s?\s*(?:#|no\.\s*)?\d", re.IGNORECASE)
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def _prose(text: str) -> str:
+    """``text`` without fenced code blocks and inline code (links there are not links)."""
+    return re.sub(r"`[^`\n]*`", "", _FENCE.sub("", text))
+
+
+def _anchors(text: str) -> set[str]:
+    """The heading anchors GitHub gives a Markdown page: lower case, punctuation other than
+    ``-`` and ``_`` removed, each space a ``-``; a repeated anchor gets ``-1``, ``-2``, …"""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in _FENCE.sub("", text).splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1)).replace("`", "")
+        slug = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_anchor_rule_matches_github() -> None:
+    """The anchor rule the link check relies on, on the kinds of headings the docs use."""
+    text = "# A\n## `ta-lab2 bars` — `run.py`\n### Write-time \"what changed\"\n## A\n```\n# not a heading\n```\n"
+    assert _anchors(text) == {"a", "ta-lab2-bars--runpy", "write-time-what-changed", "a-1"}
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_stand_alone(path: Path) -> None:
+    """README.md and docs/*.md point to nothing outside the repository and use no internal
+    numbering (spec/issue/decision numbers, §): every rule a user needs is in the docs."""
+    text = path.read_text()
+    assert "../shared" not in text, f"{path.name} refers to ../shared, which users do not have"
+    found = sorted({m.group(0) for m in _INTERNAL_NUMBER.finditer(text)} | ({"§"} if "§" in text else set()))
+    assert not found, f"{path.name}: internal numbering {found}"
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path: Path) -> None:
+    """Every relative link (and image) points to a file of the repository, and every
+    ``#anchor`` to a heading of its target page."""
+    bad = []
+    for target in _LINK.findall(_prose(path.read_text())):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):
+            continue  # http:, https:, mailto: …
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        if ROOT not in dest.parents and dest != ROOT:
+            bad.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            bad.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text()):
+            bad.append(f"{target}: no heading with that anchor in {dest.name}")
+    assert not bad, f"{path.name}: " + "; ".join(bad)
