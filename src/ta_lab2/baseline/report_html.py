@@ -45,6 +45,14 @@ def _cause_text(cause: dict[str, Any] | None, roots: list[dict[str, Any]]) -> st
     return f"{cause['kind']} ({root})" if root else cause["kind"]
 
 
+def _sampling_line(summary: dict[str, Any], sampling: dict[str, Any]) -> str:
+    """Whether anything was sampled, in one sentence (detection never is)."""
+    if not summary.get("sampled"):
+        return "Nothing was sampled: every row was compared and counted in every statistic."
+    return (f"Every row was compared; only the mean and standard deviation of differences were sampled "
+            f"({sampling.get('statement', '')}).")
+
+
 def _header(data: dict[str, Any]) -> list[str]:
     s = data["summary"]
     what = "Compare" if data["kind"] == "compare" else "Baseline capture"
@@ -57,7 +65,7 @@ def _header(data: dict[str, Any]) -> list[str]:
         f"<span class='muted'>{when} · {len(data['ids'])} ids · {s['tables_passed']}/{s['tables']} tables passed · "
         f"{s['rows_compared']:,} rows compared · {s['one_sided_rows']:,} one-sided rows · "
         f"{s.get('divergent_series', 0):,} divergent series</span></p>",
-        f"<p id='sampling' class='muted'>Sampling: {_e(sampling.get('statement', 'every row'))}.</p>",
+        f"<p id='sampling' class='muted'>{_e(_sampling_line(s, sampling))}</p>",
     ]
 
 

@@ -186,9 +186,11 @@ def capture_summary(result: Any, paths: dict[str, Any], *, max_roots: int = 10) 
                       f"{t.match_rate:.4%}", _fmt_int(len(t.divergences)), str(sc.get("CRITICAL", 0)),
                       str(sc.get("WARNING", 0)), str(sc.get("INFO", 0)))
     console.print(table)
-    sampling = result.metadata.get("sampling", {}).get("statement")
-    if sampling:
-        console.print(f"[dim]sampling: {sampling}[/]", highlight=False, soft_wrap=True)
+    if result.comparisons:
+        sampling = result.metadata.get("sampling", {}).get("statement", "")
+        line = (f"every row compared; sampled for the mean/std of differences only: {sampling}"
+                if result.summary["sampled"] else "every row compared, nothing sampled")
+        console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
     for note in getattr(result, "notes", ()):
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     for problem in result.problems:
