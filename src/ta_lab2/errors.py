@@ -17,6 +17,8 @@ import logging
 import sys
 import traceback
 
+from ta_lab2.redaction import redact
+
 
 class TaLabError(Exception):
     """Base class of every expected failure. The message is shown to the user as is."""
@@ -59,8 +61,6 @@ def report_failure(exc: BaseException, *, debug: bool = False) -> int:
     of an expected failure (exit code its own), ``interrupted`` (130), or the one-line
     summary of an unexpected exception (1) — with the traceback only when ``debug``. URLs
     in messages are shown with their password redacted."""
-    from ta_lab2.db.url import redact  # here: ta_lab2.db.url itself imports this module
-
     if isinstance(exc, TaLabError):
         if debug:
             logging.getLogger("ta_lab2").exception("failed", exc_info=exc)

@@ -36,11 +36,11 @@ from ta_lab2.db.locks import WRITER_LOCKS, writer_locks
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.db.url import redact
-from ta_lab2.emas.refreshers import REFRESHERS
+from ta_lab2.emas.registry import REFRESHERS
 from ta_lab2.errors import UsageError
-from ta_lab2.pipeline.child import ENV_LOCKS_HELD
-from ta_lab2.pipeline.runner import die_with_parent
-from ta_lab2.pipeline.work import resolve_ids
+from ta_lab2.db.locks import ENV_LOCKS_HELD
+from ta_lab2.launch.process import die_with_parent
+from ta_lab2.work.units import resolve_ids
 
 log = logging.getLogger(__name__)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

@@ -1,5 +1,5 @@
 """The shared options as Typer parameters, declared once (spelling, help and rules come from
-:mod:`ta_lab2.cli.flags`, which the runners' child commands use too)."""
+:mod:`ta_lab2.flags`, which the builders' and refreshers' own commands use too)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ta_lab2.cli.flags import HELP
+from ta_lab2.flags import HELP
 
 DbUrl = Annotated[Optional[str], typer.Option("--db-url", help=HELP["--db-url"], show_default=False)]
 Ids = Annotated[Optional[str], typer.Option("--ids", help=HELP["--ids"], show_default=False)]

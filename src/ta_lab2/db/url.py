@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ta_lab2.errors import ConfigError
+from ta_lab2.redaction import redact  # also imported from here by callers that handle URLs
 
 ENV_URL = "TA_LAB2_DB_URL"
 ENV_TARGET_URL = "TARGET_DB_URL"
@@ -101,18 +102,3 @@ def _checked(url: str, source: str) -> ResolvedUrl:
 def normalize(url: str) -> str:
     """Strip SQLAlchemy driver suffixes (``postgresql+psycopg://``) so libpq accepts the URL."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url, count=1)
-
-
-_PASSWORD_IN_NETLOC = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]*):(?P<pw>[^@/?#\s]*)@")
-_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
-_PASSWORD_KEYWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|[^\s&]+)", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Replace every password in ``text`` (URLs, ``?password=``, ``password=...`` DSNs) by ***.
-
-    Works on any string (log lines, argv, error messages), not only on a bare URL.
-    """
-    out = _PASSWORD_IN_NETLOC.sub(lambda m: f"{m['head']}:***@" if m["pw"] else m[0], text)
-    out = _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", out)
-    return _PASSWORD_KEYWORD.sub(lambda m: f"{m['head']}***", out)

@@ -1,7 +1,8 @@
-"""The shared options' spelling, help and value rules, without any CLI framework: the
-``ta-lab2`` commands (Typer, :mod:`ta_lab2.cli.options`) and the runners' child commands
-(argparse, :mod:`ta_lab2.pipeline.child`) both build their options from here, so an option
-reads and behaves the same on every command."""
+"""The shared command-line options' spelling, help and value rules, without any CLI
+framework: the ``ta-lab2`` commands (Typer, :mod:`ta_lab2.cli.options`) and the builders' and
+refreshers' own commands (argparse, :mod:`ta_lab2.work.command`) both build their options from
+here, so an option reads and behaves the same on every command. Nothing here imports a layer
+above :mod:`ta_lab2.errors`."""
 
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ def check_tz(value: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"--tz: {value!r} is not a known time zone (e.g. UTC, America/New_York)") from None
     return value
+
+
+def parse_periods(value: str | None) -> tuple[int, ...] | None:
+    """``--periods``: None (the refresher's default), ``lut`` (every dim_period row, returned
+    as an empty tuple) or a comma list of positive integers."""
+    if value is None or not value.strip():
+        return None
+    if value.strip().lower() == "lut":
+        return ()
+    out: list[int] = []
+    for token in value.replace(" ", ",").split(","):
+        if not token:
+            continue
+        try:
+            p = int(token)
+        except ValueError:
+            raise UsageError(f"--periods: {token!r} is not an integer period") from None
+        if p < 1:
+            raise UsageError(f"--periods: {p} is not a positive period")
+        if p not in out:
+            out.append(p)
+    return tuple(out)
