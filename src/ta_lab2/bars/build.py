@@ -33,17 +33,7 @@ from ta_lab2.bars.changes import log_deletions
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.bars.registry import BUILDERS, load_timeframes
 from ta_lab2.db.tables import BARS_1D, BARS_1D_REJECTS, state_table
-from ta_lab2.errors import UsageError
-from ta_lab2.work.units import (
-    IdResult,
-    ProgressFn,
-    TableResult,
-    bulk_rebuild,
-    clear_ids,
-    resolve_ids,
-    run_units,
-    unit_size,
-)
+from ta_lab2.work.units import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_table, table_worker, unit_size
 
 
 def build(
@@ -64,35 +54,26 @@ def build(
     old or the new rows of an id.
     With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
     that many processes."""
-    if builder_name not in BUILDERS:
-        raise UsageError(f"unknown bar builder {builder_name!r}; choose from {', '.join(BUILDERS)}")
-    if not conn.autocommit:
-        raise ValueError("build() needs an autocommit connection (it opens its own transactions)")
-    builder = BUILDERS[builder_name]
+    builder = table_worker(conn, BUILDERS, builder_name, "bar builder")
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)
     tfs = [] if builder.name == "1d" else load_timeframes(conn, builder, include_non_canonical, schema)
     bulk = full_rebuild and ids is None and builder.name != "1d"
     options = BuildOptions(builder.name, tuple(tfs), tz, full_rebuild, schema, bulk)
-    if bulk:
-        # every id in one transaction, indexes built once at the end (workers cannot share it)
-        with bulk_rebuild(conn, [builder.table], [state_table(builder.table)], schema):
-            results = run_units(conn, build_batch, options, id_list, progress=progress)
-    else:
-        if full_rebuild:
-            if builder.name == "1d":
-                with conn.transaction():
-                    first = conn.execute(
-                        sql.SQL('SELECT id, min("timestamp") FROM {} WHERE id = ANY(%s) GROUP BY id').format(
-                            sql.Identifier(schema, BARS_1D)), (id_list,)).fetchall()
-                    log_deletions(conn, schema, first)
-            extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
-            clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
-        # a 1D id's work is one bar per source day, light even in a full rebuild: batched like
-        # an incremental run (one id per unit cost ~2x in per-id reads, COPYs and commits)
-        results = run_units(conn, build_batch, options, id_list,
-                            batch_size=unit_size(full_rebuild and builder.name != "1d"),
-                            workers=workers, url=url, progress=progress)
+    if full_rebuild and not bulk:
+        if builder.name == "1d":
+            with conn.transaction():
+                first = conn.execute(
+                    sql.SQL('SELECT id, min("timestamp") FROM {} WHERE id = ANY(%s) GROUP BY id').format(
+                        sql.Identifier(schema, BARS_1D)), (id_list,)).fetchall()
+                log_deletions(conn, schema, first)
+        extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
+        clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
+    # a 1D id's work is one bar per source day, light even in a full rebuild: batched like an
+    # incremental run (one id per unit cost ~2x in per-id reads, COPYs and commits)
+    results = run_table(conn, builder.table, build_batch, options, id_list, bulk=bulk,
+                        batch_size=unit_size(full_rebuild and builder.name != "1d"), workers=workers, url=url,
+                        progress=progress, schema=schema)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
                        time.perf_counter() - started, tuple(results))
 

@@ -16,17 +16,10 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.bars.changes import DailyWrites, daily_writes, deletions_since, rows_from
-from ta_lab2.bars.daily import local_day
+from ta_lab2.bars.daily import BARS_1D_SCHEMA, local_day
 from ta_lab2.bars.families import Timeframe, max_bar_days, rolling_rows
 from ta_lab2.bars.registry import BarBuilder
-from ta_lab2.bars.snapshot import (
-    SEED_SCHEMA,
-    SEEDED_FAMILIES,
-    SnapshotInput,
-    first_rows,
-    prepare_days,
-    snapshot_batch,
-)
+from ta_lab2.bars.snapshot import SEED_SCHEMA, SEEDED_FAMILIES, SnapshotInput, first_rows, prepare_days, snapshot_batch
 from ta_lab2.db.bulk import array_params, copy_frame, table_ref, upsert_small
 from ta_lab2.db.reads import read_frame
 from ta_lab2.db.tables import BARS_1D, state_table
@@ -39,18 +32,10 @@ from ta_lab2.work.units import IdResult, by_id, stored_before
 CHUNK_ROWS = 300_000
 
 
+#: The 1D columns the multi-timeframe engine reads (:func:`ta_lab2.bars.snapshot.prepare_days`).
 DAILY_READ_SCHEMA: dict[str, pl.DataType] = {
-    "id": pl.Int32(),
-    "timestamp": UTC_US,
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "market_cap": pl.Float64(),
-    "time_high": UTC_US,
-    "time_low": UTC_US,
-}
+    c: BARS_1D_SCHEMA[c] for c in ("id", "timestamp", "open", "high", "low", "close", "volume", "market_cap",
+                                   "time_high", "time_low")}
 
 
 @dataclass

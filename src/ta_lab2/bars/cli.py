@@ -12,14 +12,7 @@ from ta_lab2.bars.build import build
 from ta_lab2.bars.registry import BUILDERS
 from ta_lab2.flags import HELP, check_tz, parse_ids, parse_log_level
 from ta_lab2.logs import setup_logging
-from ta_lab2.work.command import (
-    ParentRun,
-    child_parser,
-    default_workers,
-    run_child,
-    run_locked,
-    write_summary,
-)
+from ta_lab2.work.command import ParentRun, child_parser, default_workers, run_child, run_locked, write_summary
 from ta_lab2.work.progress import progress
 from ta_lab2.work.units import resolve_ids
 

@@ -32,17 +32,7 @@ from ta_lab2.emas.recomputed import recompute
 from ta_lab2.emas.registry import REFRESHERS, load_ema_timeframes, load_periods
 from ta_lab2.emas.resumed import resumed_rows
 from ta_lab2.emas.writes import write_rows
-from ta_lab2.errors import UsageError
-from ta_lab2.work.units import (
-    IdResult,
-    ProgressFn,
-    TableResult,
-    bulk_rebuild,
-    clear_ids,
-    resolve_ids,
-    run_units,
-    unit_size,
-)
+from ta_lab2.work.units import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_table, table_worker, unit_size
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +51,17 @@ def refresh(
     url: str | None = None,
 ) -> TableResult:
     """Refresh one EMA table for ``ids`` (None = all); ``conn`` must be autocommit."""
-    if name not in REFRESHERS:
-        raise UsageError(f"unknown EMA refresher {name!r}; choose from {', '.join(REFRESHERS)}")
-    if not conn.autocommit:
-        raise ValueError("refresh() needs an autocommit connection (it opens its own transactions)")
-    refresher = REFRESHERS[name]
+    refresher = table_worker(conn, REFRESHERS, name, "EMA refresher")
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)
     tfs = load_ema_timeframes(conn, refresher, include_non_canonical, schema)
     plist = load_periods(conn, refresher, periods, schema)
     bulk = full_refresh and ids is None
     options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema, bulk)
-    if bulk:
-        # every id in one transaction, indexes built once at the end (workers cannot share it)
-        with bulk_rebuild(conn, [refresher.table], [state_table(refresher.table)], schema):
-            results = run_units(conn, refresh_batch, options, id_list, progress=progress)
-    else:
-        if full_refresh:
-            clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
-        results = run_units(conn, refresh_batch, options, id_list, batch_size=unit_size(full_refresh),
-                            workers=workers, url=url, progress=progress)
+    if full_refresh and not bulk:
+        clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
+    results = run_table(conn, refresher.table, refresh_batch, options, id_list, bulk=bulk,
+                        batch_size=unit_size(full_refresh), workers=workers, url=url, progress=progress, schema=schema)
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
                        tuple(results), plist)
 

@@ -18,16 +18,8 @@ from ta_lab2.bars.changes import rows_from
 from ta_lab2.db.bulk import array_params
 from ta_lab2.db.reads import read_frame
 from ta_lab2.db.tables import BARS_1D
-from ta_lab2.emas.changes import (
-    CANON_SCHEMA,
-    END_OF_TIME,
-    GRID_SCHEMA,
-    SERIES_SCHEMA,
-    Changes,
-    Inputs,
-    RefreshOptions,
-    ends_columns,
-)
+from ta_lab2.emas.changes import (CANON_SCHEMA, END_OF_TIME, GRID_SCHEMA, SERIES_SCHEMA, Changes, Inputs,
+                                  RefreshOptions, ends_columns)
 from ta_lab2.emas.registry import REFRESHERS
 from ta_lab2.emas.resume import Ends, resume_rows, seed_value
 from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, canonical_closes, canonical_mask, frame_of_rows
