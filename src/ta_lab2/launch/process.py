@@ -140,9 +140,13 @@ def kill_group(child: Child) -> None:
 
 
 def _stop_fork_server() -> None:
+    """Stop this process's fork server, if one runs: it exits once its last child has."""
     stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
     if stop is not None:
-        stop()
+        try:
+            stop()
+        except ChildProcessError:  # it died and was reaped already
+            pass
 
 
 # ---------------------------------------------------------------------------- in the child
