@@ -1,9 +1,10 @@
 """The six bar builders: full rebuild and incremental refresh (spec 02 §1, §4). Every builder
 works on batches of ids: one read of the batch's inputs, then one transaction per batch (1D)
 or per chunk of the batch (multi-timeframe); a crash leaves each id's old or new rows either
-way (docs/decisions.md). Computation
-is delegated to the pure modules (:mod:`.daily`, :mod:`.snapshot`); this module decides
-*what* to recompute and moves rows.
+way (docs/decisions.md). This module is the entry (:func:`build`: which ids, full or
+incremental, bulk or in units) and the work unit's dispatch (:func:`build_batch`); the units
+(:mod:`.build_1d`, :mod:`.build_multi`) decide *what* to recompute and move rows, and the
+computation is the pure modules' (:mod:`.daily`, :mod:`.snapshot`).
 
 Incremental contract: for each id, find the earliest input change since the last run (new or
 revised rows through ``load_ts`` / ``ingested_at``, rows removed from the 1D table through its

@@ -1,18 +1,19 @@
 """The six EMA refreshers: full and incremental refresh, one transaction per batch of ids
 (spec 03).
 
-Per batch: read the ids' state rows and, through index probes, the earliest input change since
-each id's last refresh (1D or bar rows with a newer ``ingested_at``, or 1D rows removed).
-Then per id, one of two ways (docs/decisions.md 62):
+Per batch (:func:`refresh_batch`): read the ids' state rows and, through index probes, the
+earliest input change since each id's last refresh (1D or bar rows with a newer
+``ingested_at``, or 1D rows removed; :mod:`.changes`). Then per id, one of two ways
+(docs/decisions.md 62), and the rows and state written (:mod:`.writes`):
 
 * **resume** — every changed series continues after its newest stored row (a new day, the
   daily case): read only the grid rows after it and the canonical closes among them, and step
-  each series from the ends its state row keeps (:mod:`ta_lab2.emas.resume`; no kernel, no
-  numba). A series with no row yet stays empty unless the new rows complete its seed's
+  each series from the ends its state row keeps (:mod:`.resumed`; no kernel, no numba). A
+  series with no row yet stays empty unless the new rows complete its seed's
   closes; then its id is recomputed.
 * **recompute** — anything else (a revision, a removal, a new series, ``--full-refresh``):
   read the id's whole grid, recompute the changed series over it with the kernel and replace
-  only their rows from the first change on.
+  only their rows from the first change on (:mod:`.recomputed`).
 
 An EMA row depends only on inputs at or before its day, so both are bit-identical to a full
 refresh.
