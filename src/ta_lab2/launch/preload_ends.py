@@ -7,14 +7,22 @@
 * Makes the server's end immediate: it ends (``SystemExit``) once the runner and every child
   have closed its pipe, and an orderly interpreter exit would then tear down polars, numpy and
   psycopg module by module (~0.3 s) while the runner waits for it. Nothing is left to clean
-  up, so its exit skips that (``atexit`` runs before the teardown; children never run it:
-  multiprocessing ends them with ``os._exit``).
+  up, so its exit skips that (``atexit`` runs before the teardown; a forked process that
+  inherits the handler and runs it is not the server and exits as usual).
 """
 
 import atexit
 import gc
 import os
 
+_SERVER = os.getpid()
+
+
+def _exit_at_once() -> None:
+    if os.getpid() == _SERVER:
+        os._exit(0)
+
+
 gc.freeze()
 gc.enable()
-atexit.register(os._exit, 0)
+atexit.register(_exit_at_once)
