@@ -27,6 +27,7 @@ What every child gets, whichever way it starts (:func:`_child_main` runs first i
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -63,8 +64,6 @@ def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere nothing).
     Also a ``preexec_fn`` for ``subprocess``: a killed capture never leaves runners behind."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
