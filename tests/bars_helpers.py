@@ -6,9 +6,11 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ta_lab2.bars.builders import BUILDERS, build
+from ta_lab2.bars.build import build
+from ta_lab2.bars.registry import BUILDERS
 from ta_lab2.db.schema import ensure_schema
-from ta_lab2.emas.refreshers import REFRESHERS, refresh
+from ta_lab2.emas.refresh import refresh
+from ta_lab2.emas.registry import REFRESHERS
 
 BAR_TABLES = [b.table for b in BUILDERS.values()]
 EMA_TABLES = [r.table for r in REFRESHERS.values()]

@@ -116,7 +116,8 @@ def _apply(conn: psycopg.Connection, op: str, rng: random.Random, pool: pl.DataF
 def _refresh(conn: psycopg.Connection, op: str, rng: random.Random) -> None:
     """The incremental pipeline run after an edit (a full rebuild of one bar builder first,
     for the rewritten-bars case)."""
-    from ta_lab2.bars.builders import BUILDERS, build
+    from ta_lab2.bars.build import build
+    from ta_lab2.bars.registry import BUILDERS
 
     if op == "rebuild_bars":
         build(conn, rng.choice(list(BUILDERS)), None, full_rebuild=True)
@@ -195,7 +196,7 @@ def test_each_operation_alone(empty_db: psycopg.Connection) -> None:
 
 
 def test_unchanged_source_is_a_no_op(empty_db: psycopg.Connection) -> None:
-    from ta_lab2.bars.builders import build
+    from ta_lab2.bars.build import build
 
     conn = empty_db
     _built(conn, 9, n=2, days=120)
@@ -203,7 +204,8 @@ def test_unchanged_source_is_a_no_op(empty_db: psycopg.Connection) -> None:
         result = build(conn, name, None)
         assert result.rows_inserted == 0 and result.rows_deleted == 0
         assert all(r.mode == "unchanged" for r in result.ids)
-    from ta_lab2.emas.refreshers import REFRESHERS, refresh
+    from ta_lab2.emas.refresh import refresh
+    from ta_lab2.emas.registry import REFRESHERS
 
     for name in REFRESHERS:
         result = refresh(conn, name, None, periods=(2, 3, 5, 10))
@@ -214,9 +216,9 @@ def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, mon
     """Incremental runs build several ids per unit and split a unit's writes into chunks to
     bound memory: with two ids per batch and one id per chunk (the smallest limits), every
     path through that bookkeeping still gives the full rebuild's tables."""
-    import ta_lab2.bars.builders as bars
-    import ta_lab2.emas.refreshers as emas
-    import ta_lab2.pipeline.work as work
+    import ta_lab2.bars.build_multi as bars
+    import ta_lab2.emas.recomputed as emas
+    import ta_lab2.work.units as work
 
     monkeypatch.setattr(work, "IDS_PER_BATCH", 2)
     for module in (bars, emas):

@@ -12,7 +12,7 @@ every table is compared column by column (all columns but ``ingested_at``):
   differs in the last bit, set ``VOLUME_REL_TOL = 1e-12`` below — for ``volume`` ONLY — and
   record why here.
 
-The builders are reached through their public API ``ta_lab2.bars.builders.build``; it is
+The builders are reached through their public API ``ta_lab2.bars.build.build``; it is
 imported inside the fixtures, so this module still collects (and the other test modules still
 run) while that API does not exist yet.
 """
@@ -118,7 +118,7 @@ def run_builders(target: Target, tz: str) -> None:
     """Full rebuild of the six tables through the public API, on an autocommit connection
     (``build`` runs one explicit transaction per id and refuses a connection inside a
     transaction)."""
-    from ta_lab2.bars.builders import build  # imported here: the API may not exist yet
+    from ta_lab2.bars.build import build  # imported here: the API may not exist yet
 
     with connect(target, autocommit=True) as conn:
         for name in BUILDERS:

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from ta_lab2.db.bulk import array_params, copy_frame, read_frame, table_ref
+from ta_lab2.db.bulk import array_params, copy_frame, table_ref
+from ta_lab2.db.reads import read_frame
 
 SCHEMA = {
     "i4": pl.Int32(),

@@ -56,7 +56,7 @@ def test_child_commands_are_documented_and_spelled_like_their_runner(module: str
     section = doc[doc.index(f"python -m {module}"):]
     missing = sorted(o for o in options if o not in section[:1500])
     assert not missing, f"{module}: options missing from its paragraph in docs/cli.md: {missing}"
-    from ta_lab2.cli.flags import HELP
+    from ta_lab2.flags import HELP
 
     parent = _help([runner])
     flat_child, flat_parent = " ".join(child.split()), " ".join(parent.replace("│", " ").split())

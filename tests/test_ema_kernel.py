@@ -9,7 +9,9 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ta_lab2.emas.kernel import _chained_pair, chained, sema
+from oracles.ema_oracle import chained
+
+from ta_lab2.emas.kernel import _chained_pair, sema
 from ta_lab2.emas.series import Grid, tf_rows
 
 CLOSES = [10, 12, 11, 13, 15, 14, 16, 18, 17, 19, 21, 20]
@@ -95,7 +97,8 @@ def test_chained_snaps_only_when_asked() -> None:
        alpha=st.floats(0.001, 1.0), nan_p=st.sampled_from([0.0, 0.05, 0.3]))
 def test_chained_pair_is_chained_twice(seed: int, n: int, start: int, alpha: float,
                                        nan_p: float) -> None:
-    """The dual series' fused pass: bit for bit the two ``chained`` recurrences."""
+    """The dual series' fused pass: bit for bit the two recurrences, each computed on its own
+    by the oracle (tests/oracles/ema_oracle.py)."""
     rng = np.random.default_rng(seed)
     close = rng.lognormal(3, 0.2, n)
     close[rng.random(n) < nan_p] = np.nan

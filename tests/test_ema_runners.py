@@ -51,7 +51,7 @@ def _counts(target: Target) -> dict[str, int]:
 def test_emas_dry_run_changes_nothing(loaded: Target, tmp_path: Path) -> None:
     result = _run(loaded, tmp_path, sys.executable, "-m", "ta_lab2", "emas", "--dry-run", "--periods", "3,5")
     assert result.returncode == 0, result.stderr
-    assert "ta_lab2.emas multi_tf --ids all" in result.stdout and "--periods 3,5" in result.stdout
+    assert "ta_lab2.emas.cli.main multi_tf --ids all" in result.stdout and "--periods 3,5" in result.stdout
     assert all(v == 0 for v in _counts(loaded).values())
 
 

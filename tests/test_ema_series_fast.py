@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from ta_lab2.emas.kernel import chained, sema
+from oracles.ema_oracle import chained
+
+from ta_lab2.emas.kernel import sema
 from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, KINDS, Grid, tf_rows
 from ta_lab2.timeframes import DEFAULT_PERIODS, V2_DEFAULT_PERIODS
 

@@ -1,7 +1,7 @@
 """The project's six EMA refreshers against the independent oracle (tests/oracles/ema_oracle.py).
 
-Pipeline under test: synthetic source → the six bar builders (``ta_lab2.bars.builders.build``)
-→ the six EMA refreshers (``ta_lab2.emas.refreshers.refresh``, full refresh, periods 2, 3, 5, 10).
+Pipeline under test: synthetic source → the six bar builders (``ta_lab2.bars.build.build``)
+→ the six EMA refreshers (``ta_lab2.emas.refresh.refresh``, full refresh, periods 2, 3, 5, 10).
 
 The oracle reads only the **bar tables** (the inputs the spec names: the daily grid from
 ``cmc_price_bars_1d``, canonical closes = bar rows with ``is_partial_end = FALSE``; for 1D every
@@ -122,8 +122,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(db: Target) -> World:
-    from ta_lab2.bars.builders import build  # imported here: the APIs may not exist yet
-    from ta_lab2.emas.refreshers import refresh
+    from ta_lab2.bars.build import build  # imported here: the APIs may not exist yet
+    from ta_lab2.emas.refresh import refresh
 
     with connect(db, autocommit=True) as conn:
         report = load_synthetic(conn, SYNTHETIC)

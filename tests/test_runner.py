@@ -1,5 +1,6 @@
-"""Runner behaviour shared by every runner (spec 04): subprocess per child, stop or continue,
-exit codes, timeouts killing the process group, dry run, URL never in argv or output."""
+"""The bar runner end to end (spec 04): stop or continue, exit codes, dry run, usage errors,
+the builders' own commands, URL never in argv or output. How children start and are
+scheduled is tests/test_launch.py's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -16,7 +16,6 @@ import pytest
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
-from ta_lab2.pipeline.runner import ChildSpec, run_children
 
 pytestmark = pytest.mark.db
 
@@ -24,52 +23,6 @@ BAR_TABLES = [
     "cmc_price_bars_1d", "cmc_price_bars_multi_tf", "cmc_price_bars_multi_tf_cal_iso",
     "cmc_price_bars_multi_tf_cal_us", "cmc_price_bars_multi_tf_cal_anchor_iso", "cmc_price_bars_multi_tf_cal_anchor_us",
 ]
-
-
-def _py(code: str) -> tuple[str, ...]:
-    return (sys.executable, "-c", code, "--")  # the runner appends --summary-json PATH
-
-
-def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    pid_file = tmp_path / "grandchild.pid"
-    code = (
-        "import subprocess, sys, time\n"
-        f"p = subprocess.Popen(['sleep', '300']); open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
-        "time.sleep(300)\n"
-    )
-    started = time.monotonic()
-    summary = run_children("t", [ChildSpec("sleeper", _py(code))], env=dict(os.environ), timeout_s=2)
-    assert time.monotonic() - started < 30
-    (child,) = summary.children
-    assert child.status == "timeout" and "process group was killed" in child.message
-    assert summary.exit_code == 1
-    grandchild = int(pid_file.read_text())
-    time.sleep(0.2)
-    assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
-
-
-def test_stop_at_first_failure_or_continue() -> None:
-    specs = [
-        ChildSpec("a", _py("print('a ran')")),
-        ChildSpec("b", _py("import sys; print('b broke'); sys.exit(3)")),
-        ChildSpec("c", _py("print('c ran')")),
-    ]
-    stop = run_children("t", specs, env=dict(os.environ))
-    assert [c.status for c in stop.children] == ["ok", "failed", "skipped"]
-    assert stop.children[1].exit_code == 3 and "b broke" in stop.children[1].output_tail
-    assert stop.exit_code == 1
-    cont = run_children("t", specs, env=dict(os.environ), continue_on_error=True)
-    assert [c.status for c in cont.children] == ["ok", "failed", "ok"]
-    assert cont.exit_code == 1
-    ok = run_children("t", [specs[0], specs[2]], env=dict(os.environ))
-    assert ok.exit_code == 0
-
-
-def test_child_summary_is_read() -> None:
-    code = "import json, sys; json.dump({'rows_inserted': 7}, open(sys.argv[-1], 'w'))"
-    summary = run_children("t", [ChildSpec("w", _py(code))], env=dict(os.environ))
-    assert summary.children[0].summary == {"rows_inserted": 7}
-    assert summary.totals()["rows_inserted"] == 7
 
 
 # ---------------------------------------------------------------- the bars runner, end to end
@@ -106,8 +59,8 @@ def test_dry_run_changes_nothing(loaded: Target, tmp_path: Path) -> None:
     before = _counts(loaded)
     result = _cli(loaded, tmp_path, "bars", "--ids", "all", "--full-rebuild", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "ta_lab2.bars 1d --ids all" in result.stdout and "dry run" in result.stdout
-    assert "ta_lab2.bars multi_tf --ids all" in result.stdout and "(after 1d)" in result.stdout
+    assert "ta_lab2.bars.cli.main 1d --ids all" in result.stdout and "dry run" in result.stdout
+    assert "ta_lab2.bars.cli.main multi_tf --ids all" in result.stdout and "(after 1d)" in result.stdout
     assert _counts(loaded) == before
     _no_secret_anywhere(result, tmp_path)
 
@@ -154,13 +107,12 @@ def test_failed_builder_stops_the_run_unless_continue(loaded: Target, tmp_path: 
             conn.execute("ALTER TABLE cmc_price_bars_multi_tf_cal_iso DROP CONSTRAINT boom")
 
 
-def test_builders_with_worker_processes_run_from_the_zygote(loaded: Target, tmp_path: Path) -> None:
+def test_builders_with_worker_processes_run_from_the_fork_server(loaded: Target, tmp_path: Path) -> None:
     """A forked child can itself start (spawned) worker processes; the result is the same."""
     before = _counts(loaded)
     result = _cli(loaded, tmp_path, "bars", "--ids", "all", "--full-rebuild", "--builders", "1d,cal_us",
                   "--num-processes", "2", "--log-level", "DEBUG")
     assert result.returncode == 0, result.stderr
-    assert "forked from the zygote" in result.stderr
     summary = json.loads((tmp_path / "logs" / "run_all_bar_builders-latest.json").read_text())
     assert [(c["name"], c["status"]) for c in summary["children"]] == [("1d", "ok"), ("cal_us", "ok")]
     assert _counts(loaded) == before
@@ -245,7 +197,7 @@ def test_script_path_runs(loaded: Target, tmp_path: Path) -> None:
 
 
 def test_refresher_order_names_every_refresher_once() -> None:
-    from ta_lab2.emas.refreshers import REFRESHERS
-    from ta_lab2.pipeline.runners import REFRESHER_ORDER
+    from ta_lab2.emas.registry import REFRESHERS
+    from ta_lab2.runners.plan import REFRESHER_ORDER
 
     assert sorted(REFRESHER_ORDER) == sorted(REFRESHERS)

@@ -1,4 +1,4 @@
-"""``ta-lab2 bench`` (``python -m ta_lab2.bench``): the speed bars of spec 06, measured.
+"""``ta-lab2 bench``: the speed bars of spec 06, measured.
 
 Each scenario builds its synthetic universe in a fresh database on the embedded server, then
 measures in one run: the full rebuild of every table (rows, seconds, rows/s), incremental
@@ -130,7 +130,8 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
 
     from ta_lab2.load.service import load_frame
     from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
-    from ta_lab2.pipeline.runners import RunOptions, run_bar_builders, run_daily_refresh, run_ema_refreshes
+    from ta_lab2.runners.plan import RunOptions
+    from ta_lab2.runners.run import run_bar_builders, run_daily_refresh, run_ema_refreshes
 
     _cache_bytecode()
     target = fresh_embedded_database(f"ta_lab2_bench_{scenario.name}")
@@ -198,11 +199,12 @@ def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
     same indexes by the fastest path the database offers: in one transaction that creates the
     clone, one binary ``COPY … FREEZE`` into it without indexes (no WAL with ``wal_level = minimal``), then
     the indexes built once. That is what the machine can write without any computation."""
-    from ta_lab2.db.bulk import (_HEADER, _PG_TYPES, _TRAILER, column_types, deferred_indexes, encode_binary_copy,
-                                 read_frame, table_ref)
+    from ta_lab2.db.binary import COPY_HEADER, COPY_TRAILER, PG_TYPES, encode_binary_copy
+    from ta_lab2.db.bulk import column_types, deferred_indexes, table_ref
+    from ta_lab2.db.reads import read_frame
 
     types = column_types(conn, table_ref(table))
-    schema = {c: _PG_TYPES[t][0] for c, t in types.items() if c != "ingested_at"}
+    schema = {c: PG_TYPES[t][0] for c, t in types.items() if c != "ingested_at"}
     frame = read_frame(conn, sql.Identifier(table), schema)
     pg_types = [types[c] for c in frame.columns]
     payload = b"".join(encode_binary_copy(frame.slice(o, 200_000), pg_types, header=False, trailer=False)
@@ -216,10 +218,10 @@ def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
         with deferred_indexes(conn, [table_ref(clone)]):
             with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
                     sql.Identifier(clone), columns)) as copy:
-                copy.write(_HEADER)
+                copy.write(COPY_HEADER)
                 for offset in range(0, len(payload), 1 << 20):
                     copy.write(payload[offset:offset + (1 << 20)])
-                copy.write(_TRAILER)
+                copy.write(COPY_TRAILER)
     seconds = time.perf_counter() - started
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(clone)))
     return Phase(table, frame.height, seconds)
@@ -289,14 +291,3 @@ def _with_bars(r: ScenarioResult) -> ScenarioResult:
     if r.compare.rows >= 1_000_000:
         bars.append(Bar("full compare of 1,000,000 rows", "≤ 1.5 s", f"{r.compare.seconds:.2f} s", r.compare.seconds <= 1.5))
     return ScenarioResult(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "bars": tuple(bars)})
-
-
-def main() -> None:
-    from ta_lab2.cli.app import run_app
-    from ta_lab2.cli.baseline_cmds import bench_app
-
-    run_app(bench_app)
-
-
-if __name__ == "__main__":
-    main()

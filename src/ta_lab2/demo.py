@@ -59,7 +59,8 @@ def run_demo(db_url: str | None, options: DemoOptions, step: Callable[[str], "co
     from ta_lab2.db.connect import connect
     from ta_lab2.load.service import load_synthetic
     from ta_lab2.load.synthetic import SyntheticConfig
-    from ta_lab2.pipeline.runners import RunOptions, run_bar_builders, run_ema_refreshes
+    from ta_lab2.runners.plan import RunOptions
+    from ta_lab2.runners.run import run_bar_builders, run_ema_refreshes
 
     timings = DemoTimings()
 

@@ -17,6 +17,8 @@ import logging
 import sys
 import traceback
 
+from ta_lab2.redaction import redact
+
 
 class TaLabError(Exception):
     """Base class of every expected failure. The message is shown to the user as is."""
@@ -59,8 +61,6 @@ def report_failure(exc: BaseException, *, debug: bool = False) -> int:
     of an expected failure (exit code its own), ``interrupted`` (130), or the one-line
     summary of an unexpected exception (1) — with the traceback (the whole exception chain)
     only when ``debug``. Every password in messages and tracebacks is redacted."""
-    from ta_lab2.db.url import redact  # here: ta_lab2.db.url itself imports this module
-
     if isinstance(exc, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,7 +9,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-from ta_lab2.db.url import redact
+from ta_lab2.redaction import redact
 
 LOG_DIR = Path(".logs")
 LOG_FILE = "ta_lab2.log"

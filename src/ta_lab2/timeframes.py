@@ -15,11 +15,12 @@ from functools import lru_cache
 DEFAULT_PERIODS: tuple[int, ...] = (6, 9, 10, 12, 14, 17, 20, 21, 26, 30, 50, 52, 77, 100, 200, 252, 365)
 V2_DEFAULT_PERIODS: tuple[int, ...] = (9, 10, 21, 50, 100, 200)
 
-FAMILIES = ("1d", "rolling", "cal", "cal_anchor")
-
 
 @dataclass(frozen=True)
-class TimeFrame:
+class TimeframeRow:
+    """One ``dim_timeframe`` row as the code seeds it (every column). The builders read the part
+    they need from the table as a :class:`ta_lab2.bars.families.Timeframe`."""
+
     tf: str
     label: str
     family: str
@@ -72,9 +73,9 @@ def _month_nominal(n: int) -> int:
     return 360 if n == 12 else 30 * n
 
 
-def seed_timeframes() -> list[TimeFrame]:
+def seed_timeframes() -> list[TimeframeRow]:
     """Every row the code seeds into ``dim_timeframe``, in ``sort_order``."""
-    rows: list[TimeFrame] = []
+    rows: list[TimeframeRow] = []
 
     def add(tf: str, family: str, unit: str, n: int, nominal: int, scheme: str | None,
             bounds: tuple[int, int], canonical: bool) -> None:
@@ -88,7 +89,7 @@ def seed_timeframes() -> list[TimeFrame]:
             "cal_anchor": f"calendar-anchored bar of {words}" + (f" ({scheme} weeks)" if scheme else ""),
         }[family]
         rows.append(
-            TimeFrame(
+            TimeframeRow(
                 tf=tf, label=words, family=family, base_unit=unit, tf_qty=n, tf_days_nominal=nominal,
                 calendar_scheme=scheme, calendar_anchor=anchor, allow_partial_start=anchor,
                 allow_partial_end=family != "1d", tf_days_min=1 if anchor else lo, tf_days_max=hi,

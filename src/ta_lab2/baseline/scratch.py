@@ -12,8 +12,8 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.db.schema import ensure_schema
-from ta_lab2.db.tables import check_schema_name
 from ta_lab2.errors import UsageError
+from ta_lab2.flags import check_schema_name
 
 MARK = "ta_lab2 scratch schema"
 #: what the scratch schema receives from the live one before the rebuild

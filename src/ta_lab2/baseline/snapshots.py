@@ -23,7 +23,7 @@ from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, sna
 from ta_lab2.db.locks import lock_key
 from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.errors import DatabaseError, UsageError
-from ta_lab2.pipeline.work import clear_ids
+from ta_lab2.work.units import clear_ids
 
 log = logging.getLogger(__name__)
 REGISTRY = "baseline_snapshots"

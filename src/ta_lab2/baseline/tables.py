@@ -24,8 +24,8 @@ from ta_lab2.baseline.naming import aux_schema, snapshot_name
 from ta_lab2.baseline.results import RootCause, TableComparison, failed_comparison
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES
-from ta_lab2.db.url import redact
-from ta_lab2.emas.refreshers import REFRESHERS
+from ta_lab2.redaction import redact
+from ta_lab2.emas.registry import REFRESHERS
 
 log = logging.getLogger(__name__)
 

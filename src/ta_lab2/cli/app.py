@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 import typer
 
 from ta_lab2 import __version__
-from ta_lab2.cli import flags
+from ta_lab2 import flags
 from ta_lab2.cli import options as opt
-from ta_lab2.db.url import redact
+from ta_lab2.redaction import redact
 from ta_lab2.errors import TaLabError, UsageError, WorkFailed, report_failure
 
 log = logging.getLogger("ta_lab2")

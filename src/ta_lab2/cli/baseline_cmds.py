@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ta_lab2.cli import flags
+from ta_lab2 import flags
 from ta_lab2.cli import options as opt
 from ta_lab2.errors import UsageError, WorkFailed
 

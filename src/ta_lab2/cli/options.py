@@ -1,5 +1,5 @@
 """The shared options as Typer parameters, declared once (spelling, help and rules come from
-:mod:`ta_lab2.cli.flags`, which the runners' child commands use too)."""
+:mod:`ta_lab2.flags`, which the builders' and refreshers' own commands use too)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ta_lab2.cli.flags import HELP
+from ta_lab2.flags import HELP
 
 
 def _schema_name(value: str) -> str:
-    from ta_lab2.db.tables import check_schema_name
     from ta_lab2.errors import UsageError
+    from ta_lab2.flags import check_schema_name
 
     try:
         return check_schema_name(value)

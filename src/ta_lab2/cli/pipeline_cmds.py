@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ta_lab2.cli import flags
+from ta_lab2 import flags
 from ta_lab2.cli import options as opt
 from ta_lab2.errors import UsageError, WorkFailed
 
@@ -22,7 +22,7 @@ ContinueOnError = Annotated[bool, typer.Option("--continue-on-error", help="Run 
 
 def _finish(summary, output_dir: Path, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
     from ta_lab2.cli.render import run_summary_table
-    from ta_lab2.pipeline.runner import write_run_summary
+    from ta_lab2.launch.results import write_run_summary
 
     path = None if dry_run else write_run_summary(summary, output_dir)
     run_summary_table(summary, path)
@@ -31,7 +31,7 @@ def _finish(summary, output_dir: Path, dry_run: bool) -> None:  # type: ignore[n
 
 
 def _options(ids: list[int] | None, **kw):  # type: ignore[no-untyped-def]
-    from ta_lab2.pipeline.runners import RunOptions
+    from ta_lab2.runners.plan import RunOptions
 
     return RunOptions(ids=ids, **kw)
 
@@ -57,7 +57,8 @@ def bars(
     """Run the six bar builders in dependency order (1d first), each in its own process."""
     from ta_lab2.db.connect import resolve_target
     from ta_lab2.logs import setup_logging
-    from ta_lab2.pipeline.runners import BUILDER_ORDER, run_bar_builders, select
+    from ta_lab2.runners.plan import BUILDER_ORDER, select
+    from ta_lab2.runners.run import run_bar_builders
 
     level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
@@ -89,9 +90,10 @@ def emas(
 ) -> None:
     """Run the six EMA refreshers, each in its own process."""
     from ta_lab2.db.connect import resolve_target
-    from ta_lab2.emas.refreshers import parse_periods
+    from ta_lab2.flags import parse_periods
     from ta_lab2.logs import setup_logging
-    from ta_lab2.pipeline.runners import REFRESHER_ORDER, run_ema_refreshes, select
+    from ta_lab2.runners.plan import REFRESHER_ORDER, select
+    from ta_lab2.runners.run import run_ema_refreshes
 
     level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
@@ -126,7 +128,7 @@ def refresh(
     from ta_lab2.cli.render import console
     from ta_lab2.db.connect import resolve_target
     from ta_lab2.logs import setup_logging
-    from ta_lab2.pipeline.runners import run_daily_refresh
+    from ta_lab2.runners.run import run_daily_refresh
 
     if not (bars_ or emas_ or all_):
         raise UsageError("refresh: choose --bars, --emas or --all")

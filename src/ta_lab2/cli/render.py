@@ -18,7 +18,7 @@ from ta_lab2.load.service import LoadReport
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ta_lab2.pipeline.runner import RunSummary
+    from ta_lab2.launch.results import RunSummary
 
 # Not on a terminal (pipes, CI logs): wide enough that tables are not folded.
 console = Console(width=None if sys.stdout.isatty() else 160)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -17,6 +18,12 @@ import psycopg
 from ta_lab2.errors import DatabaseError
 
 log = logging.getLogger(__name__)
+
+#: Set by a process that holds writer locks for the programs it starts — a baseline capture
+#: for the runner scripts of its rebuild: their names, comma-separated. The one thing passed
+#: to a ta_lab2 process through the environment besides the URL: those programs are separate
+#: executables, started exactly as a user starts them, and take no option for it.
+ENV_LOCKS_HELD = "TA_LAB2_LOCKS_HELD"
 
 SOURCE_LOCK = "ta_lab2:source"
 BARS_LOCK = "ta_lab2:bars"
@@ -31,6 +38,11 @@ WRITER_LOCKS: dict[str, tuple[tuple[str, bool], ...]] = {
     # a baseline capture or restore rewrites everything: nobody else may write meanwhile
     "baseline": ((SOURCE_LOCK, False), (BARS_LOCK, False), (EMAS_LOCK, False)),
 }
+
+
+def locks_held_by_caller() -> tuple[str, ...]:
+    """The locks the process that started this one holds for it (:data:`ENV_LOCKS_HELD`)."""
+    return tuple(n for n in os.environ.get(ENV_LOCKS_HELD, "").split(",") if n)
 
 
 def lock_key(name: str) -> int:

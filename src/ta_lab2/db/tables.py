@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 SOURCE_TABLE = "cmc_price_histories7"
 BARS_1D = "cmc_price_bars_1d"
 BARS_1D_REJECTS = "cmc_price_bars_1d_rejects"
@@ -41,17 +39,3 @@ def state_table(table: str) -> str:
     """The incremental-refresh state table of a bar or EMA table."""
     return f"{table}_state"
 
-
-#: A schema name the pipeline accepts: a plain lower-case SQL identifier (no quoting needed).
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-def check_schema_name(name: str, option: str = "--schema") -> str:
-    """``name`` if it is a plain lower-case identifier of at most 63 bytes, else a usage error
-    naming ``option`` (quoting would make ``'public; DROP …'`` a valid, surprising name)."""
-    from ta_lab2.errors import UsageError
-
-    if not _SCHEMA_NAME.match(name) or len(name.encode()) > 63:
-        raise UsageError(f"{option}: {name!r} is not a schema name (lower-case letters, digits and _, "
-                         "not starting with a digit, at most 63 characters)")
-    return name

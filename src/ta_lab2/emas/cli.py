@@ -1,5 +1,6 @@
-"""One EMA refresher as a command: ``python -m ta_lab2.emas REFRESHER --ids …`` (the runner's
-child, also usable on its own; options parsed as described in :mod:`ta_lab2.pipeline.child`)."""
+"""One EMA refresher as a command: ``python -m ta_lab2.emas REFRESHER --ids …``, or
+:func:`main` with that argv (a runner's child; also usable on its own; options parsed as
+described in :mod:`ta_lab2.work.command`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import argparse
 import logging
 from typing import Sequence
 
-from ta_lab2.cli.flags import HELP, parse_ids, parse_log_level
-from ta_lab2.emas.refreshers import REFRESHERS, parse_periods, refresh
+from ta_lab2.emas.refresh import refresh
+from ta_lab2.emas.registry import REFRESHERS
+from ta_lab2.flags import HELP, parse_ids, parse_log_level, parse_periods
 from ta_lab2.logs import setup_logging
-from ta_lab2.pipeline.child import child_parser, default_workers, run_child, run_locked, write_summary
-from ta_lab2.pipeline.progress import progress
-from ta_lab2.pipeline.work import resolve_ids
+from ta_lab2.work.command import ParentRun, child_parser, default_workers, run_child, run_locked, write_summary
+from ta_lab2.work.progress import progress
+from ta_lab2.work.units import resolve_ids
 
 log = logging.getLogger("ta_lab2.emas")
 
@@ -24,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def refresh_command(args: argparse.Namespace) -> None:
+def refresh_command(args: argparse.Namespace, parent: ParentRun | None = None) -> None:
     """Refresh ``args.refresher``'s table for ``args.ids`` and write the summary JSON."""
     setup_logging(parse_log_level(args.log_level))
     id_list = parse_ids(args.ids)
@@ -35,13 +37,14 @@ def refresh_command(args: argparse.Namespace) -> None:
         with progress(f"emas {args.refresher}", n) as advance:
             return refresh(conn, args.refresher, id_list, full_refresh=args.full_refresh, periods=plist,
                            include_non_canonical=args.include_non_canonical, progress=advance, schema=args.schema,
-                           workers=default_workers(args.num_processes, n), url=target.url)
+                           workers=default_workers(args.num_processes, n, parent), url=target.url)
 
-    result = run_locked(args.db_url, "emas", args.wait_lock, work, args.schema)
+    result = run_locked(args.db_url, "emas", args.wait_lock, work, args.schema, parent)
     log.info("%s: %d ids, %d rows inserted, %d deleted in %.2fs", result.table, len(result.ids),
              result.rows_inserted, result.rows_deleted, result.duration_s)
     write_summary(args.summary_json, result.as_dict())
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    run_child(parser(), refresh_command, argv)
+def main(argv: Sequence[str] | None = None, parent: ParentRun | None = None) -> None:
+    """Run the command on ``argv`` (default: the process's) and exit with its code."""
+    run_child(parser(), refresh_command, argv, parent)

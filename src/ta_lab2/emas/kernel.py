@@ -16,6 +16,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ta_lab2.emas.step import ema_step
+
+#: the one EMA step (:mod:`ta_lab2.emas.step`), compiled for the loops below
+_step = njit(cache=True)(ema_step)
+
 
 @njit(cache=True)
 def sema(x: np.ndarray, p: int) -> np.ndarray:
@@ -52,52 +57,31 @@ def sema(x: np.ndarray, p: int) -> np.ndarray:
                 out[i] = e
         else:
             if not np.isnan(v):
-                e = alpha * v + (1.0 - alpha) * e
+                e = _step(alpha, v, e)
             out[i] = e
-    return out
-
-
-@njit(cache=True)
-def chained(close: np.ndarray, anchor: np.ndarray, start: int, alpha: float, snap: bool) -> np.ndarray:
-    """A daily EMA chained from ``start``: ``out[start] = anchor[start]``, then on every later
-    row ``out[t] = α·close[t] + (1−α)·out[t−1]``, except, when ``snap``, rows where ``anchor``
-    is defined take ``anchor[t]`` (the bar EMA on its canonical closes).
-
-    ``snap=True`` gives the dual tables' ``ema_bar``, ``snap=False`` their ``ema`` (spec 03 §4).
-    """
-    n = close.size
-    out = np.full(n, np.nan)
-    if start < 0 or start >= n:
-        return out
-    e = anchor[start]
-    out[start] = e
-    for t in range(start + 1, n):
-        if snap and not np.isnan(anchor[t]):
-            e = anchor[t]
-        else:
-            e = alpha * close[t] + (1.0 - alpha) * e
-        out[t] = e
     return out
 
 
 @njit(cache=True)
 def _chained_pair(close: np.ndarray, anchor: np.ndarray, start: int, alpha: float,
                   free: np.ndarray, snapped: np.ndarray) -> None:
-    """``chained(…, False)`` into ``free`` and ``chained(…, True)`` into ``snapped``, in one
-    pass over the rows ``start…`` (rows before ``start`` are left as they are): the dual
-    series recomputed per period without two whole-grid passes and allocations."""
+    """The dual tables' two daily EMAs chained from ``start`` (spec 03 §4), in one pass over the
+    rows ``start…`` (rows before ``start`` are left as they are): both begin at
+    ``anchor[start]``; then ``free[t] = α·close[t] + (1−α)·free[t−1]`` (``ema``) and
+    ``snapped[t]`` the same except that rows where ``anchor`` is defined (the bar EMA on its
+    canonical closes) take ``anchor[t]`` (``ema_bar``)."""
     e = anchor[start]
     f = e
     free[start] = e
     snapped[start] = e
     for t in range(start + 1, close.size):
         c = close[t]
-        f = alpha * c + (1.0 - alpha) * f
+        f = _step(alpha, c, f)
         free[t] = f
         if not np.isnan(anchor[t]):
             e = anchor[t]
         else:
-            e = alpha * c + (1.0 - alpha) * e
+            e = _step(alpha, c, e)
         snapped[t] = e
 
 
@@ -168,7 +152,7 @@ def ema_rows(kind: int, close: np.ndarray, canonical: np.ndarray, n_days: int, p
 
     The series are the ones of spec 03: bar (``sema`` over the canonical closes, previewed
     on the other rows as ``α·close + (1−α)·bar``), v2 (``sema`` with period ``n_days·p`` over
-    every close) and dual (the two recurrences of :func:`chained` from the bar EMA, with
+    every close) and dual (the two recurrences of :func:`_chained_pair` from the bar EMA, with
     α = 2/(n_days·p + 1)). Raises ValueError on an unknown kind, ``n_days`` < 1, a period
     < 1 or a canonical mask of another size than the grid.
     """
@@ -271,7 +255,7 @@ def ema_rows(kind: int, close: np.ndarray, canonical: np.ndarray, n_days: int, p
                     k += 1
                     scratch[t] = bar[k]
                 else:
-                    scratch[t] = alpha * close[t] + (1.0 - alpha) * bar[k]
+                    scratch[t] = _step(alpha, close[t], bar[k])
             m = np.searchsorted(cidx, lo)
             for c in range(max(m0, m - 2), m):
                 scratch[cidx[c]] = bar[c]
@@ -288,3 +272,11 @@ def ema_rows(kind: int, close: np.ndarray, canonical: np.ndarray, n_days: int, p
         pos += cnt
     return (row, period, roll, ema, d1, d2, d1_roll, d2_roll,
             ema_bar, d1_bar, d2_bar, d1_roll_bar, d2_roll_bar)
+
+
+def load_compiled() -> None:
+    """Load the compiled kernel (from numba's on-disk cache; compiled on first use otherwise)
+    by calling it once with the one signature :func:`ta_lab2.emas.series.tf_arrays` uses
+    (every kind shares the compiled code)."""
+    ema_rows(KIND_DUAL, np.array([1.0, 2.0, np.nan, 4.0]), np.ones(4, dtype=np.bool_), 1,
+             np.array([2], dtype=np.int64), 0)

@@ -9,7 +9,8 @@ a series (seeds and whole recomputations are :mod:`ta_lab2.emas.kernel`'s), so a
 refresh that only appends needs neither the kernel nor numba.
 
 Bit-identical to the kernel: every value is the kernel's expression on the same operands —
-``α·x + (1−α)·e`` with ``α = 2/(p+1)`` or ``2/(n_days·p+1)``, differences ``x − prev`` and
+the one EMA step both call (:func:`ta_lab2.emas.step.ema_step`) with ``α = 2/(p+1)`` or
+``2/(n_days·p+1)``, differences ``x − prev`` and
 ``d − prev_d`` where the kernel recomputes ``prev_d`` as the same difference the stored row
 holds — evaluated in IEEE float64 without contraction. NaN marks an undefined value (a
 missing close is carried by the bar EMA and v2, as the kernel's ``sema`` does).
@@ -20,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ta_lab2.emas.step import ema_step
 
 #: kinds whose series carry a second, snapped EMA (``ema_bar``) beside ``ema``
 DUAL = "dual"
@@ -106,13 +109,13 @@ def resume_rows(kind: str, close: np.ndarray, canonical: np.ndarray, first: np.n
         if kind == "bar":
             # the bar EMA (canonical rows: a missing close carries it) or its preview
             prev = c_ema[a]
-            v = al * x + (1.0 - al) * prev
+            v = ema_step(al, x, prev)
             v = np.where(kap & np.isnan(x), prev, v)
         elif kind == "v2":
             prev = ema[a]
-            v = np.where(np.isnan(x), prev, al * x + (1.0 - al) * prev)
+            v = np.where(np.isnan(x), prev, ema_step(al, x, prev))
         else:
-            v = al * x + (1.0 - al) * ema[a]  # the continuous daily EMA, never snapped
+            v = ema_step(al, x, ema[a])  # the continuous daily EMA, never snapped
         born = starting[a] if k == 0 else None
         if born is not None:
             v = np.where(born, seeds[a], v)
@@ -121,8 +124,8 @@ def resume_rows(kind: str, close: np.ndarray, canonical: np.ndarray, first: np.n
         if dual:
             assert alpha_bar is not None
             ab = alpha_bar[a]
-            snapped = np.where(np.isnan(x), c_bar[a], ab * x + (1.0 - ab) * c_bar[a])
-            vb = np.where(kap, snapped, al * x + (1.0 - al) * bar[a])
+            snapped = np.where(np.isnan(x), c_bar[a], ema_step(ab, x, c_bar[a]))
+            vb = np.where(kap, snapped, ema_step(al, x, bar[a]))
             if born is not None:
                 vb = np.where(born, seeds[a], vb)
             out.update(zip(_BAR_FLOATS, _advance(vb, kap, a, bar, d1_roll_bar, c_bar, c_d1_bar)))

@@ -179,3 +179,23 @@ def tf_rows(
     return rows_frame(kind, grid, [tf_arrays(kind, grid, tf, n_days, canonical, periods, keep_from_us)])
 
 
+def canonical_closes(canon: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The canonical closes (epoch µs) of each tf of ``canon`` (rows ordered by tf)."""
+    tfs = canon["tf"].to_numpy()
+    closes = canon["time_close"].dt.epoch("us").to_numpy()
+    bounds = [0, *(np.flatnonzero(tfs[1:] != tfs[:-1]) + 1).tolist(), len(tfs)]
+    return {str(tfs[lo]): closes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo}
+
+
+def canonical_mask(grid: Grid, closes_by_tf: dict[str, np.ndarray], tf: str) -> np.ndarray:
+    """Grid rows that are canonical closes of ``tf`` (every row for ``1D``)."""
+    if tf == "1D":
+        return np.ones(grid.n, dtype=bool)
+    closes = closes_by_tf.get(tf, np.zeros(0, dtype=np.int64))
+    pos = np.searchsorted(grid.ts_us, closes)
+    ok = (pos < grid.n) & (grid.ts_us[np.minimum(pos, grid.n - 1)] == closes) if grid.n else np.zeros(0, bool)
+    if not ok.all():
+        raise ValueError(f"{tf}: canonical closes not on the daily grid of id {grid.id} (rebuild the bars first)")
+    mask = np.zeros(grid.n, dtype=bool)
+    mask[pos] = True
+    return mask

@@ -47,10 +47,6 @@ REJECT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def empty_rejects() -> pl.DataFrame:
-    return pl.DataFrame(schema=REJECT_SCHEMA)
-
-
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """Select/cast ``frame`` to :data:`SOURCE_SCHEMA` (+ ``symbol`` if present), adding NULL columns."""
     exprs = [

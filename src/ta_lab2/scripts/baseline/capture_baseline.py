@@ -16,11 +16,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file from a checkout: make ``ta_lab2`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from ta_lab2.cli.app import run_app  # noqa: E402
-from ta_lab2.cli.baseline_cmds import capture_app  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> None:
+    # imported here, not above: a runner started from this file re-runs its top level in every
+    # child it starts (multiprocessing's rule for a script's __main__), which must stay cheap
+    from ta_lab2.cli.app import run_app
+    from ta_lab2.cli.baseline_cmds import capture_app
+
     run_app(capture_app, argv)
 
 

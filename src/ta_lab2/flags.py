@@ -1,9 +1,12 @@
-"""The shared options' spelling, help and value rules, without any CLI framework: the
-``ta-lab2`` commands (Typer, :mod:`ta_lab2.cli.options`) and the runners' child commands
-(argparse, :mod:`ta_lab2.pipeline.child`) both build their options from here, so an option
-reads and behaves the same on every command."""
+"""The shared command-line options' spelling, help and value rules, without any CLI
+framework: the ``ta-lab2`` commands (Typer, :mod:`ta_lab2.cli.options`) and the builders' and
+refreshers' own commands (argparse, :mod:`ta_lab2.work.command`) both build their options from
+here, so an option reads and behaves the same on every command. Nothing here imports a layer
+above :mod:`ta_lab2.errors`."""
 
 from __future__ import annotations
+
+import re
 
 from ta_lab2.errors import UsageError
 
@@ -28,6 +31,19 @@ HELP: dict[str, str] = {
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+#: A schema name the pipeline accepts: a plain lower-case SQL identifier (no quoting needed).
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def check_schema_name(name: str, option: str = "--schema") -> str:
+    """``name`` if it is a plain lower-case identifier of at most 63 bytes, else a usage error
+    naming ``option`` (quoting would make ``'public; DROP …'`` a valid, surprising name)."""
+    if not _SCHEMA_NAME.match(name) or len(name.encode()) > 63:
+        raise UsageError(f"{option}: {name!r} is not a schema name (lower-case letters, digits and _, "
+                         "not starting with a digit, at most 63 characters)")
+    return name
 
 
 def parse_log_level(value: str) -> str:
@@ -68,3 +84,25 @@ def check_tz(value: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"--tz: {value!r} is not a known time zone (e.g. UTC, America/New_York)") from None
     return value
+
+
+def parse_periods(value: str | None) -> tuple[int, ...] | None:
+    """``--periods``: None (the refresher's default), ``lut`` (every dim_period row, returned
+    as an empty tuple) or a comma list of positive integers."""
+    if value is None or not value.strip():
+        return None
+    if value.strip().lower() == "lut":
+        return ()
+    out: list[int] = []
+    for token in value.replace(" ", ",").split(","):
+        if not token:
+            continue
+        try:
+            p = int(token)
+        except ValueError:
+            raise UsageError(f"--periods: {token!r} is not an integer period") from None
+        if p < 1:
+            raise UsageError(f"--periods: {p} is not a positive period")
+        if p not in out:
+            out.append(p)
+    return tuple(out)

@@ -1,12 +1,16 @@
-"""Shared plumbing of a runner's child process (one builder or refresher): parse its
-options, resolve the database, hold the family's advisory lock, run, write a JSON summary the
-runner reads, and exit with the documented code.
+"""Shared plumbing of one builder's or refresher's command (a runner's child, or run on its
+own): parse its options, resolve the database, hold the family's advisory lock, run, write a
+JSON summary the runner reads, and exit with the documented code.
 
-The child commands (``python -m ta_lab2.bars``, ``python -m ta_lab2.emas``) parse their options
-with :mod:`argparse`, not Typer: a runner starts a dozen of them per run, and Typer (which
-validates every option through pydantic) would add ~0.15 s of imports to the fork server that
-starts them and ~15 ms to each child (docs/decisions.md). Their options are spelled, explained
-and checked as on the ``ta-lab2`` commands: both come from :mod:`ta_lab2.cli.flags`."""
+The commands (``ta_lab2.bars.cli.main``, ``ta_lab2.emas.cli.main``; ``python -m ta_lab2.bars``,
+``python -m ta_lab2.emas``) parse their options with :mod:`argparse`, not Typer: a runner
+starts a dozen of them per run, and Typer (which validates every option through pydantic)
+would add ~0.15 s of imports to the fork server that starts them and ~15 ms to each child
+(docs/decisions.md). Their options are spelled, explained and checked as on the ``ta-lab2``
+commands: both come from :mod:`ta_lab2.flags`.
+
+What a runner has already done for its children is a :class:`ParentRun` parameter of the
+command's function, never an environment variable or an option a user could pass."""
 
 from __future__ import annotations
 
@@ -15,44 +19,43 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 import psycopg
 
-from ta_lab2.cli.flags import HELP
 from ta_lab2.db.connect import Target, connect, resolve_target
 from ta_lab2.db.locks import writer_locks
 from ta_lab2.db.schema import ensure_schema
-from ta_lab2.errors import report_failure
+from ta_lab2.errors import UsageError, report_failure
+from ta_lab2.flags import HELP, check_schema_name
 
 log = logging.getLogger(__name__)
 
-#: Set by a runner for its children: the advisory locks it holds on their behalf.
-ENV_LOCKS_HELD = "TA_LAB2_LOCKS_HELD"
 
+@dataclass(frozen=True)
+class ParentRun:
+    """What the runner that started a command has done for it (None: the command runs on its
+    own and does everything itself)."""
 
-#: Set by a runner for its children: how many children it runs at once.
-ENV_SIBLINGS = "TA_LAB2_CONCURRENT_CHILDREN"
+    locks_held: tuple[str, ...] = ()  # advisory locks the runner holds for the whole run: not taken again
+    schema_ready: str | None = None  # the schema the runner has just made sure of: not checked again
+    cpus: int = 1  # CPUs the command's default worker count may use: the CPU count shared among siblings
 
-#: Set by a runner for its children: the schema it has just made sure of (children skip the check).
-ENV_SCHEMA_READY = "TA_LAB2_SCHEMA_READY"
 
 IDS_PER_WORKER = 8
 
 
-def default_workers(requested: int | None, n_ids: int) -> int:
-    """``--num-processes`` or, by default, the CPU count shared among the children a runner
-    runs at once — but never more workers than there are batches of :data:`IDS_PER_WORKER`
-    ids: starting a worker process costs about as much as building several ids, so small
-    universes run in one process (docs/decisions.md)."""
+def default_workers(requested: int | None, n_ids: int, parent: ParentRun | None = None) -> int:
+    """``--num-processes`` or, by default, the CPUs the command may use (all of them on its own;
+    its share, ``parent.cpus``, under a runner) — but never more workers than there are batches
+    of :data:`IDS_PER_WORKER` ids: starting a worker process costs about as much as building
+    several ids, so small universes run in one process (docs/decisions.md)."""
     if requested and requested > 0:
         return requested
-    try:
-        siblings = max(1, int(os.environ.get(ENV_SIBLINGS, "1")))
-    except ValueError:
-        siblings = 1
-    return max(1, min((os.cpu_count() or 1) // siblings, n_ids // IDS_PER_WORKER))
+    cpus = parent.cpus if parent is not None else (os.cpu_count() or 1)
+    return max(1, min(cpus, n_ids // IDS_PER_WORKER))
 
 
 def run_locked(
@@ -61,17 +64,16 @@ def run_locked(
     wait_lock: float,
     work: Callable[[psycopg.Connection, Target], Any],
     schema: str = "public",
+    parent: ParentRun | None = None,
 ) -> Any:
     """Connect (autocommit), make sure the schema exists (unless the parent runner just did),
-    hold ``role``'s locks, run ``work``."""
+    hold ``role``'s locks (but those the parent holds), run ``work``."""
     target = resolve_target(db_url)
-    if os.environ.get(ENV_SCHEMA_READY) != schema:
+    if parent is None or parent.schema_ready != schema:
         with connect(target) as conn:
             ensure_schema(conn, schema)
-    held = tuple(n for n in os.environ.get(ENV_LOCKS_HELD, "").split(",") if n)
     with connect(target, autocommit=True) as conn:
-        # locks a parent runner holds for the whole run are not taken again
-        with writer_locks(conn, role, wait_lock, skip=held):
+        with writer_locks(conn, role, wait_lock, skip=parent.locks_held if parent is not None else ()):
             return work(conn, target)
 
 
@@ -83,6 +85,13 @@ def write_summary(path: Path | None, summary: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, default=str, indent=2))
     tmp.replace(path)
+
+
+def _schema_name(text: str) -> str:
+    try:
+        return check_schema_name(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message.split(": ", 1)[1]) from None
 
 
 def _at_least(minimum: float, kind: type) -> Callable[[str], Any]:
@@ -114,19 +123,20 @@ def child_parser(prog: str, description: str, what: str, names: Sequence[str],
     parser.add_argument("--num-processes", metavar="N", type=_at_least(1, int), help=HELP["--num-processes"])
     parser.add_argument("--wait-lock", metavar="SECONDS", type=_at_least(0, float), default=0.0, help=HELP["--wait-lock"] + " Default: 0.")
     parser.add_argument("--summary-json", metavar="FILE", type=Path, help=HELP["--summary-json"])
-    parser.add_argument("--schema", metavar="NAME", default="public", help=HELP["--schema"] + " Default: public.")
+    parser.add_argument("--schema", metavar="NAME", default="public", type=_schema_name,
+                        help=HELP["--schema"] + " Default: public.")
     parser.add_argument("--log-level", metavar="LEVEL", default="INFO", help=HELP["--log-level"] + " Default: INFO.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
     return parser
 
 
-def run_child(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], None],
-              argv: Sequence[str] | None = None) -> NoReturn:
-    """Parse ``argv`` (default: the process's), run ``main`` and exit: 0, or the code of the
-    failure (see :func:`ta_lab2.errors.report_failure`)."""
+def run_child(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace, ParentRun | None], None],
+              argv: Sequence[str] | None = None, parent: ParentRun | None = None) -> NoReturn:
+    """Parse ``argv`` (default: the process's), run ``command(args, parent)`` and exit: 0, or
+    the code of the failure (see :func:`ta_lab2.errors.report_failure`)."""
     args = parser.parse_args(argv)
     try:
-        main(args)
+        command(args, parent)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure maps to an exit code
         sys.exit(report_failure(exc, debug=args.debug))
     sys.exit(0)

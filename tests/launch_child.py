@@ -1,9 +1,11 @@
-"""A stand-in runner child for tests/test_forkserver.py: ``python -m zygote_child ACTION [ARG…]
---summary-json PATH`` (the runner appends the last two). Importable from the tests folder
-only, so the tests pass ``fork_modules=("zygote_child",)`` to route it through the zygote.
+"""Stand-in children for tests/test_launch.py: ``main(argv)`` with ``argv = [ACTION, ARG…,
+"--summary-json", PATH]`` (the runner appends the last two), the way a builder's command is
+called. Importable from the tests folder (on the runner's ``sys.path``, which multiprocessing
+hands to every child).
 
-Every action first writes a JSON summary describing the process it runs in (pid, parent,
-process group, session, stdin, argv, environment), so tests can check what the child saw.
+Every action but ``quick`` first writes a JSON summary describing the process it runs in (pid,
+parent, process group, session, stdin, argv, environment, heavy modules loaded), so tests can
+check what the child saw.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import subprocess
 import sys
 import time
 
+HEAVY = ("typer", "click", "pydantic", "rich", "numba")
 
-def _summary(path: str, **extra: object) -> None:
+
+def _summary(path: str, argv: list[str], **extra: object) -> None:
     facts = {
         "rows_inserted": 7,
         "pid": os.getpid(),
@@ -23,23 +27,24 @@ def _summary(path: str, **extra: object) -> None:
         "pgid": os.getpgid(0),
         "sid": os.getsid(0),
         "stdin": os.readlink("/proc/self/fd/0"),
-        "argv": sys.argv,
+        "argv": argv,
         "env": dict(os.environ),
-        "main_spec": getattr(sys.modules["__main__"].__spec__, "name", None),
+        "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)),
         **extra,
     }
     with open(path, "w") as fh:
         json.dump(facts, fh)
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    assert args[-2] == "--summary-json", args
-    summary, args = args[-1], args[:-2]
+def main(argv: list[str]) -> None:
+    assert argv[-2] == "--summary-json", argv
+    summary, args = argv[-1], argv[:-2]
     action, rest = args[0], args[1:]
-    _summary(summary)
+    if action == "quick":  # end at once: nothing written, nothing printed
+        sys.exit(0)
+    _summary(summary, argv)
     if action == "ok":
-        print("zygote child ran")
+        print("launched child ran")
     elif action == "fail":
         print("about to break")
         print("child broke", file=sys.stderr)
@@ -60,7 +65,7 @@ def main() -> None:
         with open(rest[0], "w") as fh:
             fh.write(str(os.getpid()))
         time.sleep(300)
-    elif action == "kill-parent":  # the zygote dies under its running child
+    elif action == "kill-parent":  # the fork server dies under its running child
         os.kill(os.getppid(), 9)
         time.sleep(300)
     elif action == "polars":  # multi-threaded polars work in a forked child must not hang
@@ -72,10 +77,6 @@ def main() -> None:
         frame = pl.DataFrame({"k": rng.integers(0, 500, n), "v": rng.random(n)})
         out = frame.group_by("k").agg(pl.col("v").sum(), pl.len()).sort("k")
         assert out.height == 500 and int(out["len"].sum()) == n
-        _summary(summary, polars_threads=pl.thread_pool_size(), groups=out.height)
+        _summary(summary, argv, polars_threads=pl.thread_pool_size(), groups=out.height)
     else:
         sys.exit(f"unknown action {action!r}")
-
-
-if __name__ == "__main__":
-    main()

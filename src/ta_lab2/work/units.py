@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.db.tables import SOURCE_TABLE
+from ta_lab2.db.tables import SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
 
 ProgressFn = Callable[[int], None]
@@ -199,6 +199,31 @@ def run_units(
                 progress(len(unit))
         return results
     return sorted(_parallel(url, fn, options, units, workers, progress), key=lambda r: r.id)
+
+
+T = TypeVar("T")
+
+
+def table_worker(conn: psycopg.Connection, registry: Mapping[str, T], name: str, what: str) -> T:
+    """``registry[name]`` (a builder or refresher), once ``name`` is known (else a usage error
+    naming the choices) and ``conn`` is autocommit (the work units open their own transactions)."""
+    if name not in registry:
+        raise UsageError(f"unknown {what} {name!r}; choose from {', '.join(registry)}")
+    if not conn.autocommit:
+        raise ValueError(f"the {what} needs an autocommit connection (it opens its own transactions)")
+    return registry[name]
+
+
+def run_table(conn: psycopg.Connection, table: str, fn: UnitFn, options: Any, ids: Sequence[int], *, bulk: bool,
+              batch_size: int, workers: int, url: str | None, progress: ProgressFn | None,
+              schema: str = "public") -> list[IdResult]:
+    """Run ``fn`` over ``ids`` for ``table``: with ``bulk`` (an all-ids full rebuild) every id in
+    this process inside one :func:`bulk_rebuild` of the table and its state (workers cannot
+    share its transaction), else as :func:`run_units` does."""
+    if bulk:
+        with bulk_rebuild(conn, [table], [state_table(table)], schema):
+            return run_units(conn, fn, options, ids, progress=progress)
+    return run_units(conn, fn, options, ids, batch_size=batch_size, workers=workers, url=url, progress=progress)
 
 
 def _worker(url: str, fn: UnitFn, options: Any, units: list[list[int]]) -> list[IdResult]:

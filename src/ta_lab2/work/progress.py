@@ -16,8 +16,14 @@ log = logging.getLogger("ta_lab2.progress")
 def progress(description: str, total: int, *, every_s: float = 10.0) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; renders a bar on a TTY, else logs ``description: k/total`` lines."""
     if sys.stderr.isatty():
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         rate = TextColumn("{task.fields[rate]}")
         with Progress(

@@ -1,0 +1,107 @@
+"""The six EMA refreshers: full and incremental refresh, one transaction per batch of ids
+(spec 03).
+
+Per batch (:func:`refresh_batch`): read the ids' state rows and, through index probes, the
+earliest input change since each id's last refresh (1D or bar rows with a newer
+``ingested_at``, or 1D rows removed; :mod:`.changes`). Then per id, one of two ways
+(docs/decisions.md 62), and the rows and state written (:mod:`.writes`):
+
+* **resume** — every changed series continues after its newest stored row (a new day, the
+  daily case): read only the grid rows after it and the canonical closes among them, and step
+  each series from the ends its state row keeps (:mod:`.resumed`; no kernel, no numba). A
+  series with no row yet stays empty unless the new rows complete its seed's
+  closes; then its id is recomputed.
+* **recompute** — anything else (a revision, a removal, a new series, ``--full-refresh``):
+  read the id's whole grid, recompute the changed series over it with the kernel and replace
+  only their rows from the first change on (:mod:`.recomputed`).
+
+An EMA row depends only on inputs at or before its day, so both are bit-identical to a full
+refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import psycopg
+
+from ta_lab2.db.tables import state_table
+from ta_lab2.emas.changes import Changes, RefreshOptions, find_changes, read_inputs, resumes
+from ta_lab2.emas.recomputed import recompute
+from ta_lab2.emas.registry import REFRESHERS, load_ema_timeframes, load_periods
+from ta_lab2.emas.resumed import resumed_rows
+from ta_lab2.emas.writes import write_rows
+from ta_lab2.work.units import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_table, table_worker, unit_size
+
+log = logging.getLogger(__name__)
+
+
+def refresh(
+    conn: psycopg.Connection,
+    name: str,
+    ids: Sequence[int] | None = None,
+    *,
+    full_refresh: bool = False,
+    periods: tuple[int, ...] | None = None,
+    include_non_canonical: bool = False,
+    schema: str = "public",
+    progress: ProgressFn | None = None,
+    workers: int = 1,
+    url: str | None = None,
+) -> TableResult:
+    """Refresh one EMA table for ``ids`` (None = all); ``conn`` must be autocommit."""
+    refresher = table_worker(conn, REFRESHERS, name, "EMA refresher")
+    started = time.perf_counter()
+    id_list = resolve_ids(conn, ids, schema)
+    tfs = load_ema_timeframes(conn, refresher, include_non_canonical, schema)
+    plist = load_periods(conn, refresher, periods, schema)
+    bulk = full_refresh and ids is None
+    options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema, bulk)
+    if full_refresh and not bulk:
+        clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
+    results = run_table(conn, refresher.table, refresh_batch, options, id_list, bulk=bulk,
+                        batch_size=unit_size(full_refresh), workers=workers, url=url, progress=progress, schema=schema)
+    return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
+                       tuple(results), plist)
+
+
+def refresh_batch(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
+    """Refresh ``ids`` (the work unit) in one REPEATABLE READ transaction (inputs and
+    watermarks from one snapshot), or as part of the caller's bulk transaction."""
+    if options.bulk:
+        return _refresh(conn, options, ids)
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _refresh(conn, options, ids)
+
+
+def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> list[IdResult]:
+    """Per id, either resume its changed series from their stored ends (an append, the daily
+    case: no grid read beyond the new rows, no kernel) or recompute them over the id's whole
+    grid with the kernel and replace their rows from the first change on."""
+    inputs = read_inputs(conn, options, ids)
+    results: dict[int, IdResult] = {}
+    resumed: list[Changes] = []
+    recomputed: list[Changes] = []
+    for ident in ids:
+        changes = find_changes(options, ident, inputs)
+        if not changes.cuts:
+            results[ident] = IdResult(ident, "unchanged")
+        elif resumes(changes, inputs):
+            resumed.append(changes)
+        else:
+            recomputed.append(changes)
+    log.debug("%s: %d ids resumed, %d recomputed, %d unchanged", options.refresher, len(resumed), len(recomputed),
+              len(ids) - len(resumed) - len(recomputed))
+    if resumed:
+        frame, again = resumed_rows(conn, options, resumed, inputs)
+        recomputed += again
+        redo = {c.id for c in again}
+        ready = [c for c in resumed if c.id not in redo]
+        if ready:
+            results.update(write_rows(conn, options, ready, frame, inputs, {c.id: True for c in ready}))
+    if recomputed:
+        results.update(recompute(conn, options, recomputed, inputs))
+    return [results[i] for i in ids]

@@ -1,0 +1,212 @@
+"""The resume path of an EMA refresh (the daily case): read only the grid rows after each
+series' newest stored row, and the canonical closes among them, and step every series from the
+ends its state row keeps (:func:`ta_lab2.emas.resume.resume_rows`: numpy, no kernel, no
+numba); a series without rows whose seed's closes are now all there starts from its seed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from ta_lab2.bars.changes import rows_from
+from ta_lab2.db.bulk import array_params
+from ta_lab2.db.reads import read_frame
+from ta_lab2.db.tables import BARS_1D
+from ta_lab2.emas.changes import (CANON_SCHEMA, END_OF_TIME, GRID_SCHEMA, SERIES_SCHEMA, Changes, Inputs,
+                                  RefreshOptions, ends_columns)
+from ta_lab2.emas.registry import REFRESHERS
+from ta_lab2.emas.resume import Ends, resume_rows, seed_value
+from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, canonical_closes, canonical_mask, frame_of_rows
+from ta_lab2.frames import epoch_us, tuples_frame
+from ta_lab2.load.source_schema import UTC_US
+from ta_lab2.work.units import by_id
+
+log = logging.getLogger(__name__)
+
+
+def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[Changes],
+            inputs: Inputs) -> tuple[pl.DataFrame, list[Changes]]:
+    """The new rows of the ``resumed`` ids' series — stepped from their ends over the grid rows
+    after them, or, for a series without rows whose seed's closes are now all there, from its
+    seed on its first row — and the ids to recompute after all (a seed the stepper cannot
+    place: a missing close in its window, or its first row before the rows read)."""
+    refresher = REFRESHERS[options.refresher]
+    s = options.schema
+    kind = refresher.kind
+    tf_days = options.tf_days
+    ids = [c.id for c in resumed]
+    # each id's grid rows after the oldest of its series' newest rows, and how many precede them
+    starts: dict[int, dt.datetime] = {}
+    for c in resumed:
+        lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts if inputs.has_rows((c.id, tf, p))]
+        starts[c.id] = min(lasts) + dt.timedelta(microseconds=1) if lasts else END_OF_TIME
+    from_frame = pl.DataFrame({"id": ids, "from_ts": [starts[i] for i in ids]}, schema={"id": pl.Int32, "from_ts": UTC_US})
+    tail, before = rows_from(conn, sql.Identifier(s, BARS_1D), {"id": pl.Int32(), **GRID_SCHEMA}, from_frame)
+    bar_tfs = sorted({tf for c in resumed for tf, _ in c.cuts if tf != "1D"}) if kind != "v2" else []
+    canon = pl.DataFrame(schema={"id": pl.Int32(), **CANON_SCHEMA})
+    if bar_tfs:
+        canon = read_frame(
+            # one index range probe per id (OFFSET 0: never a hash join over the whole table)
+            conn, sql.SQL("(SELECT c.id, b.tf, b.time_close FROM unnest(%b, %b) AS c(id, from_ts) CROSS JOIN LATERAL "
+                          "(SELECT tf, time_close FROM {b} WHERE id = c.id AND tf = ANY(%b) AND NOT is_partial_end "
+                          "AND time_close >= c.from_ts OFFSET 0) b) r")
+            .format(b=sql.Identifier(s, refresher.bar_table)),
+            {"id": pl.Int32(), **CANON_SCHEMA},
+            [*array_params(conn, from_frame, ("int4", "timestamptz")),
+             *array_params(conn, pl.DataFrame({"tf": bar_tfs}), ("text",))],
+            small=True, order_by=("id", "tf", "time_close"))
+    tails = by_id(tail)
+    tail_ts = {i: t["timestamp"].dt.epoch("us").to_numpy() for i, t in tails.items()}
+    n_grid = {i: before.get(i, 0) + (tails[i].height if i in tails else 0) for i in ids}
+    new_closes = {(i, tf) for i, tf in canon.select("id", "tf").unique().iter_rows()}
+    seeds = _seeds(conn, options, _seeding(conn, options, resumed, inputs, n_grid, new_closes))
+    # a seed is placed on its first row, which must be among the rows read
+    fallback: set[int] = set()
+    placed: dict[tuple[int, str, int], tuple[int, float]] = {}
+    for key, (first_us, value) in seeds.items():
+        ts = tail_ts.get(key[0], np.zeros(0, np.int64))
+        at = int(np.searchsorted(ts, first_us)) if first_us is not None else ts.size
+        if np.isnan(value) or at >= ts.size or ts[at] != first_us:
+            fallback.add(key[0])
+        else:
+            placed[key] = (at, value)
+    again = [c for c in resumed if c.id in fallback]
+    log.debug("%s: %d series start from their seed; %d ids recomputed instead", options.refresher, len(placed),
+              len(again))
+    series = [(c.id, tf, p) for c in resumed if c.id not in fallback for tf, p in c.cuts
+              if (c.id, tf, p) in placed or inputs.has_rows((c.id, tf, p))]
+    if not series:
+        return pl.DataFrame(schema=DUAL_SCHEMA if kind == "dual" else EMA_SCHEMA), again
+    # the tails of the ids, concatenated in id order; per (id, tf) its canonical flags there
+    close_parts, flag_parts = [], []
+    offset: dict[int, int] = {}
+    pair_at: dict[tuple[int, str], int] = {}
+    n_rows = n_flags = 0
+    canon_of = by_id(canon)
+    for ident in dict.fromkeys(i for i, _, _ in series):
+        ts = tail_ts.get(ident, np.zeros(0, np.int64))
+        offset[ident] = n_rows
+        close_parts.append(tails[ident]["close"].to_numpy() if ident in tails else np.zeros(0))
+        n_rows += ts.size
+        grid = Grid(ident, ts, close_parts[-1])
+        closes_by_tf = canonical_closes(canon_of.get(ident, pl.DataFrame(schema=CANON_SCHEMA)))
+        for tf in dict.fromkeys(t for i, t, _ in series if i == ident):
+            if kind == "v2":
+                flags = (before.get(ident, 0) + np.arange(ts.size) + 1) % tf_days[tf] == 0
+            else:
+                flags = canonical_mask(grid, closes_by_tf, tf)
+            pair_at[(ident, tf)] = n_flags
+            flag_parts.append(flags)
+            n_flags += ts.size
+    ts_all = np.concatenate([tail_ts.get(i, np.zeros(0, np.int64)) for i in offset])
+    frame = tuples_frame(series, SERIES_SCHEMA).join(
+        inputs.state, on=list(SERIES_SCHEMA), how="left", maintain_order="left")
+    last_us = frame["last_ts"].dt.epoch("us").to_numpy()
+    sid = frame["id"].to_numpy()
+    stf = frame["tf"].to_list()
+    first = np.empty(len(series), dtype=np.int64)
+    count = np.empty(len(series), dtype=np.int64)
+    canon_first = np.empty(len(series), dtype=np.int64)
+    seed = np.full(len(series), np.nan)
+    for j, key in enumerate(series):
+        ident, tf, _ = key
+        lo = offset[ident]
+        n = tail_ts[ident].size if ident in tail_ts else 0
+        if key in placed:
+            skip, seed[j] = placed[key]
+        else:
+            skip = int(np.searchsorted(ts_all[lo:lo + n], last_us[j], side="right"))
+        first[j] = lo + skip
+        count[j] = n - skip
+        canon_first[j] = pair_at[(ident, tf)] + skip
+    periods = frame["period"].to_numpy().astype(np.int64)
+    n_days = np.array([tf_days[t] for t in stf], dtype=np.int64)
+    ends = Ends(n_days, periods, *(frame[c].to_numpy().astype(np.float64) for c in ends_columns(kind) if c != "canon_ts"))
+    out = resume_rows(kind, np.concatenate(close_parts), np.concatenate(flag_parts), first, count, canon_first, ends,
+                      seed)
+    j = out["series"]
+    return frame_of_rows(kind, sid[j], stf, j, ts_all[out["row"]], periods[j], n_days[j], out["roll"],
+                         {c: v for c, v in out.items() if c not in ("series", "row", "roll")}), again
+
+
+def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[Changes], inputs: Inputs,
+             n_grid: Mapping[int, int], new_closes: set[tuple[int, str]]) -> list[tuple[int, str, int]]:
+    """The series of ``resumed`` that have no row yet but now have the closes their seed needs
+    (spec 03: ``p`` canonical closes; v2: ``n_days·p`` grid rows). Canonical closes are counted
+    in the bar table (index-only, at most ``p``) — unless the (id, tf) has a resumed series and
+    no canonical close among the rows read (``new_closes``): its count is then the last
+    refresh's, which was short (a close added earlier would have cut that series before its
+    newest row, and its id would not be resumed)."""
+    refresher = REFRESHERS[options.refresher]
+    tf_days = options.tf_days
+    out: list[tuple[int, str, int]] = []
+    counted: list[tuple[int, str, int]] = []
+    for c in resumed:
+        seeded = {tf for tf, p in c.cuts if inputs.has_rows((c.id, tf, p))}
+        for tf, p in c.cuts:
+            if inputs.has_rows((c.id, tf, p)):
+                continue
+            if refresher.kind == "v2" or tf == "1D":
+                if n_grid[c.id] >= (tf_days[tf] * p if refresher.kind == "v2" else p):
+                    out.append((c.id, tf, p))
+            elif tf not in seeded or (c.id, tf) in new_closes:
+                counted.append((c.id, tf, p))
+    if counted:
+        cap: dict[tuple[int, str], int] = {}  # per (id, tf): its largest period without rows
+        for i, tf, p in counted:
+            cap[(i, tf)] = max(p, cap.get((i, tf), p))
+        n_closes = {(i, tf): n for i, tf, n in conn.execute(
+            sql.SQL("SELECT u.id, u.tf, (SELECT count(*) FROM (SELECT 1 FROM {b} WHERE id = u.id AND tf = u.tf "
+                    "AND NOT is_partial_end LIMIT u.cap) x) FROM unnest(%s::int[], %s::text[], %s::int[]) "
+                    "AS u(id, tf, cap)").format(b=sql.Identifier(options.schema, refresher.bar_table)),
+            ([k[0] for k in cap], [k[1] for k in cap], list(cap.values())),
+        ).fetchall()}
+        out += [(i, tf, p) for i, tf, p in counted if n_closes[(i, tf)] >= p]
+    return out
+
+
+def _seeds(conn: psycopg.Connection, options: RefreshOptions,
+           series: Sequence[tuple[int, str, int]]) -> dict[tuple[int, str, int], tuple[int | None, float]]:
+    """Per series, the instant (epoch µs) of its first row and its seed there: the mean of its
+    first ``p`` canonical closes (v2: of its first ``n_days·p`` grid closes), NaN when one of
+    them is missing. The closes are the grid's, at the bars' ``time_close``."""
+    if not series:
+        return {}
+    refresher = REFRESHERS[options.refresher]
+    tf_days = options.tf_days
+    daily = sql.Identifier(options.schema, BARS_1D)
+    by_grid = [k for k in series if refresher.kind == "v2" or k[1] == "1D"]
+    by_bars = [k for k in series if k not in set(by_grid)]
+    found: list[tuple[int, list[float], dt.datetime | None]] = []
+    if by_grid:
+        need = [tf_days[tf] * p if refresher.kind == "v2" else p for _, tf, p in by_grid]
+        found += conn.execute(
+            sql.SQL("SELECT u.i, array_agg(d.close ORDER BY d.\"timestamp\"), max(d.\"timestamp\") "
+                    "FROM unnest(%s::int[], %s::int[], %s::int[]) AS u(id, n, i) CROSS JOIN LATERAL "
+                    "(SELECT \"timestamp\", close FROM {d} WHERE id = u.id ORDER BY \"timestamp\" LIMIT u.n) d "
+                    "GROUP BY u.i").format(d=daily),
+            ([k[0] for k in by_grid], need, list(range(len(by_grid))))).fetchall()
+    if by_bars:
+        base = len(by_grid)
+        found += conn.execute(
+            sql.SQL("SELECT u.i, array_agg(d.close ORDER BY b.time_close), max(b.time_close) "
+                    "FROM unnest(%s::int[], %s::text[], %s::int[], %s::int[]) AS u(id, tf, p, i) CROSS JOIN LATERAL "
+                    "(SELECT time_close FROM {b} WHERE id = u.id AND tf = u.tf AND NOT is_partial_end "
+                    "ORDER BY time_close LIMIT u.p) b JOIN {d} d ON d.id = u.id AND d.\"timestamp\" = b.time_close "
+                    "GROUP BY u.i").format(b=sql.Identifier(options.schema, refresher.bar_table), d=daily),
+            ([k[0] for k in by_bars], [k[1] for k in by_bars], [k[2] for k in by_bars],
+             list(range(base, base + len(by_bars))))).fetchall()
+    keys = [*by_grid, *by_bars]
+    size = {k: tf_days[k[1]] * k[2] if refresher.kind == "v2" else k[2] for k in keys}
+    out: dict[tuple[int, str, int], tuple[int | None, float]] = {k: (None, float("nan")) for k in keys}
+    for i, closes, last in found:
+        window = np.array(closes, dtype=np.float64)
+        if window.size == size[keys[i]] and not np.isnan(window).any():
+            out[keys[i]] = (epoch_us(last), seed_value(window))
+    return out
