@@ -61,7 +61,7 @@ def test_daily_refresh_lists_stale_ids_and_refreshes_fresh_ones(loaded: Target, 
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "logs" / "run_daily_refresh-latest.json").read_text())
     assert sorted(summary["stale_ids"]) == STALE
-    assert "stale ids" in result.stdout
+    assert "EMAs skipped for 2 stale ids" in result.stdout and "--skip-stale-check" in result.stdout
     names = [c["name"] for c in summary["children"]]
     assert names[:6] == ["1d", "multi_tf", "cal_iso", "cal_us", "cal_anchor_iso", "cal_anchor_us"]
     # an incremental run starts v2, the shortest refresh of a new day, last
@@ -72,6 +72,26 @@ def test_daily_refresh_lists_stale_ids_and_refreshes_fresh_ones(loaded: Target, 
     assert ids == {FRESH}  # only the fresh asset got EMAs
     for child in summary["children"][6:]:
         assert child["summary"]["rows_inserted"] == _counts(loaded)[child["summary"]["table"]]
+
+
+def test_a_historical_data_set_refreshes_whole_and_a_lagging_id_is_named(fresh_db: Target, tmp_path: Path) -> None:
+    """Staleness is measured against the newest day in the source, not the wall clock: data
+    that ends in 2024 gets its EMAs; an asset whose data stops ten days before the others is
+    skipped, and the console says so, why, and how to include it."""
+    import datetime as dt
+
+    with connect(fresh_db, autocommit=True) as conn:
+        load_synthetic(conn, SyntheticConfig(n_assets=3, days=90, seed=7, end_date=dt.date(2024, 6, 30)))
+        lagging = asset_ids(3)[2]
+        conn.execute("DELETE FROM cmc_price_histories7 WHERE id = %s AND \"timestamp\" > '2024-06-20'", (lagging,))
+    result = _run(fresh_db, tmp_path, sys.executable, "-m", "ta_lab2", "refresh", "--all")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "logs" / "run_daily_refresh-latest.json").read_text())
+    assert summary["stale_ids"] == [lagging] and summary["newest_source_day"].startswith("2024-06-30")
+    assert f"EMAs skipped for 1 stale id: {lagging}" in result.stdout and "2024-06-30" in result.stdout
+    with psycopg.connect(fresh_db.url) as conn:
+        ids = {r[0] for r in conn.execute("SELECT DISTINCT id FROM cmc_ema_multi_tf").fetchall()}
+    assert ids == set(asset_ids(3)[:2])
 
 
 def test_skip_stale_check_refreshes_everyone(loaded: Target, tmp_path: Path) -> None:

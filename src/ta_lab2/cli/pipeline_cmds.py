@@ -113,7 +113,7 @@ def refresh(
     ids: opt.Ids = "all",
     db_url: opt.DbUrl = None,
     skip_stale_check: Annotated[bool, typer.Option("--skip-stale-check", help="Refresh EMAs for every id, fresh or not.")] = False,
-    staleness_hours: Annotated[float, typer.Option("--staleness-hours", min=0, help="An id is stale when its last source day is older than this.")] = 48.0,
+    staleness_hours: Annotated[float, typer.Option("--staleness-hours", min=0, help="An id is stale when its last source day is this many hours before the newest source day of any id.")] = 48.0,
     tz: opt.Tz = "UTC",
     num_processes: opt.NumProcesses = None,
     continue_on_error: ContinueOnError = False,
@@ -141,8 +141,12 @@ def refresh(
                                 skip_stale_check=skip_stale_check, staleness_hours=staleness_hours)
     stale = summary.extra.get("stale_ids") or []
     if stale:
-        console.print(f"[yellow]stale ids (last source day older than {staleness_hours:g} h, EMAs not refreshed):[/] "
-                      + ", ".join(map(str, stale)))
+        newest = (summary.extra.get("newest_source_day") or "")[:10]
+        shown = ", ".join(map(str, stale[:20])) + (f" … (+{len(stale) - 20})" if len(stale) > 20 else "")
+        console.print(f"[yellow]EMAs skipped for {len(stale)} stale id{'s' if len(stale) != 1 else ''}[/]: {shown} — "
+                      f"their last source day is more than {staleness_hours:g} h before the newest day in the source "
+                      f"({newest}). To include them: --skip-stale-check, or a larger --staleness-hours.",
+                      highlight=False, soft_wrap=True)
     _finish(summary, output_dir, dry_run)
 
 

@@ -10,6 +10,7 @@ default the CPU count) as the dependencies allow.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 from dataclasses import replace
@@ -70,19 +71,25 @@ def run_ema_refreshes(target: Target, options: RunOptions, refreshers: Sequence[
     return run_family("run_all_ema_refreshes", target, options, ema_specs(options, refreshers), ("emas",))
 
 
-def stale_ids(target: Target, ids: Sequence[int] | None, hours: float) -> tuple[list[int], list[int]]:
-    """(fresh, stale): an id is fresh when its last source day is within ``hours`` of now."""
+def stale_ids(target: Target, ids: Sequence[int] | None, hours: float) -> tuple[list[int], list[int], str | None]:
+    """(fresh, stale, newest): an id is fresh when its last source day is within ``hours`` of
+    the newest source day of any id (the universe, not the wall clock: a historical data set
+    refreshes whole); ``newest`` is that day's instant (ISO), None without any source row."""
     from psycopg import sql
 
     with connect(target, autocommit=True) as conn:
         id_list = resolve_ids(conn, ids)
-        rows = conn.execute(
-            sql.SQL("SELECT id, max(\"timestamp\") >= now() - make_interval(secs => %s) FROM {} WHERE id = ANY(%s) "
-                    "GROUP BY id").format(sql.Identifier("public", "cmc_price_histories7")),
-            (hours * 3600.0, id_list),
-        ).fetchall()
-    fresh_set = {i for i, fresh in rows if fresh}
-    return [i for i in id_list if i in fresh_set], [i for i in id_list if i not in fresh_set]
+        # one index probe per asset (the primary key ends in "timestamp"), not a scan
+        last = dict(conn.execute(sql.SQL(
+            "SELECT a.id, m.last FROM {a} a CROSS JOIN LATERAL "
+            "(SELECT max(\"timestamp\") AS last FROM {s} s WHERE s.id = a.id) m WHERE m.last IS NOT NULL").format(
+            a=sql.Identifier("public", "dim_assets"), s=sql.Identifier("public", "cmc_price_histories7"))).fetchall())
+    if not last:
+        return list(id_list), [], None
+    newest = max(last.values())
+    cut = newest - dt.timedelta(hours=hours)
+    fresh = [i for i in id_list if i in last and last[i] >= cut]
+    return fresh, [i for i in id_list if i not in fresh], newest.isoformat()
 
 
 def run_daily_refresh(
@@ -91,11 +98,12 @@ def run_daily_refresh(
     """Bars for the ids, then EMAs for the ids whose source data is fresh; stale ids are listed."""
     specs: list[ChildSpec] = bar_specs(options, BUILDER_ORDER) if bars else []
     stale: list[int] = []
+    newest: str | None = None
     if emas:
         if skip_stale_check:
             ema_ids = options.ids
         else:
-            fresh, stale = stale_ids(target, options.ids, staleness_hours)
+            fresh, stale, newest = stale_ids(target, options.ids, staleness_hours)
             ema_ids = fresh
         if ema_ids is None or ema_ids:
             specs += ema_specs(replace(options, ids=ema_ids), REFRESHER_ORDER)
@@ -108,4 +116,5 @@ def run_daily_refresh(
         "stale_ids": stale,
         "staleness_hours": staleness_hours,
         "stale_check": not skip_stale_check,
+        "newest_source_day": newest,
     })
