@@ -335,3 +335,24 @@ def test_no_configuration_uses_the_embedded_server(tmp_path: Path) -> None:
     finally:
         run(["db", "stop"], tmp_path, env)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_quiet_console_and_everything_in_the_log_file(fresh_db: Target, tmp_path: Path) -> None:
+    """By default the console shows tables and sentences, no log lines and no Python reprs;
+    the log file keeps the INFO lines. A rejected source day is shown with its reason."""
+    env = base_env(TA_LAB2_DB_URL=fresh_db.url)
+    load = run(["load", "--synthetic", "2", "--days", "40", "--defect-rate", "0"], tmp_path, env)
+    assert load.returncode == 0, load.stderr
+    with connect(fresh_db, autocommit=True) as conn:  # one bad price: the 1D builder rejects it
+        conn.execute("UPDATE cmc_price_histories7 SET open = -1 WHERE (id, \"timestamp\") = "
+                     "(SELECT id, max(\"timestamp\") FROM cmc_price_histories7 GROUP BY id ORDER BY id LIMIT 1)")
+    bars = run(["bars", "--ids", "all"], tmp_path, env)
+    assert bars.returncode == 0, bars.stderr
+    for out in (load, bars):
+        text = out.stdout + out.stderr
+        assert not re.search(r"\b(INFO|DEBUG)\b", text), text
+        assert "UpsertCounts(" not in text and "{'" not in text and "Counts(" not in text
+    assert "1d rejected 1 source row, the first:" in bars.stderr and "non_positive_price" in bars.stderr
+    assert "cmc_price_bars_1d_rejects" in bars.stderr
+    log = (tmp_path / ".logs" / "ta_lab2.log").read_text()
+    assert " INFO " in log and "rows read" in log

@@ -32,6 +32,13 @@ def test_every_option_is_documented(args: list[str]) -> None:
     assert not missing, f"{' '.join(args)}: undocumented options {missing}"
 
 
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_help_reads_like_a_command_line(args: list[str]) -> None:
+    """No type labels (<bool>, <str>) and no {name} placeholders: options read --db-url URL."""
+    text = _help(args)
+    assert not re.search(r"<(bool|str|int|float|path)>|\{[a-z_]+\}", text, re.IGNORECASE), text
+
+
 def test_shared_options_have_one_spelling() -> None:
     text = _help(["bars"]) + _help(["load"]) + _help(["status"])
     for bad in ("--db_url", "--dburl", "--log_level", "--dry_run", "--num_processes"):

@@ -14,10 +14,13 @@ from ta_lab2.errors import UsageError
 HELP: dict[str, str] = {
     "--db-url": "PostgreSQL URL (postgresql://…) or libpq key=value string. Default: TA_LAB2_DB_URL, "
                 "TARGET_DB_URL, db_config.env, else the embedded server. 'embedded' forces the embedded server.",
+    "--database": "A database of the embedded server, by name (created if missing), e.g. ta_lab2_demo, the "
+                  "demo's. Instead of --db-url.",
     "--ids": "'all', or ids separated by commas or spaces: '1,52,825' or '1 52 825'.",
     "--dry-run": "Print the plan and change nothing.",
     "--verbose": "More detail; stream children's output.",
-    "--log-level": "DEBUG, INFO, WARNING or ERROR.",
+    "--log-level": "What the console shows: DEBUG, INFO, WARNING or ERROR (the log file under the output "
+                   "folder keeps INFO and above, DEBUG too with DEBUG).",
     "--tz": "Time zone whose calendar dates are bar boundaries.",
     "--num-processes": "Ids processed at once (default: CPU count).",
     "--wait-lock": "Seconds to wait for another writer of the same tables.",
@@ -37,11 +40,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
-def check_schema_name(name: str, option: str = "--schema") -> str:
+def check_schema_name(name: str, option: str = "--schema", what: str = "schema") -> str:
     """``name`` if it is a plain lower-case identifier of at most 63 bytes, else a usage error
     naming ``option`` (quoting would make ``'public; DROP …'`` a valid, surprising name)."""
     if not _SCHEMA_NAME.match(name) or len(name.encode()) > 63:
-        raise UsageError(f"{option}: {name!r} is not a schema name (lower-case letters, digits and _, "
+        raise UsageError(f"{option}: {name!r} is not a {what} name (lower-case letters, digits and _, "
                          "not starting with a digit, at most 63 characters)")
     return name
 

@@ -57,7 +57,7 @@ class CaptureOptions:
     timeout_s: float = 6 * 3600
     wait_lock: float = 0.0
     top_n: int = 20
-    log_level: str = "INFO"
+    log_level: str = "WARNING"
 
     @property
     def compare(self) -> CompareSettings:
@@ -248,7 +248,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         problems.append(f"the live tables now hold a failed rebuild: run `ta-lab2 baseline restore {suffix}` "
                         "to put the snapshot back")
     metadata["phase_seconds"] = seconds
-    log.debug("capture %s phases: %s", suffix, seconds)
+    log.info("capture %s took %s", suffix, ", ".join(f"{phase} {s:.1f} s" for phase, s in seconds.items()) or "no time")
     metadata["rebuild"] = [vars(r) for r in runs]
     metadata["snapshots"] = {s.table: s.snapshot for s in snaps}
     metadata["tolerances"] = {t: {c: vars(options.tolerances.for_column(t, c)) for c in ("open", "close", "volume", "market_cap", "ema")}

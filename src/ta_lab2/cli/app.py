@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Annotated, Optional
 
 import typer
 
@@ -68,21 +68,21 @@ def _root(
     _state["debug"] = debug
 
 
-def _setup(log_level: str = "INFO") -> None:
+def _setup(log_level: str = "WARNING") -> None:
     from ta_lab2.logs import setup_logging
 
     setup_logging(flags.parse_log_level(log_level))
 
 
 @app.command()
-def init(db_url: opt.DbUrl = None, schema: opt.Schema = "public", log_level: opt.LogLevel = "INFO") -> None:
+def init(db_url: opt.DbUrl = None, database: opt.Database = None, schema: opt.Schema = "public", log_level: opt.LogLevel = "WARNING") -> None:
     """Create (idempotently) every table, index and seeded dimension row; record the schema version."""
     _setup(log_level)
     from ta_lab2.cli.render import console
     from ta_lab2.db.connect import connect, resolve_target
     from ta_lab2.db.schema import SCHEMA_VERSION, ensure_schema
 
-    target = resolve_target(db_url)
+    target = resolve_target(db_url, database)
     with connect(target) as conn:
         created = ensure_schema(conn, schema, repair=True)
     state = "created" if created else "already up to date"
@@ -101,9 +101,9 @@ def load(
     defect_rate: Annotated[float, typer.Option("--defect-rate", min=0.0, max=1.0, help="Synthetic: probability per row of each defect kind.")] = 0.005,
     force: Annotated[bool, typer.Option("--force", help="Load even into an id whose name or symbol in dim_assets differs from the input's.")] = False,
     wait_lock: opt.WaitLock = 0.0,
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     schema: opt.Schema = "public",
-    log_level: opt.LogLevel = "INFO",
+    log_level: opt.LogLevel = "WARNING",
 ) -> None:
     """Load daily prices into cmc_price_histories7 (upsert; rejected rows reported and kept).
 
@@ -132,7 +132,7 @@ def load(
             )
         except ValueError as exc:
             raise UsageError(f"load --synthetic: {exc}") from None
-    target = resolve_target(db_url)
+    target = resolve_target(db_url, database)
     with connect(target, autocommit=True) as conn:
         if config is not None:
             report = load_synthetic(conn, config, schema=schema, force=force, wait_lock=wait_lock)
@@ -156,7 +156,7 @@ def _parse_end_date(value: str | None) -> dt.date:
 
 @app.command()
 def status(
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     schema: opt.Schema = "public",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     log_level: opt.LogLevel = "WARNING",
@@ -167,7 +167,7 @@ def status(
     from ta_lab2.db.connect import connect, resolve_target
     from ta_lab2.db.status import collect_status
 
-    target = resolve_target(db_url)
+    target = resolve_target(db_url, database)
     with connect(target) as conn:
         result = collect_status(conn, target.describe(), schema)
     print_json(result) if as_json else status_table(result)
@@ -212,14 +212,45 @@ def main(argv: list[str] | None = None) -> None:
     run_app(app, argv)
 
 
+#: What the value of an option is called in --help (else the option's last word, upper-cased).
+_VALUE_NAMES = {"--db-url": "URL", "--ids": "IDS", "--tz": "ZONE", "--timeout": "SECONDS", "--wait-lock": "SECONDS",
+                "--log-level": "LEVEL", "--num-processes": "N", "--synthetic": "N", "--days": "N", "--assets": "N",
+                "--seed": "N", "--id": "ID", "--json": "FILE", "--tolerances": "FILE", "--expected-diffs": "FILE",
+                "--builders": "NAMES", "--only": "NAMES", "--skip": "NAMES", "--periods": "PERIODS",
+                "--tables": "TABLES", "--scenario": "NAME", "--database": "NAME"}
+
+
+def _name_values(command: Any, parent: Any = None) -> None:
+    """Help that reads like a command line: ``--db-url URL``, ``--full-rebuild`` (no
+    ``<bool>``/``<str>`` type labels), ``SUFFIX`` for an argument (not ``{suffix}``).
+    tests/test_docs.py checks every command's help for the labels this removes."""
+    ctx = command.context_class(command, parent=parent, info_name=command.name, **command.context_settings)
+    for param in [*command.params, command.get_help_option(ctx)]:  # Typer may vendor click: kinds, not classes
+        if param is None:
+            continue
+        if param.param_type_name == "argument":
+            name = param.name.upper()
+            param.metavar = name
+            # Typer writes a required argument {NAME} in the usage line and its type beside it
+            param._usage_display_name = lambda name=name: name
+            param.display_type_rich = lambda ctx: None
+        elif param.param_type_name == "option" and param.metavar is None:
+            long = max(param.opts, key=len)
+            param.metavar = "" if param.is_flag else _VALUE_NAMES.get(long, long.rsplit("-", 1)[-1].upper())
+    for sub in getattr(command, "commands", {}).values():
+        _name_values(sub, ctx)
+
+
 def run_app(application: typer.Typer, argv: list[str] | None = None) -> None:
     """Run a Typer app and turn every outcome into the documented exit code.
 
     Typer's own exceptions are recognised by shape (``exit_code`` / ``show``) because Typer
     versions differ in where they define them (click, or a vendored copy).
     """
+    command = typer.main.get_command(application)
+    _name_values(command)
     try:
-        result = application(args=argv, standalone_mode=False)
+        result = command.main(args=argv, prog_name="ta-lab2" if application is app else None, standalone_mode=False)
     except Exception as exc:  # noqa: BLE001 - Typer's own outcomes first, then the shared mapping
         name = type(exc).__name__
         if name == "Abort":

@@ -81,12 +81,12 @@ def parse_expected(path: Path | None):  # type: ignore[no-untyped-def]
 
 def capture(
     ids: opt.Ids = None,
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     dry_run: opt.DryRun = False,
     verbose: opt.Verbose = False,
     skip_rebuild: Annotated[bool, typer.Option("--skip-rebuild", help="Snapshot + compare only (a self-check: must PASS).")] = False,
     output_dir: OutputDir = Path(".logs/baseline"),
-    log_level: opt.LogLevel = "INFO",
+    log_level: opt.LogLevel = "WARNING",
     sample_beginning: SampleBeginning = 30,
     sample_end: SampleEnd = 30,
     sample_random_pct: SampleRandomPct = 0.05,
@@ -121,7 +121,7 @@ def capture(
         tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
         scratch_schema=scratch_schema, output_dir=output_dir, timeout_s=timeout, wait_lock=wait_lock, log_level=level,
     )
-    result = run_capture(resolve_target(db_url), options, redacted_argv(sys.argv))
+    result = run_capture(resolve_target(db_url, database), options, redacted_argv(sys.argv))
     _render(result, output_dir)
 
 
@@ -146,14 +146,14 @@ capture_app.command()(capture)
 
 
 @baseline_app.command("list")
-def list_cmd(db_url: opt.DbUrl = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def list_cmd(db_url: opt.DbUrl = None, database: opt.Database = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Captures with status, suffix, ids, row counts and size."""
     from ta_lab2.baseline.snapshots import list_captures
     from ta_lab2.cli.render import captures_table, print_json
     from ta_lab2.db.connect import connect, resolve_target
     from ta_lab2.db.schema import ensure_schema
 
-    target = resolve_target(db_url)
+    target = resolve_target(db_url, database)
     with connect(target, autocommit=True) as conn:
         ensure_schema(conn)
         rows = list_captures(conn)
@@ -163,7 +163,7 @@ def list_cmd(db_url: opt.DbUrl = None, as_json: Annotated[bool, typer.Option("--
 @baseline_app.command("compare")
 def compare_cmd(
     suffix: Annotated[str, typer.Argument(help="The capture to compare with the current tables.")],
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     full: Full = False,
     sample_beginning: SampleBeginning = 30,
     sample_end: SampleEnd = 30,
@@ -172,7 +172,7 @@ def compare_cmd(
     tolerances: TolerancesFile = None,
     expected_diffs: ExpectedDiffsFile = None,
     output_dir: OutputDir = Path(".logs/baseline"),
-    log_level: opt.LogLevel = "INFO",
+    log_level: opt.LogLevel = "WARNING",
 ) -> None:
     """Compare an existing snapshot with the current tables (no truncate, no rebuild). Writes
     its own report files (compare-SUFFIX-at-INSTANT.*); the capture's are never touched."""
@@ -186,7 +186,7 @@ def compare_cmd(
     options = CaptureOptions(ids=None, sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
                              tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
                              output_dir=output_dir)
-    _render(compare_existing(resolve_target(db_url), check_suffix(suffix), options), output_dir)
+    _render(compare_existing(resolve_target(db_url, database), check_suffix(suffix), options), output_dir)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -199,7 +199,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 
 @baseline_app.command("restore")
-def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to restore.")], db_url: opt.DbUrl = None, yes: Yes = False) -> None:
+def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to restore.")], db_url: opt.DbUrl = None, database: opt.Database = None, yes: Yes = False) -> None:
     """Put a snapshot's rows back into the live tables (one transaction: all or nothing)."""
     from ta_lab2.baseline.naming import check_suffix
     from ta_lab2.baseline.snapshots import is_running, registry_row, restore
@@ -208,7 +208,7 @@ def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to resto
     from ta_lab2.db.locks import writer_locks
 
     check_suffix(suffix)
-    target = resolve_target(db_url)
+    target = resolve_target(db_url, database)
     with connect(target, autocommit=True) as conn:
         registry_row(conn, suffix)
         if is_running(conn, suffix):  # say so, rather than that the pipeline's locks are taken
@@ -223,7 +223,7 @@ def restore_cmd(suffix: Annotated[str, typer.Argument(help="The capture to resto
 @baseline_app.command("drop")
 def drop_cmd(
     suffix: Annotated[str, typer.Argument(help="The capture to drop.")],
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     yes: Yes = False,
     force: Annotated[bool, typer.Option("--force", help="Also drop a capture that was interrupted after it truncated "
                                         "the live tables (its snapshot may hold the only copy of their rows).")] = False,
@@ -235,7 +235,7 @@ def drop_cmd(
     from ta_lab2.db.connect import connect, resolve_target
 
     check_suffix(suffix)
-    target = resolve_target(db_url)
+    target = resolve_target(db_url, database)
     with connect(target, autocommit=True) as conn:
         row = registry_row(conn, suffix)
         state, _ = capture_state(row, is_running(conn, suffix))
@@ -267,7 +267,7 @@ def demo(
 
     from ta_lab2.baseline.report import write_reports
     from ta_lab2.cli.render import capture_summary, console
-    from ta_lab2.demo import DemoOptions, run_demo
+    from ta_lab2.demo import DEMO_DATABASE, DemoOptions, run_demo
     from ta_lab2.logs import setup_logging
 
     setup_logging(flags.parse_log_level(log_level), log_dir=output_dir)
@@ -287,8 +287,12 @@ def demo(
     console.print(f"built {sum(rows.values()):,} rows in {len(rows)} tables")
     paths = write_reports(result, output_dir)
     capture_summary(result, paths)
-    console.print(f"[bold]total {timings.total:.1f} s[/] — open {paths['html']} in a browser; "
-                  f"the demo database is {target.describe()}", highlight=False)
+    console.print(f"[bold]total {timings.total:.1f} s[/] — the report: {paths['html']}", highlight=False)
+    where = f"--database {DEMO_DATABASE}" if db_url is None else "--db-url …   (the URL you gave)"
+    console.print("next, on the demo's data:", highlight=False)
+    for line in (f"ta-lab2 status {where}", f"ta-lab2 baseline list {where}",
+                 f"ta-lab2 baseline capture --ids all {where}"):
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     if result.exit_code:
         raise WorkFailed(f"demo capture {result.suffix}: {result.verdict}")
 

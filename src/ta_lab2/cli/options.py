@@ -21,6 +21,7 @@ def _schema_name(value: str) -> str:
 
 
 DbUrl = Annotated[Optional[str], typer.Option("--db-url", help=HELP["--db-url"], show_default=False)]
+Database = Annotated[Optional[str], typer.Option("--database", help=HELP["--database"], show_default=False)]
 Ids = Annotated[Optional[str], typer.Option("--ids", help=HELP["--ids"], show_default=False)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help=HELP["--dry-run"])]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help=HELP["--verbose"])]

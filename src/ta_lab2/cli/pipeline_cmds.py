@@ -20,12 +20,19 @@ Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds each c
 ContinueOnError = Annotated[bool, typer.Option("--continue-on-error", help="Run the remaining children after a failure.")]
 
 
-def _finish(summary, output_dir: Path, dry_run: bool) -> None:  # type: ignore[no-untyped-def]
+def _finish(summary, output_dir: Path, dry_run: bool, target=None, schema: str = "public") -> None:  # type: ignore[no-untyped-def]
     from ta_lab2.cli.render import run_summary_table
     from ta_lab2.launch.results import write_run_summary
 
     path = None if dry_run else write_run_summary(summary, output_dir)
-    run_summary_table(summary, path)
+    rejects = None
+    if target is not None and any(c.name == "1d" and (c.summary.get("rejects") or 0) for c in summary.children):
+        import datetime as dt
+
+        from ta_lab2.bars.rejects import rejects_since
+
+        rejects = rejects_since(target, dt.datetime.fromisoformat(summary.started_at), schema=schema)
+    run_summary_table(summary, path, rejects)
     if not summary.ok:
         raise WorkFailed(f"{sum(c.status in ('failed', 'timeout') for c in summary.children)} child process(es) did not succeed")
 
@@ -38,7 +45,7 @@ def _options(ids: list[int] | None, **kw):  # type: ignore[no-untyped-def]
 
 def bars(
     ids: opt.Ids = None,
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     builders: Annotated[Optional[str], typer.Option("--builders", help="Comma subset of 1d,multi_tf,cal_iso,cal_us,cal_anchor_iso,cal_anchor_us.", show_default=False)] = None,
     skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of builders to leave out.", show_default=False)] = None,
     full_rebuild: opt.FullRebuild = False,
@@ -52,7 +59,7 @@ def bars(
     wait_lock: opt.WaitLock = 0.0,
     output_dir: OutputDir = Path(".logs"),
     schema: opt.Schema = "public",
-    log_level: opt.LogLevel = "INFO",
+    log_level: opt.LogLevel = "WARNING",
 ) -> None:
     """Run the six bar builders in dependency order (1d first), each in its own process."""
     from ta_lab2.db.connect import resolve_target
@@ -67,12 +74,13 @@ def bars(
                        num_processes=num_processes, tz=flags.check_tz(tz), continue_on_error=continue_on_error,
                        verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
                        schema=schema)
-    _finish(run_bar_builders(resolve_target(db_url), options, chosen), output_dir, dry_run)
+    target = resolve_target(db_url, database)
+    _finish(run_bar_builders(target, options, chosen), output_dir, dry_run, target, schema)
 
 
 def emas(
     ids: opt.Ids = "all",
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Comma subset of multi_tf,v2,cal_us,cal_iso,cal_anchor_us,cal_anchor_iso.", show_default=False)] = None,
     skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of refreshers to leave out.", show_default=False)] = None,
     periods: opt.Periods = None,
@@ -86,7 +94,7 @@ def emas(
     wait_lock: opt.WaitLock = 0.0,
     output_dir: OutputDir = Path(".logs"),
     schema: opt.Schema = "public",
-    log_level: opt.LogLevel = "INFO",
+    log_level: opt.LogLevel = "WARNING",
 ) -> None:
     """Run the six EMA refreshers, each in its own process."""
     from ta_lab2.db.connect import resolve_target
@@ -103,7 +111,7 @@ def emas(
                        num_processes=num_processes, periods=periods, continue_on_error=continue_on_error,
                        verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
                        schema=schema)
-    _finish(run_ema_refreshes(resolve_target(db_url), options, chosen), output_dir, dry_run)
+    _finish(run_ema_refreshes(resolve_target(db_url, database), options, chosen), output_dir, dry_run)
 
 
 def refresh(
@@ -111,7 +119,7 @@ def refresh(
     emas_: Annotated[bool, typer.Option("--emas", help="Refresh the EMA tables.")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Bars, then EMAs.")] = False,
     ids: opt.Ids = "all",
-    db_url: opt.DbUrl = None,
+    db_url: opt.DbUrl = None, database: opt.Database = None,
     skip_stale_check: Annotated[bool, typer.Option("--skip-stale-check", help="Refresh EMAs for every id, fresh or not.")] = False,
     staleness_hours: Annotated[float, typer.Option("--staleness-hours", min=0, help="An id is stale when its last source day is this many hours before the newest source day of any id.")] = 48.0,
     tz: opt.Tz = "UTC",
@@ -122,7 +130,7 @@ def refresh(
     timeout: Timeout = 6 * 3600.0,
     wait_lock: opt.WaitLock = 0.0,
     output_dir: OutputDir = Path(".logs"),
-    log_level: opt.LogLevel = "INFO",
+    log_level: opt.LogLevel = "WARNING",
 ) -> None:
     """Daily refresh: bars, then EMAs for the ids whose data is fresh (stale ids are listed)."""
     from ta_lab2.cli.render import console
@@ -137,7 +145,8 @@ def refresh(
     options = _options(flags.parse_ids(ids), tz=flags.check_tz(tz), num_processes=num_processes,
                        continue_on_error=continue_on_error, verbose=verbose, dry_run=dry_run, timeout_s=timeout,
                        log_level=level, wait_lock=wait_lock)
-    summary = run_daily_refresh(resolve_target(db_url), options, bars=bars_ or all_, emas=emas_ or all_,
+    target = resolve_target(db_url, database)
+    summary = run_daily_refresh(target, options, bars=bars_ or all_, emas=emas_ or all_,
                                 skip_stale_check=skip_stale_check, staleness_hours=staleness_hours)
     stale = summary.extra.get("stale_ids") or []
     if stale:
@@ -147,7 +156,7 @@ def refresh(
                       f"their last source day is more than {staleness_hours:g} h before the newest day in the source "
                       f"({newest}). To include them: --skip-stale-check, or a larger --staleness-hours.",
                       highlight=False, soft_wrap=True)
-    _finish(summary, output_dir, dry_run)
+    _finish(summary, output_dir, dry_run, target)
 
 
 def _single(fn, help_text: str) -> typer.Typer:  # type: ignore[no-untyped-def]

@@ -119,8 +119,9 @@ def print_json(obj: Any) -> None:
     console.print_json(json.dumps(to_jsonable(obj)))
 
 
-def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) -> None:
-    """Per child: status, duration, rows, ids, rejects; then totals and the JSON path."""
+def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None, rejects: list[Any] | None = None) -> None:
+    """Per child: status, duration, rows, ids, rejects; then totals, the first 1D rejects (with
+    their reasons) and the JSON path."""
     title = f"{summary.runner}" + (" (dry run: nothing was changed)" if summary.dry_run else "")
     table = Table(title=title)
     for col in ("child", "status", "seconds", "ids", "rows inserted", "rows deleted", "rejects", "rows/s"):
@@ -139,7 +140,7 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
     table.add_row("total", "[green]ok[/]" if summary.ok else "[red]failed[/]", f"{summary.duration_s:.1f}", "",
                   _fmt_int(int(t["rows_inserted"])), _fmt_int(int(t["rows_deleted"])), _fmt_int(int(t["rejects"])), "")
     console.print(table)
-    _bar_rejects_hint(summary)
+    _bar_rejects_hint(summary, rejects or [])
     for c in summary.children:
         if c.status == "planned":
             console.print(f"  {c.name}: {c.message}", markup=False, highlight=False)
@@ -151,13 +152,20 @@ def run_summary_table(summary: "RunSummary", json_path: "Path | None" = None) ->
         console.print(f"summary: {json_path}", highlight=False)
 
 
-def _bar_rejects_hint(summary: "RunSummary") -> None:
-    """Where the 1D builder's rejects are, with their reasons, when it rejected source rows."""
+def _bar_rejects_hint(summary: "RunSummary", first: list[Any]) -> None:
+    """How many source rows the 1D builder rejected, the first with their reasons, and the
+    query that lists them all (they are kept with their original values)."""
+    from ta_lab2.bars.rejects import ALL_REJECTS
+
     rejected = sum(int(c.summary.get("rejects") or 0) for c in summary.children if c.name == "1d" and c.summary)
-    if rejected:
-        err_console.print(f"1d rejected {rejected:,} source row(s), kept with their reason and original values: "
-                          'SELECT id, "timestamp", reason FROM cmc_price_bars_1d_rejects ORDER BY id, "timestamp"',
-                          markup=False, highlight=False)
+    if not rejected:
+        return
+    err_console.print(f"[yellow]1d rejected {rejected:,} source row{'s' if rejected != 1 else ''}[/]"
+                      + (", the first:" if first else "."), highlight=False)
+    for r in first:
+        err_console.print(f"  id {r.id}, {r.day}: {r.reason}", highlight=False, markup=False)
+    err_console.print(f"All of them, with their original values: {ALL_REJECTS}", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def capture_summary(result: Any, paths: dict[str, Any], *, max_roots: int = 10) -> None:

@@ -52,8 +52,20 @@ def fresh_embedded_database(name: str) -> Target:
     return Target(server.url(name), "embedded", server.home)
 
 
-def resolve_target(cli_url: str | None = None) -> Target:
-    """Resolve the URL; start (or reuse) the embedded server when nothing is configured."""
+def resolve_target(cli_url: str | None = None, database: str | None = None) -> Target:
+    """Resolve the URL; start (or reuse) the embedded server when nothing is configured.
+    ``database`` (``--database``): that database of the embedded server, created if missing."""
+    if database is not None:
+        from ta_lab2.errors import UsageError
+        from ta_lab2.flags import check_schema_name
+
+        if cli_url:
+            raise UsageError("give --db-url or --database, not both (--database names a database of the embedded server)")
+        check_schema_name(database, "--database", "database")
+        server = EmbeddedServer()
+        server.ensure_running()
+        server.ensure_database(database)
+        return Target(server.url(database), "--database", server.home)
     resolved: ResolvedUrl = resolve_url(cli_url)
     if resolved.url is not None:
         return Target(resolved.url, resolved.source)

@@ -257,6 +257,11 @@ class EmbeddedServer:
                 raise DatabaseError(f"embedded PostgreSQL did not open its socket in {self.socket_dir}")
             time.sleep(0.05)
 
+    def ensure_database(self, name: str) -> None:
+        """Create database ``name`` on this (running) server unless it exists."""
+        with self._locked():
+            self._ensure_database(name)
+
     def _ensure_database(self, name: str) -> None:
         import psycopg
         from psycopg import sql

@@ -86,7 +86,8 @@ def _write(conn: psycopg.Connection, result: ParseResult, source: str, schema: s
         new_assets = upsert_assets(conn, result.frame, schema)
         counts = upsert_source(conn, result.frame, schema)
         record_rejects(conn, result.rejects, schema)
-    log.info("%s: %d rows read, %s", source, result.rows_read, counts)
+    log.info("%s: %d rows read: %d loaded, %d updated, %d unchanged, %d rejected", source, result.rows_read,
+             counts.inserted, counts.updated, counts.unchanged, result.rejects.height)
     return FileLoad(source, result.format, result.rows_read, counts, result.rejects.height, new_assets,
                     result.rejects, oddities(result.frame))
 

@@ -81,7 +81,7 @@ class RunOptions:
     dry_run: bool = False
     timeout_s: float = 6 * 3600
     max_parallel: int | None = None  # children at once; None = the CPU count
-    log_level: str = "INFO"
+    log_level: str = "WARNING"
     wait_lock: float = 0.0
     schema: str = "public"
     extra: dict[str, object] = field(default_factory=dict)

@@ -125,7 +125,7 @@ def child_parser(prog: str, description: str, what: str, names: Sequence[str],
     parser.add_argument("--summary-json", metavar="FILE", type=Path, help=HELP["--summary-json"])
     parser.add_argument("--schema", metavar="NAME", default="public", type=_schema_name,
                         help=HELP["--schema"] + " Default: public.")
-    parser.add_argument("--log-level", metavar="LEVEL", default="INFO", help=HELP["--log-level"] + " Default: INFO.")
+    parser.add_argument("--log-level", metavar="LEVEL", default="WARNING", help=HELP["--log-level"] + " Default: WARNING.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
     return parser
 
