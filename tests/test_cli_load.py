@@ -200,7 +200,7 @@ def test_loader_rough_edges(initialised: Target, env: dict[str, str], tmp_path: 
     with connect(initialised) as conn:
         reasons = conn.execute("SELECT reason FROM cmc_price_bars_1d_rejects WHERE id = 4747").fetchall()
     assert reasons == [("non_positive_price",)] * 2
-    assert "1d rejected 2 source row(s)" in bars.stderr and "cmc_price_bars_1d_rejects" in bars.stderr
+    assert "1d rejected 2 source rows, the first:" in bars.stderr and "cmc_price_bars_1d_rejects" in bars.stderr
 
 
 USAGE_ERRORS = [  # (argv, words stderr must contain)

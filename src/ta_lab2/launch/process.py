@@ -114,10 +114,19 @@ class Launcher:
         on ``output`` (None: the runner's, i.e. verbose); returns once it has a pid."""
         if self._lifeline is None:
             raise RuntimeError("Launcher.launch() outside its 'with' block")
-        process = self._context.Process(
-            target=_child_main, name=name,
-            args=(entry, list(argv), dict(env), None if output is None else str(output), self._lifeline[0]))
-        process.start()
+        args = (entry, list(argv), dict(env), None if output is None else str(output), self._lifeline[0])
+        process = self._context.Process(target=_child_main, name=name, args=args)
+        try:
+            process.start()
+        except (ConnectionError, EOFError, FileNotFoundError):
+            if not self.fork_server:
+                raise
+            # the server died (it cannot be told from one still ending until its socket
+            # refuses): start a new one with the same preload, once
+            _stop_fork_server()
+            forkserver.ensure_running()
+            process = self._context.Process(target=_child_main, name=name, args=args)
+            process.start()
         return process
 
     def wait(self, children: Sequence[Child], timeout: float) -> None:
