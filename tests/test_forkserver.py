@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from proc_helpers import gone, wait_gone
 from ta_lab2.pipeline.forkserver import KERNEL, ForkServer, forkable, kernel_stage
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, run_children
 
@@ -39,14 +40,6 @@ def _child(name: str, *args: str, after: tuple[str, ...] = ()) -> ChildSpec:
 
 def _run(specs: list[ChildSpec], env: dict[str, str] | None = None, **kw: object) -> RunSummary:
     return run_children("t", specs, env=env or _env(), fork_modules=FORK, **kw)  # type: ignore[arg-type]
-
-
-def _gone(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_forkable_only_takes_python_m_under_the_prefixes() -> None:
@@ -128,10 +121,7 @@ def test_timeout_kills_the_whole_process_group_through_the_zygote(zygote_run: tu
     child = _result(summary, "hang")
     assert child.status == "timeout" and child.exit_code is None and "process group was killed" in child.message
     grandchild = int((tmp / "grandchild.pid").read_text())
-    deadline = time.monotonic() + 5
-    while not _gone(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(grandchild)
+    assert wait_gone(grandchild)
 
 
 def test_dependents_of_a_failed_child_are_skipped(zygote_run: tuple[RunSummary, Path]) -> None:
@@ -182,8 +172,7 @@ def test_without_the_zygote_children_are_plain_subprocesses(tmp_path: Path) -> N
     facts = summary.children[0].summary
     assert facts["ppid"] == os.getpid() and facts["pgid"] == facts["pid"] and facts["stdin"] == "/dev/null"
     assert "child broke" in summary.children[1].output_tail
-    time.sleep(0.2)
-    assert _gone(int(pid_file.read_text()))
+    assert wait_gone(int(pid_file.read_text()))
 
 
 def test_stop_at_the_first_failure_skips_the_rest() -> None:
@@ -233,8 +222,7 @@ def test_ctrl_c_kills_every_running_child(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
-    time.sleep(0.2)
-    assert all(_gone(pid) for pid in pids)
+    assert wait_gone(*pids)
 
 
 def test_a_plan_must_name_earlier_children() -> None:
@@ -304,12 +292,9 @@ def test_later_modules_are_forked_by_a_delegate_zygote(tmp_path: Path) -> None:
         assert b["ppid"] not in (fs.pid, os.getpid())  # its delegate
         assert b["main_spec"] == "zygote_child_late" and b["pgid"] == b["pid"] == late.pid
         delegate = b["ppid"]
-        assert not _gone(delegate)
+        assert not gone(delegate)
     # closing the zygote ends its delegate too
-    deadline = time.monotonic() + 10
-    while not _gone(delegate) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(delegate)
+    assert wait_gone(delegate)
 
 
 def test_without_the_kernel_one_zygote_serves_every_module(tmp_path: Path) -> None:
