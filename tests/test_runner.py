@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from proc_helpers import wait_gone
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
@@ -43,9 +44,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     (child,) = summary.children
     assert child.status == "timeout" and "process group was killed" in child.message
     assert summary.exit_code == 1
-    grandchild = int(pid_file.read_text())
-    time.sleep(0.2)
-    assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
+    assert wait_gone(int(pid_file.read_text())), "the grandchild outlived its killed process group"
 
 
 def test_stop_at_first_failure_or_continue() -> None:
