@@ -39,7 +39,7 @@ from ta_lab2.load.source_schema import SOURCE_SCHEMA
 from ta_lab2.load.store import upsert_assets, upsert_source
 from ta_lab2.load.synthetic import SyntheticConfig
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 #: 0.0 = exact. See the module docstring before changing it; it applies to ``volume`` only.
 VOLUME_REL_TOL = 0.0

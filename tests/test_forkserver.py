@@ -22,6 +22,8 @@ from proc_helpers import gone, wait_gone
 from ta_lab2.pipeline.forkserver import KERNEL, ForkServer, forkable, kernel_stage
 from ta_lab2.pipeline.runner import ChildSpec, RunSummary, run_children
 
+pytestmark = pytest.mark.slow  # every test starts real zygotes and children (polars, numba imports)
+
 HERE = Path(__file__).resolve().parent
 FORK = ("zygote_child",)
 
