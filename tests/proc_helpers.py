@@ -1,9 +1,12 @@
-"""Waiting for processes to end without guessing how long it takes (no fixed sleeps)."""
+"""Waiting for processes (and their database sessions) to end without guessing how long it
+takes: polls, never a fixed sleep."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+
+import psycopg
 
 
 def gone(pid: int) -> bool:
@@ -22,4 +25,18 @@ def wait_gone(*pids: int, timeout_s: float = 30) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+    return True
+
+
+def wait_sessions_gone(conn: psycopg.Connection, timeout_s: float = 120) -> bool:
+    """True once ``conn`` is the only client session on its database: a killed command's
+    sessions end when their backends notice (a backend busy with a statement finishes it
+    first); False if another is still there after ``timeout_s``."""
+    others = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+              "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+    deadline = time.monotonic() + timeout_s
+    while conn.execute(others).fetchone()[0]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
     return True

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, refresh_all
+from proc_helpers import wait_sessions_gone
 from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_capture
 from ta_lab2.baseline.comparison_utils import Sampling
 from ta_lab2.baseline.naming import make_suffix, snapshot_name
@@ -295,12 +296,8 @@ def test_killed_capture_is_restored_exactly(pipeline: Target, tmp_path: Path) ->
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        # its rebuild children die with it (their sessions end): only then is nothing writing
-        others = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                  "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
-        while conn.execute(others).fetchone()[0]:
-            assert time.monotonic() < deadline, "sessions of the killed capture's children remain"
-            time.sleep(0.05)
+        # its rebuild children die with it: nothing writes once their sessions have ended
+        assert wait_sessions_gone(conn), "sessions of the killed capture remain"
     restore = subprocess.run([sys.executable, "-m", "ta_lab2", "baseline", "restore", suffix, "--yes"], env=env,
                              capture_output=True, text=True, timeout=300)
     assert restore.returncode == 0, restore.stdout + restore.stderr
