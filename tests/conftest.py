@@ -1,8 +1,13 @@
 """Shared fixtures: one real embedded PostgreSQL server per test session, a fresh database
 per test module (spec 06: real PostgreSQL, never a mock).
 
-The session runs hermetically: its own ``TA_LAB2_HOME`` under pytest's temp dir, no URL from
-the user's environment, durability off (``fsync``) because test data is disposable.
+The session runs hermetically: its own ``TA_LAB2_HOME`` in a fresh folder under /tmp, no URL
+from the user's environment, and the server's test-only settings (``TA_LAB2_EMBEDDED_NO_FSYNC``:
+no fsync, no full-page writes, ``initdb --no-sync``) because test data is disposable.
+
+Run in parallel (pytest-xdist, ``-n auto --dist loadscope`` in pyproject.toml), every worker is
+its own session: its own home, server and databases, so workers share nothing but the CPUs, and
+a module's tests stay together on one worker (module-scoped databases are built once).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ _USER_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
 def pg_home() -> Iterator[Path]:
     # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever
     # another session starts, which would lock the server's unprivileged user out (as root).
-    home = Path(tempfile.mkdtemp(prefix="ta_lab2_test_", dir="/tmp"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    home = Path(tempfile.mkdtemp(prefix=f"ta_lab2_test_{worker}_", dir="/tmp"))
     saved = {k: os.environ.get(k) for k in (*_USER_ENV, ENV_HOME, ENV_FAST)}
     for key in _USER_ENV:
         os.environ.pop(key, None)

@@ -165,6 +165,7 @@ def empty_db(fresh_db: Target):
 
 # No shrinking: each example rebuilds six tables twice; the failure message names seed and ops,
 # which reproduce it exactly.
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5))
@@ -183,6 +184,7 @@ def test_incremental_equals_full_rebuild(empty_db: psycopg.Connection, seed: int
     assert not problems, f"ops={ops} seed={seed}:\n" + "\n".join(problems[:20])
 
 
+@pytest.mark.slow
 def test_each_operation_alone(empty_db: psycopg.Connection) -> None:
     """Every operation kind at least once, deterministically (hypothesis may not draw all)."""
     conn = empty_db
@@ -212,6 +214,7 @@ def test_unchanged_source_is_a_no_op(empty_db: psycopg.Connection) -> None:
         assert result.rows_inserted == 0 and result.rows_deleted == 0, name
 
 
+@pytest.mark.slow
 def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     """Incremental runs build several ids per unit and split a unit's writes into chunks to
     bound memory: with two ids per batch and one id per chunk (the smallest limits), every
@@ -240,6 +243,7 @@ def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, mon
     assert not problems, "\n".join(problems[:20])
 
 
+@pytest.mark.slow
 def test_calendar_bars_resumed_after_long_gaps_equal_full_rebuild(empty_db: psycopg.Connection) -> None:
     """Calendar and anchored bars are resumed from the stored row before the cut (a snapshot
     seed). Bars whose earlier days miss more dates than a row lists (50), new days that reveal
@@ -272,6 +276,7 @@ def test_calendar_bars_resumed_after_long_gaps_equal_full_rebuild(empty_db: psyc
         assert listed > 0, table
 
 
+@pytest.mark.slow
 def test_ema_series_resumed_over_daily_appends_equal_full_refresh(empty_db: psycopg.Connection) -> None:
     """New days are appended in steps of 1, 1, 3 and 7 days (across week and month ends): the
     EMA refreshers continue each series from the ends kept in its state row, and a young asset

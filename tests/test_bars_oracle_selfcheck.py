@@ -13,6 +13,7 @@ import datetime as dt
 from typing import Any
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -519,6 +520,7 @@ FAMILY_TFS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(daily=gappy_daily(), choice=st.sampled_from(FAMILY_TFS))
 def test_oracle_matches_closed_forms_and_literal_definition(daily: pd.DataFrame, choice: tuple) -> None:
@@ -595,6 +597,7 @@ def test_oracle_matches_closed_forms_and_literal_definition(daily: pd.DataFrame,
         assert got["time_open"] <= got["time_high"] <= got["time_close"]
 
 
+@pytest.mark.slow
 def test_all_seeded_calendar_tfs_over_years_agree_with_pandas() -> None:
     """The oracle asserts its windows against pandas resample/offsets/periods internally; run
     it over every seeded calendar tf on a multi-year gappy series to exercise those checks."""

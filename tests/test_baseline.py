@@ -23,9 +23,10 @@ import psycopg
 import pytest
 
 from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, refresh_all
+from proc_helpers import wait_sessions_gone
 from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_capture
 from ta_lab2.baseline.comparison_utils import Sampling
-from ta_lab2.baseline.naming import snapshot_name
+from ta_lab2.baseline.naming import make_suffix, snapshot_name
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
@@ -73,7 +74,8 @@ def _report(tmp_path: Path) -> dict:
 def _skip_rebuild_capture(target: Target, tmp_path: Path, ids: list[int] | None = None) -> str:
     result = run_capture(target, CaptureOptions(ids=ids, skip_rebuild=True, output_dir=tmp_path))
     assert result.verdict == "PASS", result.summary
-    time.sleep(1.05)  # suffixes have one-second resolution
+    while make_suffix(dt.datetime.now(dt.timezone.utc)) <= result.suffix:  # one-second resolution:
+        time.sleep(0.01)  # the next capture's suffix must be a later one
     return result.suffix
 
 
@@ -287,11 +289,15 @@ def test_killed_capture_is_restored_exactly(pipeline: Target, tmp_path: Path) ->
                 suffix = row[0]
                 break
             time.sleep(0.05)
-    assert suffix is not None, "the capture never reached the rebuild"
-    time.sleep(1.0)  # let the rebuild write some rows
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(1.0)  # the rebuild children die with their parent
+        assert suffix is not None, "the capture never reached the rebuild"
+        # kill it once the rebuild has written rows into the truncated tables (bars first: 1D)
+        while not conn.execute("SELECT EXISTS (SELECT 1 FROM cmc_price_bars_1d)").fetchone()[0]:
+            assert time.monotonic() < deadline and proc.poll() is None, "the rebuild wrote no row"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # its rebuild children die with it: nothing writes once their sessions have ended
+        assert wait_sessions_gone(conn), "sessions of the killed capture remain"
     restore = subprocess.run([sys.executable, "-m", "ta_lab2", "baseline", "restore", suffix, "--yes"], env=env,
                              capture_output=True, text=True, timeout=300)
     assert restore.returncode == 0, restore.stdout + restore.stderr

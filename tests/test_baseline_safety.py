@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, refresh_all
+from proc_helpers import wait_sessions_gone
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import SOURCE_LOCK, WRITER_LOCKS, advisory_lock
 from ta_lab2.load.service import load_synthetic
@@ -199,15 +200,21 @@ def test_a_running_capture_is_kept_and_a_killed_one_shows_how_to_recover(pipelin
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         suffix = _wait_for_status(pipeline, "rebuilding")
-        # running: listed as such, never dropped or restored under its feet
-        listing = _ta_lab2(pipeline, tmp_path, "baseline", "list", "--json")
-        row = next(r for r in json.loads(listing.stdout) if r["suffix"] == suffix)
-        assert row["state"] == "running", row
-        for command in (["drop", suffix, "--yes", "--force"], ["restore", suffix, "--yes"]):
-            refused = _ta_lab2(pipeline, tmp_path, "baseline", *command)
-            assert refused.returncode == 2 and "is running" in refused.stderr, refused.stderr
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        # The truncated tables are being rebuilt: a table the rebuild writes and the compare
+        # reads, held here, keeps the capture running (however fast) while it is looked at.
+        with psycopg.connect(pipeline.url) as holder:
+            holder.execute("LOCK TABLE cmc_ema_multi_tf_v2 IN ACCESS EXCLUSIVE MODE")
+            # running: listed as such, never dropped or restored under its feet
+            listing = _ta_lab2(pipeline, tmp_path, "baseline", "list", "--json")
+            row = next(r for r in json.loads(listing.stdout) if r["suffix"] == suffix)
+            assert row["state"] == "running", row
+            for command in (["drop", suffix, "--yes", "--force"], ["restore", suffix, "--yes"]):
+                refused = _ta_lab2(pipeline, tmp_path, "baseline", *command)
+                assert refused.returncode == 2 and "is running" in refused.stderr, refused.stderr
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:  # its sessions end once freed
+            assert wait_sessions_gone(conn), "sessions of the killed capture remain"
         # interrupted after truncating: the listing says how to recover, drop needs --force
         listing = _ta_lab2(pipeline, tmp_path, "baseline", "list")
         assert "interrupted" in listing.stdout and f"ta-lab2 baseline restore {suffix}" in listing.stdout, listing.stdout

@@ -47,6 +47,7 @@ def initialised(db: Target) -> Target:
     return db
 
 
+@pytest.mark.slow
 def test_init_twice_load_synthetic_and_status(fresh_db: Target, tmp_path: Path) -> None:
     db, env = fresh_db, base_env(TA_LAB2_DB_URL=fresh_db.url)
     for _ in range(2):
@@ -144,6 +145,7 @@ def _cmc_day(day: int, name: str, sep: str = ";") -> str:
                      "100", "110", "90", "105", "1000", "2000", f"{d}T23:59:59.999Z"])
 
 
+@pytest.mark.slow
 def test_an_id_of_another_asset_is_refused_then_forced(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
     btc = tmp_path / "btc.csv"
     btc.write_text(f"{CMC_HEADER}\n{_cmc_day(1, 'Bitcoin')}\n")
@@ -165,6 +167,7 @@ def test_an_id_of_another_asset_is_refused_then_forced(initialised: Target, env:
         assert conn.execute("SELECT name FROM dim_assets WHERE id = 1").fetchone() == ("Bitcoin",)
 
 
+@pytest.mark.slow
 def test_loader_rough_edges(initialised: Target, env: dict[str, str], tmp_path: Path) -> None:
     """A CoinMarketCap file saved with ',' is named as such; plain dates are the UTC day's close;
     rows the 1D builder will reject or repair are counted in a warning that says where to look."""
@@ -176,7 +179,10 @@ def test_loader_rough_edges(initialised: Target, env: dict[str, str], tmp_path: 
     odd.write_text(f"{GEN_HEADER}\n4747,2024-01-01T23:59:59.999Z,-1,2,0.5,1.5\n"
                    "4747,2024-01-02T23:59:59.999Z,1,2,0,1.5\n4747,2024-01-03T23:59:59.999Z,1,0.5,2,1.5\n"
                    "4747,2024-01-04T23:59:59.999Z,1,2,0.5,1.5\n")
-    comma_run, dates_run, odd_run = run_all([(["load", str(p)], tmp_path, env) for p in (commas, dates, odd)])
+    # The two loads that write take the source lock, which refuses a second writer at once: they
+    # run one after the other (the comma file is refused before any lock).
+    comma_run, dates_run = run_all([(["load", str(p)], tmp_path, env) for p in (commas, dates)])
+    odd_run = run(["load", str(odd)], tmp_path, env)
 
     assert comma_run.returncode == 2, (comma_run.stdout, comma_run.stderr)
     assert "looks like a CoinMarketCap header with ',' — the format uses ';'" in comma_run.stderr
@@ -233,6 +239,7 @@ def usage_runs(
     return dict(zip(USAGE_IDS, results, strict=True)), before, after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "words"), USAGE_ERRORS, ids=USAGE_IDS)
 def test_usage_errors_exit_2_and_change_nothing(
     usage_runs: tuple[dict[str, Done], tuple[int, ...], tuple[int, ...]],
@@ -298,6 +305,7 @@ def secret_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Don
     return dict(zip(SECRET_IDS, zip(results, cwds), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SECRET_IDS)
 def test_password_never_shown(secret_runs: dict[str, tuple[Done, Path]], case: str) -> None:
     done, cwd = secret_runs[case]

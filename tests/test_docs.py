@@ -23,6 +23,7 @@ def _help(args: list[str]) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
 def test_every_option_is_documented(args: list[str]) -> None:
     doc = (ROOT / "docs" / "cli.md").read_text()

@@ -16,7 +16,7 @@ from ta_lab2.db.connect import Target, connect
 from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig, asset_ids
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 EMA_TABLES = ["cmc_ema_multi_tf", "cmc_ema_multi_tf_v2", "cmc_ema_multi_tf_cal_us", "cmc_ema_multi_tf_cal_iso",

@@ -215,6 +215,7 @@ def _cases(draw: st.DrawFn) -> tuple:
     return kind, _grid(close, ts), n_days, canonical, periods, keep
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None)
 @given(case=_cases())
 def test_tf_rows_matches_pre_refactor(case: tuple) -> None:

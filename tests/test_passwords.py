@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from ta_lab2.db.embedded import EmbeddedServer
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 PASSWORD = "Zebra1/Quartz2#Marlin3?Falcon4@Tundra5%Glacier6:Pepper7 Walrus8"
 WRONG = "Ibis1/Heron2#Crane3?Egret4@Stork5%Raven6:Finch7 Plover8"

@@ -17,7 +17,7 @@ from ta_lab2.db.connect import Target, connect
 from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 BAR_TABLES = [
     "cmc_price_bars_1d", "cmc_price_bars_multi_tf", "cmc_price_bars_multi_tf_cal_iso",
