@@ -36,6 +36,25 @@ def _summary(path: str, argv: list[str], **extra: object) -> None:
         json.dump(facts, fh)
 
 
+def _until(condition, limit_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` (a rendezvous with another process, not a timed wait); exit 4 if it
+    never holds."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(4)
+        time.sleep(0.01)
+
+
+def _ended(pid: int) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def main(argv: list[str]) -> None:
     assert argv[-2] == "--summary-json", argv
     summary, args = argv[-1], argv[:-2]
@@ -45,7 +64,10 @@ def main(argv: list[str]) -> None:
     _summary(summary, argv)
     if action == "ok":
         print("launched child ran")
-    elif action == "fail":
+    elif action == "fail":  # fail [PID_FILE]
+        if rest:
+            with open(rest[0], "w") as fh:
+                fh.write(str(os.getpid()))
         print("about to break")
         print("child broke", file=sys.stderr)
         sys.exit(3)
@@ -56,6 +78,20 @@ def main(argv: list[str]) -> None:
         time.sleep(float(rest[0]))
         with open(rest[1], "w") as fh:
             json.dump([started, time.time()], fh)
+    elif action == "meet":  # meet MINE PEER STAMP: say I run, wait until the peer runs too
+        arrived = time.time()
+        with open(rest[0], "w") as fh:
+            fh.write(str(os.getpid()))
+        _until(lambda: os.path.exists(rest[1]))
+        with open(rest[2], "w") as fh:
+            json.dump([arrived, time.time()], fh)
+    elif action == "outlive":  # outlive PID_FILE STAMP: end only after the process in PID_FILE has
+        _until(lambda: os.path.exists(rest[0]) and os.path.getsize(rest[0]) > 0)
+        with open(rest[0]) as fh:
+            other = int(fh.read())
+        _until(lambda: _ended(other))
+        with open(rest[1], "w") as fh:
+            fh.write("outlived")
     elif action == "grandchild":  # grandchild PID_FILE: a grandchild, then hang
         proc = subprocess.Popen(["sleep", "300"])
         with open(rest[0], "w") as fh:
@@ -72,7 +108,7 @@ def main(argv: list[str]) -> None:
         import numpy as np
         import polars as pl
 
-        n = 2_000_000
+        n = 500_000
         rng = np.random.default_rng(1)
         frame = pl.DataFrame({"k": rng.integers(0, 500, n), "v": rng.random(n)})
         out = frame.group_by("k").agg(pl.col("v").sum(), pl.len()).sort("k")

@@ -62,13 +62,13 @@ def _result(summary: RunSummary, name: str) -> ChildResult:
 
 @pytest.fixture(scope="module")
 def forked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, Path]:
-    """One run through one fork server covering most cases at once: two sleepers that must
-    overlap and one child after both, success, failure, an exception, dependents of a failure,
+    """One run through one fork server covering most cases at once: two children that must
+    run at the same time (each waits until the other has started) and one child after both, success, failure, an exception, dependents of a failure,
     multi-threaded polars, and a hanging child with a grandchild."""
     tmp = tmp_path_factory.mktemp("launch")
     specs = [
-        _child("x", "sleep", "1", str(tmp / "x")),
-        _child("y", "sleep", "1", str(tmp / "y")),
+        _child("x", "meet", str(tmp / "x.here"), str(tmp / "y.here"), str(tmp / "x")),
+        _child("y", "meet", str(tmp / "y.here"), str(tmp / "x.here"), str(tmp / "y")),
         _child("hang", "grandchild", str(tmp / "grandchild.pid")),
         _child("z", "sleep", "0", str(tmp / "z"), after=("x", "y")),
         _child("ok", "ok"),
@@ -80,7 +80,8 @@ def forked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, Pa
     ]
     env = _env(TA_LAB2_DB_URL=SECRET_URL, LAUNCH_MARK="from-the-request")
     started = time.monotonic()
-    summary = _run(specs, env, continue_on_error=True, max_parallel=2, timeout_s=3)
+    # the hanging child's timeout; the others end in well under a second on a quiet machine
+    summary = _run(specs, env, continue_on_error=True, max_parallel=2, timeout_s=8)
     assert time.monotonic() - started < 60
     return summary, tmp
 
@@ -136,9 +137,11 @@ def test_dependents_of_a_failed_child_are_skipped(forked_run: tuple[RunSummary, 
 
 
 def test_max_parallel_overlaps_independent_children(forked_run: tuple[RunSummary, Path]) -> None:
-    _, tmp = forked_run
+    summary, tmp = forked_run
+    # x and y each waited until the other had started: both ending means they ran at once
+    assert _result(summary, "x").status == _result(summary, "y").status == "ok"
     (x0, x1), (y0, y1), (z0, _) = (json.loads((tmp / n).read_text()) for n in ("x", "y", "z"))
-    assert max(x0, y0) < min(x1, y1)  # x and y ran at the same time
+    assert max(x0, y0) <= min(x1, y1)
     assert z0 >= max(x1, y1)  # z waited for both
 
 
@@ -212,7 +215,10 @@ def test_stop_at_the_first_failure_skips_the_rest() -> None:
 
 
 def test_a_running_child_finishes_when_another_fails(tmp_path: Path) -> None:
-    specs = [_child("slow", "sleep", "0.8", str(tmp_path / "slow")), _child("bad", "fail"), _child("later", "ok")]
+    # "slow" ends only after "bad" has ended, so the runner sees the failure before a slot frees
+    bad_pid = tmp_path / "bad.pid"
+    specs = [_child("slow", "outlive", str(bad_pid), str(tmp_path / "slow")), _child("bad", "fail", str(bad_pid)),
+             _child("later", "ok")]
     summary = _run(specs, fork_server=False, max_parallel=2)
     assert [c.status for c in summary.children] == ["ok", "failed", "skipped"]
     assert (tmp_path / "slow").exists()

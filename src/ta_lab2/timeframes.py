@@ -100,18 +100,12 @@ def seed_timeframes() -> list[TimeframeRow]:
     add("1D", "1d", "D", 1, 1, None, (1, 1), True)
     for n in sorted(_ROLLING_CANONICAL + _ROLLING_EXTRA):
         add(f"{n}D", "rolling", "D", n, n, None, (n, n), n in _ROLLING_CANONICAL)
-    for scheme in ("US", "ISO"):
-        for n in _WEEKS:
-            add(f"{n}W_CAL_{scheme}", "cal", "W", n, 7 * n, scheme, (7 * n, 7 * n), True)
-    for n in _CAL_MONTHS:
-        add(f"{n}M_CAL", "cal", "M", n, _month_nominal(n), None, month_span_bounds(n), True)
-    for n in _YEARS:
-        add(f"{n}Y_CAL", "cal", "Y", n, 365 * n, None, year_span_bounds(n), n <= 5)
-    for scheme in ("US", "ISO"):
-        for n in _WEEKS:
-            add(f"{n}W_CAL_ANCHOR_{scheme}", "cal_anchor", "W", n, 7 * n, scheme, (7 * n, 7 * n), True)
-    for n in _ANCHOR_MONTHS:
-        add(f"{n}M_CAL_ANCHOR", "cal_anchor", "M", n, _month_nominal(n), None, month_span_bounds(n), True)
-    for n in _YEARS:
-        add(f"{n}Y_CAL_ANCHOR", "cal_anchor", "Y", n, 365 * n, None, year_span_bounds(n), n <= 5)
+    for family, tag, months in (("cal", "CAL", _CAL_MONTHS), ("cal_anchor", "CAL_ANCHOR", _ANCHOR_MONTHS)):
+        for scheme in ("US", "ISO"):
+            for n in _WEEKS:
+                add(f"{n}W_{tag}_{scheme}", family, "W", n, 7 * n, scheme, (7 * n, 7 * n), True)
+        for n in months:
+            add(f"{n}M_{tag}", family, "M", n, _month_nominal(n), None, month_span_bounds(n), True)
+        for n in _YEARS:
+            add(f"{n}Y_{tag}", family, "Y", n, 365 * n, None, year_span_bounds(n), n <= 5)
     return rows

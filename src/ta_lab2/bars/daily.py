@@ -36,12 +36,8 @@ REJECT_REASONS: tuple[tuple[str, str], ...] = (
 
 ONE_DAY_MINUS_MS = pl.duration(days=1) - pl.duration(milliseconds=1)
 
-#: Columns of ``cmc_price_bars_1d`` (without ``ingested_at``), in table order.
-BARS_1D_SCHEMA: dict[str, pl.DataType] = {
-    "id": pl.Int32(),
-    "tf": pl.String(),
-    "bar_seq": pl.Int32(),
-    "timestamp": UTC_US,
+#: A bar's instants and OHLCV values, in table order (every bar table has them, contiguously).
+BAR_VALUES: dict[str, pl.DataType] = {
     "time_open": UTC_US,
     "time_close": UTC_US,
     "time_high": UTC_US,
@@ -52,6 +48,15 @@ BARS_1D_SCHEMA: dict[str, pl.DataType] = {
     "close": pl.Float64(),
     "volume": pl.Float64(),
     "market_cap": pl.Float64(),
+}
+
+#: Columns of ``cmc_price_bars_1d`` (without ``ingested_at``), in table order.
+BARS_1D_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.Int32(),
+    "tf": pl.String(),
+    "bar_seq": pl.Int32(),
+    "timestamp": UTC_US,
+    **BAR_VALUES,
     "is_partial_start": pl.Boolean(),
     "is_partial_end": pl.Boolean(),
     "is_missing_days": pl.Boolean(),

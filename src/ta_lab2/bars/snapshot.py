@@ -15,7 +15,7 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import polars as pl
 
-from ta_lab2.bars.daily import local_day
+from ta_lab2.bars.daily import BAR_VALUES, local_day
 from ta_lab2.bars.families import ASSIGNERS, PARAM_COLUMNS, Timeframe, max_bar_days, rolling_rows, timeframe_params
 from ta_lab2.load.source_schema import UTC_US
 
@@ -29,16 +29,7 @@ BAR_SCHEMA: dict[str, pl.DataType] = {
     "tf": pl.String(),
     "tf_days": pl.Int32(),
     "bar_seq": pl.Int32(),
-    "time_open": UTC_US,
-    "time_close": UTC_US,
-    "time_high": UTC_US,
-    "time_low": UTC_US,
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "market_cap": pl.Float64(),
+    **BAR_VALUES,
     "timestamp": UTC_US,
     "last_ts_half_open": UTC_US,
     "pos_in_bar": pl.Int32(),

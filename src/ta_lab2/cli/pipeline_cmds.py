@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -37,12 +41,63 @@ def _finish(summary, output_dir: Path, dry_run: bool, target=None, schema: str =
         raise WorkFailed(f"{sum(c.status in ('failed', 'timeout') for c in summary.children)} child process(es) did not succeed")
 
 
-def _options(ids: list[int] | None, **kw):  # type: ignore[no-untyped-def]
-    from ta_lab2.runners.plan import RunOptions
+#: The options every runner command takes after its own: annotation and default, declared once.
+_RUN_FLAGS: dict[str, tuple[Any, Any]] = {
+    "num_processes": (opt.NumProcesses, None),
+    "continue_on_error": (ContinueOnError, False),
+    "verbose": (opt.Verbose, False),
+    "dry_run": (opt.DryRun, False),
+    "timeout": (Timeout, 6 * 3600.0),
+    "wait_lock": (opt.WaitLock, 0.0),
+    "output_dir": (OutputDir, Path(".logs")),
+    "log_level": (opt.LogLevel, "WARNING"),
+}
 
-    return RunOptions(ids=ids, **kw)
+
+@dataclass(frozen=True)
+class RunFlags:
+    """The values of :data:`_RUN_FLAGS` for one command line."""
+
+    num_processes: int | None
+    continue_on_error: bool
+    verbose: bool
+    dry_run: bool
+    timeout: float
+    wait_lock: float
+    output_dir: Path
+    log_level: str
+
+    def options(self, ids: str | None, **kw: Any):  # type: ignore[no-untyped-def]
+        """Set up logging (console at ``--log-level``, everything in the output directory's log
+        file) and return the runner's options: these flags, ``ids`` parsed, and ``kw``."""
+        from ta_lab2.logs import setup_logging
+        from ta_lab2.runners.plan import RunOptions
+
+        level = flags.parse_log_level(self.log_level)
+        setup_logging(level, log_dir=self.output_dir)
+        return RunOptions(ids=flags.parse_ids(ids), num_processes=self.num_processes,
+                          continue_on_error=self.continue_on_error, verbose=self.verbose, dry_run=self.dry_run,
+                          timeout_s=self.timeout, log_level=level, wait_lock=self.wait_lock, **kw)
 
 
+def runner_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn``'s own options followed by the shared :data:`_RUN_FLAGS`, which reach ``fn`` as one
+    :class:`RunFlags` argument ``run`` (Typer reads the signature this returns)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values() if p.name != "run"]
+    shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+              for name, (annotation, default) in _RUN_FLAGS.items()]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        fn(**kwargs | {"run": RunFlags(**{name: kwargs.pop(name) for name in _RUN_FLAGS})})
+
+    command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+    return command
+
+
+@runner_command
 def bars(
     ids: opt.Ids = None,
     db_url: opt.DbUrl = None, database: opt.Database = None,
@@ -50,34 +105,23 @@ def bars(
     skip: Annotated[Optional[str], typer.Option("--skip", help="Comma list of builders to leave out.", show_default=False)] = None,
     full_rebuild: opt.FullRebuild = False,
     include_non_canonical: opt.IncludeNonCanonical = False,
-    num_processes: opt.NumProcesses = None,
     tz: opt.Tz = "UTC",
-    continue_on_error: ContinueOnError = False,
-    verbose: opt.Verbose = False,
-    dry_run: opt.DryRun = False,
-    timeout: Timeout = 6 * 3600.0,
-    wait_lock: opt.WaitLock = 0.0,
-    output_dir: OutputDir = Path(".logs"),
     schema: opt.Schema = "public",
-    log_level: opt.LogLevel = "WARNING",
+    *, run: RunFlags,
 ) -> None:
     """Run the six bar builders in dependency order (1d first), each in its own process."""
     from ta_lab2.db.connect import resolve_target
-    from ta_lab2.logs import setup_logging
     from ta_lab2.runners.plan import BUILDER_ORDER, select
     from ta_lab2.runners.run import run_bar_builders
 
-    level = flags.parse_log_level(log_level)
-    setup_logging(level, log_dir=output_dir)
+    options = run.options(ids, full=full_rebuild, include_non_canonical=include_non_canonical,
+                          tz=flags.check_tz(tz), schema=schema)
     chosen = select(BUILDER_ORDER, builders, skip, "--builders")
-    options = _options(flags.parse_ids(ids), full=full_rebuild, include_non_canonical=include_non_canonical,
-                       num_processes=num_processes, tz=flags.check_tz(tz), continue_on_error=continue_on_error,
-                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
-                       schema=schema)
     target = resolve_target(db_url, database)
-    _finish(run_bar_builders(target, options, chosen), output_dir, dry_run, target, schema)
+    _finish(run_bar_builders(target, options, chosen), run.output_dir, run.dry_run, target, schema)
 
 
+@runner_command
 def emas(
     ids: opt.Ids = "all",
     db_url: opt.DbUrl = None, database: opt.Database = None,
@@ -86,34 +130,22 @@ def emas(
     periods: opt.Periods = None,
     full_refresh: opt.FullRefresh = False,
     include_non_canonical: opt.IncludeNonCanonical = False,
-    num_processes: opt.NumProcesses = None,
-    continue_on_error: ContinueOnError = False,
-    verbose: opt.Verbose = False,
-    dry_run: opt.DryRun = False,
-    timeout: Timeout = 6 * 3600.0,
-    wait_lock: opt.WaitLock = 0.0,
-    output_dir: OutputDir = Path(".logs"),
     schema: opt.Schema = "public",
-    log_level: opt.LogLevel = "WARNING",
+    *, run: RunFlags,
 ) -> None:
     """Run the six EMA refreshers, each in its own process."""
     from ta_lab2.db.connect import resolve_target
-    from ta_lab2.flags import parse_periods
-    from ta_lab2.logs import setup_logging
     from ta_lab2.runners.plan import REFRESHER_ORDER, select
     from ta_lab2.runners.run import run_ema_refreshes
 
-    level = flags.parse_log_level(log_level)
-    setup_logging(level, log_dir=output_dir)
+    options = run.options(ids, full=full_refresh, include_non_canonical=include_non_canonical, periods=periods,
+                          schema=schema)
     chosen = select(REFRESHER_ORDER, only, skip, "--only")
-    parse_periods(periods)  # validate here: a usage error before any child starts
-    options = _options(flags.parse_ids(ids), full=full_refresh, include_non_canonical=include_non_canonical,
-                       num_processes=num_processes, periods=periods, continue_on_error=continue_on_error,
-                       verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
-                       schema=schema)
-    _finish(run_ema_refreshes(resolve_target(db_url, database), options, chosen), output_dir, dry_run)
+    flags.parse_periods(periods)  # validate here: a usage error before any child starts
+    _finish(run_ema_refreshes(resolve_target(db_url, database), options, chosen), run.output_dir, run.dry_run)
 
 
+@runner_command
 def refresh(
     bars_: Annotated[bool, typer.Option("--bars", help="Refresh the bar tables.")] = False,
     emas_: Annotated[bool, typer.Option("--emas", help="Refresh the EMA tables.")] = False,
@@ -123,28 +155,16 @@ def refresh(
     skip_stale_check: Annotated[bool, typer.Option("--skip-stale-check", help="Refresh EMAs for every id, fresh or not.")] = False,
     staleness_hours: Annotated[float, typer.Option("--staleness-hours", min=0, help="An id is stale when its last source day is this many hours before the newest source day of any id.")] = 48.0,
     tz: opt.Tz = "UTC",
-    num_processes: opt.NumProcesses = None,
-    continue_on_error: ContinueOnError = False,
-    verbose: opt.Verbose = False,
-    dry_run: opt.DryRun = False,
-    timeout: Timeout = 6 * 3600.0,
-    wait_lock: opt.WaitLock = 0.0,
-    output_dir: OutputDir = Path(".logs"),
-    log_level: opt.LogLevel = "WARNING",
+    *, run: RunFlags,
 ) -> None:
     """Daily refresh: bars, then EMAs for the ids whose data is fresh (stale ids are listed)."""
     from ta_lab2.cli.render import console
     from ta_lab2.db.connect import resolve_target
-    from ta_lab2.logs import setup_logging
     from ta_lab2.runners.run import run_daily_refresh
 
     if not (bars_ or emas_ or all_):
         raise UsageError("refresh: choose --bars, --emas or --all")
-    level = flags.parse_log_level(log_level)
-    setup_logging(level, log_dir=output_dir)
-    options = _options(flags.parse_ids(ids), tz=flags.check_tz(tz), num_processes=num_processes,
-                       continue_on_error=continue_on_error, verbose=verbose, dry_run=dry_run, timeout_s=timeout,
-                       log_level=level, wait_lock=wait_lock)
+    options = run.options(ids, tz=flags.check_tz(tz))
     target = resolve_target(db_url, database)
     summary = run_daily_refresh(target, options, bars=bars_ or all_, emas=emas_ or all_,
                                 skip_stale_check=skip_stale_check, staleness_hours=staleness_hours)
@@ -156,7 +176,7 @@ def refresh(
                       f"their last source day is more than {staleness_hours:g} h before the newest day in the source "
                       f"({newest}). To include them: --skip-stale-check, or a larger --staleness-hours.",
                       highlight=False, soft_wrap=True)
-    _finish(summary, output_dir, dry_run, target)
+    _finish(summary, run.output_dir, run.dry_run, target)
 
 
 def _single(fn, help_text: str) -> typer.Typer:  # type: ignore[no-untyped-def]

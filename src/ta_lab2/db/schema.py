@@ -40,6 +40,18 @@ SCHEMA_VERSION = 6  # 2: cmc_price_bars_1d_deletions; 3: bar tables indexed by (
 VERSION_TABLE = "ta_lab2_schema_version"
 SCHEMA_LOCK_KEY = 0x7A_1AB2_0001  # advisory lock serialising concurrent `init`s
 
+#: A source row's values: the same columns, in the same order, in the source and its rejects table.
+_SOURCE_VALUES_DDL = """    open double precision,
+    high double precision,
+    low double precision,
+    close double precision,
+    volume double precision,
+    marketcap double precision,
+    circulatingsupply double precision,
+    date date,
+    source_file text,
+"""
+
 _SOURCE_DDL = f"""
 CREATE TABLE IF NOT EXISTS {{s}}.{SOURCE_TABLE} (
     id integer NOT NULL,
@@ -49,16 +61,7 @@ CREATE TABLE IF NOT EXISTS {{s}}.{SOURCE_TABLE} (
     timehigh timestamptz,
     timelow timestamptz,
     "timestamp" timestamptz NOT NULL,
-    open double precision,
-    high double precision,
-    low double precision,
-    close double precision,
-    volume double precision,
-    marketcap double precision,
-    circulatingsupply double precision,
-    date date,
-    source_file text,
-    load_ts timestamptz NOT NULL DEFAULT now(),
+{_SOURCE_VALUES_DDL}    load_ts timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (id, "timestamp")
 );
 CREATE INDEX IF NOT EXISTS {SOURCE_TABLE}_load_ts_idx ON {{s}}.{SOURCE_TABLE} (id, load_ts);
@@ -167,13 +170,8 @@ CREATE OR REPLACE TRIGGER dim_period_sync_alpha
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.ta_lab2_sync_ema_alpha_lookup();
 """
 
-_BARS_1D_DDL = f"""
-CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D} (
-    id integer NOT NULL,
-    tf text NOT NULL DEFAULT '1D',
-    bar_seq integer NOT NULL,
-    "timestamp" timestamptz NOT NULL,
-    time_open timestamptz NOT NULL,
+#: A bar's instants and OHLCV values: the same columns, in the same order, in every bar table.
+_BAR_VALUES_DDL = """    time_open timestamptz NOT NULL,
     time_close timestamptz NOT NULL,
     time_high timestamptz NOT NULL,
     time_low timestamptz NOT NULL,
@@ -183,7 +181,15 @@ CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D} (
     close double precision NOT NULL,
     volume double precision,
     market_cap double precision,
-    is_partial_start boolean NOT NULL DEFAULT false,
+"""
+
+_BARS_1D_DDL = f"""
+CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D} (
+    id integer NOT NULL,
+    tf text NOT NULL DEFAULT '1D',
+    bar_seq integer NOT NULL,
+    "timestamp" timestamptz NOT NULL,
+{_BAR_VALUES_DDL}    is_partial_start boolean NOT NULL DEFAULT false,
     is_partial_end boolean NOT NULL DEFAULT false,
     is_missing_days boolean NOT NULL DEFAULT false,
     repaired_timehigh boolean NOT NULL DEFAULT false,
@@ -209,16 +215,7 @@ CREATE TABLE IF NOT EXISTS {{s}}.{BARS_1D_REJECTS} (
     timeclose timestamptz,
     timehigh timestamptz,
     timelow timestamptz,
-    open double precision,
-    high double precision,
-    low double precision,
-    close double precision,
-    volume double precision,
-    marketcap double precision,
-    circulatingsupply double precision,
-    date date,
-    source_file text,
-    load_ts timestamptz,
+{_SOURCE_VALUES_DDL}    load_ts timestamptz,
     reason text NOT NULL,
     rejected_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (id, "timestamp")
@@ -252,17 +249,7 @@ CREATE TABLE IF NOT EXISTS {s}.{t} (
     tf text NOT NULL,
     tf_days integer NOT NULL,
     bar_seq integer NOT NULL,
-    time_open timestamptz NOT NULL,
-    time_close timestamptz NOT NULL,
-    time_high timestamptz NOT NULL,
-    time_low timestamptz NOT NULL,
-    open double precision NOT NULL,
-    high double precision NOT NULL,
-    low double precision NOT NULL,
-    close double precision NOT NULL,
-    volume double precision,
-    market_cap double precision,
-    "timestamp" timestamptz NOT NULL,
+""" + _BAR_VALUES_DDL + """    "timestamp" timestamptz NOT NULL,
     last_ts_half_open timestamptz NOT NULL,
     pos_in_bar integer NOT NULL,
     is_partial_start boolean NOT NULL,

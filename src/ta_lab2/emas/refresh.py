@@ -4,7 +4,7 @@
 Per batch (:func:`refresh_batch`): read the ids' state rows and, through index probes, the
 earliest input change since each id's last refresh (1D or bar rows with a newer
 ``ingested_at``, or 1D rows removed; :mod:`.changes`). Then per id, one of two ways
-(docs/decisions.md 62), and the rows and state written (:mod:`.writes`):
+(docs/decisions.md, "EMA series continue from their stored ends"), and the rows and state written (:mod:`.writes`):
 
 * **resume** — every changed series continues after its newest stored row (a new day, the
   daily case): read only the grid rows after it and the canonical closes among them, and step

@@ -166,18 +166,6 @@ def frame_of_rows(kind: str, ids: np.ndarray, tf_names: Sequence[str], tf_of_row
     return pl.DataFrame([columns[c].alias(c) for c in schema])
 
 
-def tf_rows(
-    kind: str,
-    grid: Grid,
-    tf: str,
-    n_days: int,
-    canonical: np.ndarray,
-    periods: Sequence[int],
-    keep_from_us: int | None = None,
-) -> pl.DataFrame:
-    """:func:`tf_arrays` of one (id, tf) as a frame (:func:`rows_frame`)."""
-    return rows_frame(kind, grid, [tf_arrays(kind, grid, tf, n_days, canonical, periods, keep_from_us)])
-
 
 def canonical_closes(canon: pl.DataFrame) -> dict[str, np.ndarray]:
     """The canonical closes (epoch µs) of each tf of ``canon`` (rows ordered by tf)."""

@@ -1,6 +1,6 @@
 """Writing an EMA work unit's rows and state: one DELETE, one COPY and one state update per
 batch of ids, whatever the number of series. A state row keeps its series' watermark, newest
-row and ends (docs/decisions.md 62), the values the resume path steps from."""
+row and ends (docs/decisions.md, "EMA series continue from their stored ends"), the values the resume path steps from."""
 
 from __future__ import annotations
 

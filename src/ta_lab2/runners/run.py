@@ -19,6 +19,7 @@ from typing import Sequence
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import WRITER_LOCKS, locks_held_by_caller, writer_locks
 from ta_lab2.db.schema import ensure_schema
+from ta_lab2.errors import UsageError
 from ta_lab2.launch.process import Launcher
 from ta_lab2.launch.results import RunSummary
 from ta_lab2.launch.schedule import ChildSpec, default_parallel, run_children
@@ -43,6 +44,9 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
     if options.dry_run:
         with connect(target, autocommit=True) as conn:
             if options.ids is not None:
+                if conn.execute("SELECT to_regclass(%s)", (f'"{options.schema}".dim_assets',)).fetchone()[0] is None:
+                    raise UsageError(f"--ids: schema {options.schema!r} has no ta_lab2 tables yet, so no id is known",
+                                     hint="run `ta-lab2 init`, or load data with `ta-lab2 load`")
                 resolve_ids(conn, options.ids, options.schema)
         return run_children(runner, specs, env=env, dry_run=True)
     parallel = options.max_parallel or default_parallel()

@@ -3,23 +3,14 @@
     python src/ta_lab2/scripts/emas/run_all_ema_refreshes.py --ids all [--full-refresh] [...]
 """
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file from a checkout: make ``ta_lab2`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-
-def main(argv: list[str] | None = None) -> None:
-    # imported here, not above: a runner started from this file re-runs its top level in every
-    # child it starts (multiprocessing's rule for a script's __main__), which must stay cheap
-    from ta_lab2.cli.app import run_app
-    from ta_lab2.cli.pipeline_cmds import emas_app
-
-    run_app(emas_app, argv)
-
+# cheap on purpose: a runner started from this file re-runs its top level in its fork server
+from ta_lab2.cli import run_script
 
 if __name__ == "__main__":
-    main()
+    run_script("run_all_ema_refreshes")
