@@ -264,7 +264,11 @@ def _pids(tmp_path: Path, names: Sequence[str], proc: subprocess.Popen[str]) -> 
 
 
 def test_ctrl_c_kills_every_running_child(tmp_path: Path) -> None:
+    # Ctrl-C as a terminal delivers it: a test run started in the background by a
+    # non-interactive shell ignores SIGINT, and the runner would inherit that
     script = _runner_script(tmp_path, f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         specs = [ChildSpec(n, child, ("pidfile", {str(tmp_path)!r} + "/" + n)) for n in ("one", "two")]
         run_children("t", specs, env=dict(os.environ), max_parallel=2)
         """)

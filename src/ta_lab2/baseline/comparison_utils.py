@@ -132,9 +132,9 @@ class Sampling:
     def describe(self) -> str:
         if self.full:
             return "nothing sampled: every statistic is over every row"
-        return (f"detection over every row; mean/std of differences over every row of a differing series plus "
-                f"the first {self.beginning} and last {self.end} rows and {self.random_pct:.2%} of the others "
-                f"(seed {self.seed}) of each identical series")
+        return (f"every row compared; the mean/std of differences use every row of a differing series, and of "
+                f"each identical series its first {self.beginning} and last {self.end} rows and "
+                f"{self.random_pct:.2%} of the others (seed {self.seed})")
 
 
 class CellRule(NamedTuple):

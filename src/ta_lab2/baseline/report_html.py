@@ -49,8 +49,8 @@ def _sampling_line(summary: dict[str, Any], sampling: dict[str, Any]) -> str:
     """Whether anything was sampled, in one sentence (detection never is)."""
     if not summary.get("sampled"):
         return "Nothing was sampled: every row was compared and counted in every statistic."
-    return (f"Every row was compared; only the mean and standard deviation of differences were sampled "
-            f"({sampling.get('statement', '')}).")
+    statement = sampling.get("statement") or "every row compared; the mean/std of differences were sampled"
+    return f"{statement[0].upper()}{statement[1:]}."
 
 
 def _header(data: dict[str, Any]) -> list[str]:

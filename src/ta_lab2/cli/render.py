@@ -196,8 +196,7 @@ def capture_summary(result: Any, paths: dict[str, Any], *, max_roots: int = 10) 
     console.print(table)
     if result.comparisons:
         sampling = result.metadata.get("sampling", {}).get("statement", "")
-        line = (f"every row compared; sampled for the mean/std of differences only: {sampling}"
-                if result.summary["sampled"] else "every row compared, nothing sampled")
+        line = sampling if result.summary["sampled"] else "every row compared, nothing sampled"
         console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
     for note in getattr(result, "notes", ()):
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
