@@ -14,6 +14,7 @@ percent-encoded forms and each of its words.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -228,3 +229,16 @@ def test_unusable_url_is_refused_naming_its_source_without_echo(
         assert word in done.stderr, (word, done.stderr)
     assert "internal error" not in done.stderr
     _assert_nothing_leaked(done, cwd)
+
+
+def test_db_psql_connects_with_the_password_in_its_environment_only(server: Server) -> None:
+    """`ta-lab2 db psql` runs the wheel's psql on the URL: the password reaches libpq through
+    PGPASSWORD, never psql's argv (which `ps` shows to every user)."""
+    from ta_lab2.db.connect import Target, psql_invocation
+
+    for url in (server.uri(PASSWORD), server.key_value(PASSWORD)):
+        argv, env = psql_invocation(Target(url, "--db-url"), ["-At", "-c", "SELECT current_user"])
+        assert not any(_leaks(a) for a in argv), argv
+        assert env["PGPASSWORD"] == PASSWORD
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == server.role, done.stderr

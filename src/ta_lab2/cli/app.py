@@ -195,6 +195,19 @@ def db_stop() -> None:
     console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
 
 
+@db_app.command("psql", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def db_psql(ctx: typer.Context, db_url: opt.DbUrl = None, database: opt.Database = None) -> None:
+    """Open psql (the one that comes with the embedded server) on the database; anything after
+    the options goes to psql, e.g. `ta-lab2 db psql --database ta_lab2_demo -c "SELECT 1"`."""
+    import os
+
+    from ta_lab2.db.connect import psql_invocation, resolve_target
+
+    argv, env = psql_invocation(resolve_target(db_url, database), list(ctx.args))
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)
+
+
 @db_app.command("status")
 def db_status() -> None:
     """Where the embedded server keeps its data and whether it is running."""

