@@ -143,6 +143,8 @@ def run_bench(scenarios: list[Scenario], output_dir: Path) -> list[ScenarioResul
 
 
 def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
+    """Build ``scenario``'s universe in a fresh database and measure every phase (no bars yet:
+    :func:`run_bench` adds them). Raises ``RuntimeError`` when a rebuild or refresh fails."""
     from ta_lab2.baseline.capture import CaptureOptions, run_capture
     from ta_lab2.baseline.snapshots import drop
     from ta_lab2.db.connect import connect, fresh_embedded_database

@@ -33,7 +33,7 @@ WIDE_TIMEFRAMES = ("1D", "2D", "3D", "5D", "7D", "14D", "1W_CAL_ISO", "1W_CAL_US
 #: so that the database with one capture's snapshot stays under 20 GB and its full rebuild
 #: well under 20 minutes on 2 cores (docs/performance.md, "Universe scale")
 UNIVERSE_ASSETS = 500
-UNIVERSE_DAYS = 1460
+UNIVERSE_DAYS = 1280
 #: mean age of a listing, as a fraction of the window (an exponential law: many recent
 #: listings, few old ones); the shortest history and the seed of the ages
 MEAN_AGE_FRACTION = 1 / 8
