@@ -1,48 +1,33 @@
 """``ta-lab2 bench``: the speed bars of spec 06, measured.
 
-Each scenario builds its synthetic universe in a fresh database on the embedded server, then
-measures in one run: the full rebuild of every table (rows, seconds, rows/s), incremental
-refreshes after one new day per asset (the median of :data:`NEW_DAYS` successive days), a
-full ``capture_baseline --ids all``, a full in-database compare of a 1,000,000-row table, and
-the raw binary ``COPY`` rate of the same rows into the same tables (the physical write bound of
-this machine). Results are one frozen object rendered as a table or JSON.
+Each scenario (:mod:`ta_lab2.bench_scenarios`) builds its synthetic universe in a fresh
+database on the embedded server, then measures in one run: the full rebuild of every table
+(rows, seconds, rows/s), incremental refreshes after one new day per asset (the median of
+:data:`NEW_DAYS` successive days), a full ``capture_baseline --ids all`` of the unchanged
+source, a second one after one source price changed mid-history (it must fail with exactly
+one root cause), a full in-database compare of a 1,000,000-row table, the raw binary ``COPY``
+rate of the same rows into the same tables (the physical write bound of this machine), the
+database's size with a capture's snapshot, and the peak memory. A scenario with a reference
+(``universe``) also reports its costs per output row relative to the reference's, measured in
+the same invocation. Results are one frozen object rendered as a table or JSON.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import resource
 import statistics
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-UPSTREAM_LENGTHS = (5700, 3800, 3200, 2900, 2200, 1900, 400)
-#: one-day refreshes measured, one new day each; the bar uses their median (a single ~2 s run
-#: varies by a third on a shared 2-core VM)
-NEW_DAYS = 3
-WIDE_TIMEFRAMES = ("1D", "2D", "3D", "5D", "7D", "14D", "1W_CAL_ISO", "1W_CAL_US", "1M_CAL",
-                   "1W_CAL_ANCHOR_ISO", "1W_CAL_ANCHOR_US", "1M_CAL_ANCHOR")
+from ta_lab2.bench_scenarios import NEW_DAYS, Scenario, scenario_frame
 
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    lengths: tuple[int, ...]
-    periods: str | None = None  # --periods for every EMA table (None: defaults)
-    timeframes: tuple[str, ...] | None = None  # None: the canonical ones
-    compare_rows: int = 1_000_000
-
-
-SCENARIOS = {
-    "upstream": Scenario("upstream", UPSTREAM_LENGTHS),
-    "wide": Scenario("wide", (2000,) * 100, "10,20,50", WIDE_TIMEFRAMES),
-    "tiny": Scenario("tiny", (90, 60), "3,5", ("1D", "2D", "1W_CAL_ISO", "1W_CAL_US", "1M_CAL_ANCHOR"), 2000),
-}
+GB = 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -74,9 +59,22 @@ class ScenarioResult:
     capture_s: float
     capture_verdict: str
     compare: Phase
-    peak_rss_mb: float
+    peak_rss_mb: float  # the largest of peak_rss_self_mb and peak_rss_children_mb
     bars: tuple[Bar, ...] = field(default_factory=tuple)
     incremental_runs_s: tuple[float, ...] = ()  # each one-day refresh, in order
+    #: the capture after one source price changed: its time, verdict and root causes ("kind id day")
+    changed_capture_s: float = 0.0
+    changed_capture_verdict: str = ""
+    changed_root_causes: tuple[str, ...] = ()
+    changed_price: str = ""  # which price was changed: "id <id> on <day>"
+    assets: int = 0
+    source_days: int = 0  # source rows the full rebuild saw
+    disk_bytes: int = 0  # the database's size after the identical capture (tables + snapshot)
+    peak_rss_self_mb: float = 0.0  # this process, the runners included (they run in it)
+    peak_rss_children_mb: float = 0.0  # the largest waited-for descendant (runner children, capture's scripts)
+    reference: str | None = None  # the scenario per_row_over_reference compares with
+    #: seconds per output row over the reference's, per phase (full_rebuild, raw_copy, capture)
+    per_row_over_reference: dict[str, float] | None = None
 
     @property
     def rows(self) -> int:
@@ -85,11 +83,19 @@ class ScenarioResult:
     def ratios(self) -> dict[str, float | None]:
         raw = sum(p.rows for p in self.raw_copy) / max(sum(p.seconds for p in self.raw_copy), 1e-9)
         pipe = self.rows / max(self.full_rebuild_s, 1e-9)
+        full = self.full_rebuild_s or None
         return {
             "pipeline_rate_over_raw_copy": pipe / raw if raw else None,
-            "incremental_over_full": self.incremental_s / self.full_rebuild_s if self.full_rebuild_s else None,
-            "capture_over_full": self.capture_s / self.full_rebuild_s if self.full_rebuild_s else None,
+            "incremental_over_full": self.incremental_s / full if full else None,
+            "capture_over_full": self.capture_s / full if full else None,
+            "changed_capture_over_capture": self.changed_capture_s / self.capture_s if self.capture_s else None,
         }
+
+    def seconds_per_row(self) -> dict[str, float]:
+        """Seconds per output row of the phases whose cost should grow with the rows."""
+        rows = max(self.rows, 1)
+        return {"full_rebuild": self.full_rebuild_s / rows, "raw_copy": sum(p.seconds for p in self.raw_copy) / rows,
+                "capture": self.capture_s / rows}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,10 +108,14 @@ class ScenarioResult:
         return d
 
 
-def _peak_rss_mb() -> float:
+def _peak_rss_mb() -> tuple[float, float]:
+    """(this process, its largest waited-for descendant) peak RSS in MB, over the invocation so
+    far. The runners run in this process; their children are forks of a fork server that waits
+    for them and is itself waited for when the run ends, and the capture's runner scripts are
+    waited-for subprocesses, so every child of a finished run counts in the second figure."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0
+    return own / 1024.0, children / 1024.0
 
 
 def _cache_bytecode() -> None:
@@ -122,31 +132,39 @@ def _cache_bytecode() -> None:
         pass
 
 
+def run_bench(scenarios: list[Scenario], output_dir: Path) -> list[ScenarioResult]:
+    """Run ``scenarios`` in order; one with a reference gets its per-row costs relative to the
+    reference's result of this invocation (run before it, see ``select_scenarios``)."""
+    results: dict[str, ScenarioResult] = {}
+    for scenario in scenarios:
+        result = run_scenario(scenario, output_dir)
+        results[scenario.name] = _with_bars(result, results.get(scenario.reference or ""))
+    return list(results.values())
+
+
 def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
+    """Build ``scenario``'s universe in a fresh database and measure every phase (no bars yet:
+    :func:`run_bench` adds them). Raises ``RuntimeError`` when a rebuild or refresh fails."""
     from ta_lab2.baseline.capture import CaptureOptions, run_capture
+    from ta_lab2.baseline.snapshots import drop
     from ta_lab2.db.connect import connect, fresh_embedded_database
     from ta_lab2.db.schema import ensure_schema
     import polars as pl
 
     from ta_lab2.load.service import load_frame
-    from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
     from ta_lab2.runners.plan import RunOptions
     from ta_lab2.runners.run import run_bar_builders, run_daily_refresh, run_ema_refreshes
 
     _cache_bytecode()
     target = fresh_embedded_database(f"ta_lab2_bench_{scenario.name}")
+    # The universe ends NEW_DAYS days after the history the full rebuild sees; those last days
+    # of every asset are the incremental steps' inputs, one day per step, appended without
+    # touching other rows.
+    universe = scenario_frame(scenario)
     with connect(target, autocommit=True) as conn:
         ensure_schema(conn)
         if scenario.timeframes is not None:
             conn.execute("UPDATE dim_timeframe SET is_canonical = (tf = ANY(%s))", (list(scenario.timeframes),))
-        # The universe ends NEW_DAYS days after the history the full rebuild sees; those last
-        # days of every asset are the incremental steps' inputs, one day per step, appended
-        # without touching other rows.
-        universe = generate_universe(SyntheticConfig(len(scenario.lengths), max(scenario.lengths) + NEW_DAYS, 1,
-                                                     end_date=dt.date(2025, 12, 31),
-                                                     lengths=tuple(n + NEW_DAYS for n in scenario.lengths))).frame
-        universe = universe.with_columns(
-            days_left=pl.col("timestamp").rank("ordinal", descending=True).over("id") - 1)  # 0: the newest
         load_frame(conn, universe.filter(pl.col("days_left") >= NEW_DAYS).drop("days_left"), "bench:history")
     def daily_refresh(options: RunOptions):  # type: ignore[no-untyped-def]
         # the daily job: every bar builder and EMA refresher in one run
@@ -168,7 +186,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
     tables = tuple(Phase(c.summary.get("table", c.name), int(c.summary.get("rows_inserted", 0)), float(c.duration_s))
                    for r in runs for c in r.children)
     with connect(target, autocommit=True) as conn:  # the same rows, before anything else changes them
-        raw = tuple(_raw_copy_rate(conn, p.name) for p in tables)
+        raw = tuple(_raw_copy_rate(conn, p.name, output_dir) for p in tables)
     # one new day for every asset, then the incremental pipeline — on a settled database, as
     # a daily job meets it: the rebuild and the raw COPY just wrote gigabytes, and autovacuum
     # and the checkpointer working through them would otherwise run during the timed refresh;
@@ -184,47 +202,77 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
         daily_refresh(RunOptions(ids=None, periods=scenario.periods))
         day_runs.append(time.perf_counter() - started)
     incremental_s = statistics.median(day_runs)
-    started = time.perf_counter()
-    capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
-    capture_s = time.perf_counter() - started
+
+    def capture():  # type: ignore[no-untyped-def]
+        with connect(target, autocommit=True) as conn:  # each capture starts from flushed pages
+            conn.execute("CHECKPOINT")
+        started = time.perf_counter()
+        result = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
+        return result, time.perf_counter() - started
+
+    identical, capture_s = capture()
+    with connect(target, autocommit=True) as conn:
+        disk_bytes = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+        # the second capture meets the same database as the first did: without a snapshot
+        drop(conn, identical.suffix)
+        changed_price = _change_one_price(conn)
+    changed, changed_s = capture()
+    causes = tuple(f"{c.kind} {c.table} id {c.id} {c.first_ts[:10]}" for c in changed.root_causes)
     with connect(target, autocommit=True) as conn, connect(target, autocommit=True) as helper:
+        drop(conn, changed.suffix)
         compare = _compare_rate(conn, helper, scenario.compare_rows)
-    result = ScenarioResult(scenario.name, tables, raw, full_s, incremental_s, capture_s, capture.verdict, compare,
-                            _peak_rss_mb(), incremental_runs_s=tuple(day_runs))
-    return _with_bars(result)
+    own_mb, children_mb = _peak_rss_mb()
+    return ScenarioResult(scenario.name, tables, raw, full_s, incremental_s, capture_s, identical.verdict, compare,
+                          max(own_mb, children_mb), incremental_runs_s=tuple(day_runs), changed_capture_s=changed_s,
+                          changed_capture_verdict=changed.verdict, changed_root_causes=causes,
+                          changed_price=changed_price, assets=len(scenario.lengths),
+                          source_days=scenario.source_days, disk_bytes=disk_bytes, peak_rss_self_mb=own_mb,
+                          peak_rss_children_mb=children_mb, reference=scenario.reference)
 
 
-def _raw_copy_rate(conn: psycopg.Connection, table: str) -> Phase:
+def _change_one_price(conn: psycopg.Connection) -> str:
+    """Raise one close by 2 %: the first id's, on the middle day of its history. Returns which."""
+    ident, day = conn.execute(
+        'SELECT id, (min("timestamp")::date + (max("timestamp")::date - min("timestamp")::date) / 2) '
+        "FROM cmc_price_histories7 WHERE id = (SELECT min(id) FROM cmc_price_histories7) GROUP BY id").fetchone()
+    changed = conn.execute('UPDATE cmc_price_histories7 SET close = close * 1.02 WHERE id = %s AND "timestamp"::date = %s',
+                           (ident, day)).rowcount
+    if changed != 1:
+        raise RuntimeError(f"changing one price of id {ident} on {day} changed {changed} rows")
+    return f"id {ident} on {day}"
+
+
+def _raw_copy_rate(conn: psycopg.Connection, table: str, spool_dir: Path) -> Phase:
     """The same rows, read back and already encoded, written into a clone of the table with the
     same indexes by the fastest path the database offers: in one transaction that creates the
     clone, one binary ``COPY … FREEZE`` into it without indexes (no WAL with ``wal_level = minimal``), then
-    the indexes built once. That is what the machine can write without any computation."""
-    from ta_lab2.db.binary import COPY_HEADER, COPY_TRAILER, PG_TYPES, encode_binary_copy
+    the indexes built once. That is what the machine can write without any computation. The
+    rows are encoded by the server's binary ``COPY … TO`` (the format the pipeline writes)
+    into a spool file under ``spool_dir``, so memory stays bounded whatever the table's size."""
     from ta_lab2.db.bulk import column_types, deferred_indexes, table_ref
-    from ta_lab2.db.reads import read_frame
 
-    types = column_types(conn, table_ref(table))
-    schema = {c: PG_TYPES[t][0] for c, t in types.items() if c != "ingested_at"}
-    frame = read_frame(conn, sql.Identifier(table), schema)
-    pg_types = [types[c] for c in frame.columns]
-    payload = b"".join(encode_binary_copy(frame.slice(o, 200_000), pg_types, header=False, trailer=False)
-                       for o in range(0, frame.height, 200_000))
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in column_types(conn, table_ref(table)) if c != "ingested_at")
     clone = f"bench_raw_{table}"[:63]
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(clone)))
-    columns = sql.SQL(", ").join(map(sql.Identifier, frame.columns))
-    started = time.perf_counter()
-    with conn.transaction():
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(sql.Identifier(clone), sql.Identifier(table)))
-        with deferred_indexes(conn, [table_ref(clone)]):
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
-                    sql.Identifier(clone), columns)) as copy:
-                copy.write(COPY_HEADER)
-                for offset in range(0, len(payload), 1 << 20):
-                    copy.write(payload[offset:offset + (1 << 20)])
-                copy.write(COPY_TRAILER)
-    seconds = time.perf_counter() - started
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spool_dir, prefix="bench-raw-") as spool:
+        with conn.cursor().copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+                columns, sql.Identifier(table))) as out:
+            for block in out:
+                spool.write(block)
+        rows = int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0])
+        spool.seek(0)
+        started = time.perf_counter()
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(sql.Identifier(clone), sql.Identifier(table)))
+            with deferred_indexes(conn, [table_ref(clone)]):
+                with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
+                        sql.Identifier(clone), columns)) as copy:
+                    while block := spool.read(1 << 20):
+                        copy.write(block)
+        seconds = time.perf_counter() - started
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(clone)))
-    return Phase(table, frame.height, seconds)
+    return Phase(table, rows, seconds)
 
 
 def _compare_rate(conn: psycopg.Connection, helper: psycopg.Connection, rows: int) -> Phase:
@@ -273,7 +321,15 @@ def _compare_rate(conn: psycopg.Connection, helper: psycopg.Connection, rows: in
     return Phase(f"full compare ({source} rows)", int(n), seconds)
 
 
-def _with_bars(r: ScenarioResult) -> ScenarioResult:
+#: the targets of a scenario with a reference (``universe``)
+PER_ROW_LIMIT = 1.2
+INCREMENTAL_LIMIT = 0.03
+DISK_LIMIT_GB = 20
+FULL_REBUILD_LIMIT_S = 20 * 60
+
+
+def _with_bars(r: ScenarioResult, reference: ScenarioResult | None = None) -> ScenarioResult:
+    """``r`` with its speed bars (and its per-row costs over ``reference``'s, when given)."""
     ratios = r.ratios()
     bars: list[Bar] = []
     if r.scenario == "upstream":
@@ -281,13 +337,38 @@ def _with_bars(r: ScenarioResult) -> ScenarioResult:
             Bar("full rebuild of all 12 tables", "≤ 60 s", f"{r.full_rebuild_s:.1f} s", r.full_rebuild_s <= 60),
             Bar("incremental refresh", "≤ 5 % of full", f"{ratios['incremental_over_full']:.1%}",
                 (ratios["incremental_over_full"] or 1) <= 0.05),
-            Bar("capture_baseline --ids all", "≤ 2.5 × full", f"{ratios['capture_over_full']:.2f} ×",
+        ]
+    per_row = None
+    if reference is not None:
+        mine, theirs = r.seconds_per_row(), reference.seconds_per_row()
+        per_row = {k: mine[k] / theirs[k] for k in mine if theirs[k] > 0}
+        bars += [
+            Bar(f"full rebuild cost per output row (over {reference.scenario}'s)", f"≤ {PER_ROW_LIMIT} ×",
+                f"{per_row.get('full_rebuild', 99):.2f} ×", per_row.get("full_rebuild", 99) <= PER_ROW_LIMIT),
+            Bar("full rebuild", f"≤ {FULL_REBUILD_LIMIT_S // 60} min", f"{r.full_rebuild_s / 60:.1f} min",
+                r.full_rebuild_s <= FULL_REBUILD_LIMIT_S),
+            Bar("incremental refresh", f"≤ {INCREMENTAL_LIMIT:.0%} of full", f"{ratios['incremental_over_full']:.1%}",
+                (ratios["incremental_over_full"] or 1) <= INCREMENTAL_LIMIT),
+            Bar("database with one capture's snapshot", f"≤ {DISK_LIMIT_GB} GB", f"{r.disk_bytes / GB:.1f} GB",
+                r.disk_bytes <= DISK_LIMIT_GB * GB),
+        ]
+    if r.scenario == "upstream" or reference is not None:
+        bars += [
+            Bar("capture_baseline --ids all", "≤ 2.5 × full (aim 2.0)", f"{ratios['capture_over_full']:.2f} ×",
                 (ratios["capture_over_full"] or 99) <= 2.5),
             Bar("peak RSS", "< 2 GB", f"{r.peak_rss_mb:.0f} MB", r.peak_rss_mb < 2048),
         ]
     if r.scenario == "wide":
         bars.append(Bar("full rebuild rate", "≥ 50 % of raw COPY", f"{ratios['pipeline_rate_over_raw_copy']:.0%}",
                         (ratios["pipeline_rate_over_raw_copy"] or 0) >= 0.5))
+    found = r.changed_capture_verdict == "FAIL" and len(r.changed_root_causes) == 1
+    bars += [
+        Bar("capture with one changed price finds it", "FAIL, exactly 1 root cause",
+            f"{r.changed_capture_verdict}, {len(r.changed_root_causes)} root cause(s)", found),
+        Bar("capture with one changed price", "≤ 1.10 × identical capture",
+            f"{ratios['changed_capture_over_capture'] or 0:.2f} ×", (ratios["changed_capture_over_capture"] or 99) <= 1.10),
+    ]
     if r.compare.rows >= 1_000_000:
         bars.append(Bar("full compare of 1,000,000 rows", "≤ 1.5 s", f"{r.compare.seconds:.2f} s", r.compare.seconds <= 1.5))
-    return ScenarioResult(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "bars": tuple(bars)})
+    return replace(r, bars=tuple(bars), per_row_over_reference=per_row,
+                   reference=reference.scenario if reference is not None else r.reference)

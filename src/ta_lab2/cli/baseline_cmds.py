@@ -298,7 +298,10 @@ def demo(
 
 
 def bench(
-    scenario: Annotated[str, typer.Option("--scenario", help="upstream, wide, all (or tiny, for a quick check).")] = "all",
+    scenario: Annotated[str, typer.Option("--scenario", help="upstream, wide, all, universe (or tiny, for a quick check).")] = "all",
+    assets: Annotated[int | None, typer.Option("--assets", help="universe: number of assets (500).", show_default=False)] = None,
+    days: Annotated[int | None, typer.Option("--days", help="universe: days in the window (the oldest asset's history).", show_default=False)] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="universe: the scenario its per-row costs are compared with (upstream).", show_default=False)] = None,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.", show_default=False)] = None,
     output_dir: OutputDir = Path(".logs/bench"),
     log_level: opt.LogLevel = "WARNING",
@@ -306,16 +309,17 @@ def bench(
     """Measure the speed bars of spec 06 on this machine (fresh databases on the embedded server)."""
     import json
 
-    from ta_lab2.bench import SCENARIOS, run_scenario
+    from ta_lab2.bench import run_bench
+    from ta_lab2.bench_scenarios import select_scenarios
     from ta_lab2.cli.render import bench_table
     from ta_lab2.logs import setup_logging
 
     setup_logging(flags.parse_log_level(log_level), log_dir=output_dir)
-    names = ["upstream", "wide"] if scenario == "all" else [scenario]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        raise UsageError(f"--scenario: {scenario!r} is not one of upstream, wide, all, tiny")
-    results = [run_scenario(SCENARIOS[n], output_dir) for n in names]
+    try:
+        scenarios = select_scenarios(scenario, assets, days, reference)
+    except ValueError as exc:
+        raise UsageError(f"--scenario: {exc}") from None
+    results = run_bench(scenarios, output_dir)
     for r in results:
         bench_table(r)
     if as_json is not None:

@@ -228,7 +228,8 @@ def captures_table(rows: list[dict[str, Any]]) -> None:
 
 def bench_table(result: Any) -> None:
     """Phases with rows, seconds and rows/s, the ratios and the speed bars of one scenario."""
-    table = Table(title=f"bench: {result.scenario} ({result.rows:,} rows built)")
+    table = Table(title=f"bench: {result.scenario} ({result.assets:,} assets, {result.source_days:,} source days, "
+                        f"{result.rows:,} rows built)")
     for col in ("phase", "rows", "seconds", "rows/s", "raw COPY rows/s", "pipeline / raw"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for p, raw in zip(result.tables, result.raw_copy):
@@ -242,12 +243,20 @@ def bench_table(result: Any) -> None:
     table.add_row(f"incremental (one new day per asset; median of {each} s)" if len(result.incremental_runs_s) > 1
                   else "incremental (one new day per asset)", "", f"{result.incremental_s:.1f}", "", "", "")
     table.add_row(f"capture_baseline --ids all ({result.capture_verdict})", "", f"{result.capture_s:.1f}", "", "", "")
+    causes = "; ".join(result.changed_root_causes) or "no root cause"
+    table.add_row(f"capture after one changed price, {result.changed_price} ({result.changed_capture_verdict}: {causes})",
+                  "", f"{result.changed_capture_s:.1f}", "", "", "")
     table.add_row(result.compare.name, _fmt_int(result.compare.rows), f"{result.compare.seconds:.2f}",
                   f"{result.compare.rows_per_s or 0:,.0f}", "", "")
     console.print(table)
     ratios = result.ratios()
     console.print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items() if v is not None)
-                  + f"; peak RSS {result.peak_rss_mb:.0f} MB", highlight=False)
+                  + f"; peak RSS {result.peak_rss_mb:.0f} MB (this process {result.peak_rss_self_mb:.0f} MB, largest child "
+                  f"{result.peak_rss_children_mb:.0f} MB); database with one capture's snapshot "
+                  f"{result.disk_bytes / 1024 ** 3:.2f} GB", highlight=False)
+    if result.per_row_over_reference:
+        console.print(f"cost per output row over {result.reference}'s: "
+                      + ", ".join(f"{k} {v:.2f} ×" for k, v in result.per_row_over_reference.items()), highlight=False)
     for b in result.bars:
         mark = "[green]met[/]" if b.met else "[red]NOT met[/]"
         console.print(f"  {mark}: {b.description}: {b.measured} (bar {b.limit})", highlight=False)
