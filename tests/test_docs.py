@@ -3,6 +3,7 @@ shared options are spelled the same on every command."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -13,10 +14,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [["init"], ["load"], ["status"], ["bars"], ["emas"], ["refresh"], ["baseline", "capture"], ["baseline", "list"],
-            ["baseline", "compare"], ["baseline", "restore"], ["baseline", "drop"], ["demo"], ["bench"], ["db", "start"], ["db", "stop"], ["db", "status"]]
+            ["baseline", "compare"], ["baseline", "restore"], ["baseline", "drop"], ["demo"], ["bench"], ["db", "start"], ["db", "stop"], ["db", "status"],
+            ["db", "psql"]]
 
 
 def _help(args: list[str]) -> str:
+    return _help_of(tuple(args))
+
+
+@functools.cache  # one interpreter per command: several tests read the same page
+def _help_of(args: tuple[str, ...]) -> str:
     env = {**os.environ, "COLUMNS": "220", "TERMINAL_WIDTH": "220", "NO_COLOR": "1"}
     out = subprocess.run([sys.executable, "-m", "ta_lab2", *args, "--help"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
