@@ -37,10 +37,11 @@ def _finish(summary, output_dir: Path, dry_run: bool, target=None, schema: str =
         raise WorkFailed(f"{sum(c.status in ('failed', 'timeout') for c in summary.children)} child process(es) did not succeed")
 
 
-def _options(ids: list[int] | None, **kw):  # type: ignore[no-untyped-def]
+def _options(ids: list[int] | None, executor: str | None, scheduler: str | None, **kw):  # type: ignore[no-untyped-def]
     from ta_lab2.runners.plan import RunOptions
 
-    return RunOptions(ids=ids, **kw)
+    chosen, address = flags.resolve_executor(executor, scheduler)
+    return RunOptions(ids=ids, executor=chosen, scheduler=address, **kw)
 
 
 def bars(
@@ -60,6 +61,8 @@ def bars(
     output_dir: OutputDir = Path(".logs"),
     schema: opt.Schema = "public",
     log_level: opt.LogLevel = "WARNING",
+    executor: opt.Executor = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Run the six bar builders in dependency order (1d first), each in its own process."""
     from ta_lab2.db.connect import resolve_target
@@ -70,7 +73,7 @@ def bars(
     level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
     chosen = select(BUILDER_ORDER, builders, skip, "--builders")
-    options = _options(flags.parse_ids(ids), full=full_rebuild, include_non_canonical=include_non_canonical,
+    options = _options(flags.parse_ids(ids), executor, scheduler, full=full_rebuild, include_non_canonical=include_non_canonical,
                        num_processes=num_processes, tz=flags.check_tz(tz), continue_on_error=continue_on_error,
                        verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
                        schema=schema)
@@ -95,6 +98,8 @@ def emas(
     output_dir: OutputDir = Path(".logs"),
     schema: opt.Schema = "public",
     log_level: opt.LogLevel = "WARNING",
+    executor: opt.Executor = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Run the six EMA refreshers, each in its own process."""
     from ta_lab2.db.connect import resolve_target
@@ -107,7 +112,7 @@ def emas(
     setup_logging(level, log_dir=output_dir)
     chosen = select(REFRESHER_ORDER, only, skip, "--only")
     parse_periods(periods)  # validate here: a usage error before any child starts
-    options = _options(flags.parse_ids(ids), full=full_refresh, include_non_canonical=include_non_canonical,
+    options = _options(flags.parse_ids(ids), executor, scheduler, full=full_refresh, include_non_canonical=include_non_canonical,
                        num_processes=num_processes, periods=periods, continue_on_error=continue_on_error,
                        verbose=verbose, dry_run=dry_run, timeout_s=timeout, log_level=level, wait_lock=wait_lock,
                        schema=schema)
@@ -131,6 +136,8 @@ def refresh(
     wait_lock: opt.WaitLock = 0.0,
     output_dir: OutputDir = Path(".logs"),
     log_level: opt.LogLevel = "WARNING",
+    executor: opt.Executor = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Daily refresh: bars, then EMAs for the ids whose data is fresh (stale ids are listed)."""
     from ta_lab2.cli.render import console
@@ -142,7 +149,7 @@ def refresh(
         raise UsageError("refresh: choose --bars, --emas or --all")
     level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
-    options = _options(flags.parse_ids(ids), tz=flags.check_tz(tz), num_processes=num_processes,
+    options = _options(flags.parse_ids(ids), executor, scheduler, tz=flags.check_tz(tz), num_processes=num_processes,
                        continue_on_error=continue_on_error, verbose=verbose, dry_run=dry_run, timeout_s=timeout,
                        log_level=level, wait_lock=wait_lock)
     target = resolve_target(db_url, database)
