@@ -122,7 +122,20 @@ def _cache_bytecode() -> None:
         pass
 
 
-def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
+def run_scenario(scenario: Scenario, output_dir: Path, executor: str = "local",
+                 scheduler: str | None = None) -> ScenarioResult:
+    """Run and time ``scenario``; with ``executor`` dask, every run's work units are tasks of
+    the cluster at ``scheduler``, or of a two-worker cluster of this machine started for the
+    scenario (not timed; its workers connect to the bench database)."""
+    if executor == "dask" and scheduler is None:
+        from ta_lab2.cluster.client import local_cluster
+        from ta_lab2.db.embedded import EmbeddedServer
+
+        server = EmbeddedServer()
+        server.ensure_running()
+        with local_cluster(server.url(f"ta_lab2_bench_{scenario.name}"), 2) as address:
+            return run_scenario(scenario, output_dir, executor, address)
+    runs_on = {"executor": executor, "scheduler": scheduler}
     from ta_lab2.baseline.capture import CaptureOptions, run_capture
     from ta_lab2.db.connect import connect, fresh_embedded_database
     from ta_lab2.db.schema import ensure_schema
@@ -158,7 +171,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
 
     # The full rebuild as a user runs it (and as the capture's rebuild does): every bar
     # builder with --full-rebuild, then every EMA refresher with --full-refresh.
-    full = RunOptions(ids=None, full=True, periods=scenario.periods)
+    full = RunOptions(ids=None, full=True, periods=scenario.periods, **runs_on)
     started = time.perf_counter()
     runs = [run(target, full) for run in (run_bar_builders, run_ema_refreshes)]
     full_s = time.perf_counter() - started
@@ -181,11 +194,11 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
             conn.execute("CHECKPOINT")
             load_frame(conn, universe.filter(pl.col("days_left") == day).drop("days_left"), "bench:new-day")
         started = time.perf_counter()
-        daily_refresh(RunOptions(ids=None, periods=scenario.periods))
+        daily_refresh(RunOptions(ids=None, periods=scenario.periods, **runs_on))
         day_runs.append(time.perf_counter() - started)
     incremental_s = statistics.median(day_runs)
     started = time.perf_counter()
-    capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
+    capture = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures", **runs_on))
     capture_s = time.perf_counter() - started
     with connect(target, autocommit=True) as conn, connect(target, autocommit=True) as helper:
         compare = _compare_rate(conn, helper, scenario.compare_rows)
