@@ -47,9 +47,9 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
                 resolve_ids(conn, options.ids, options.schema)
         return run_children(runner, specs, env=env, dry_run=True)
     dask = options.executor == "dask"
-    # a Dask run's children only plan and wait for their tasks: every child whose inputs are
-    # ready runs at once, so the cluster always has every ready table's units
-    parallel = options.max_parallel or (len(specs) if dask else default_parallel())
+    # a Dask run's children as many as a local run's: more at once (every ready child) measured
+    # slower — their shadow tables' index builds and swaps then all meet at the end
+    parallel = options.max_parallel or default_parallel()
     # a full refresh recomputes every EMA series with the kernel; an incremental one mostly
     # resumes them without it
     imports = preload(roles, kernel=options.full and "emas" in roles, verbose=options.verbose, dask=dask)
