@@ -132,19 +132,33 @@ def _cache_bytecode() -> None:
         pass
 
 
-def run_bench(scenarios: list[Scenario], output_dir: Path) -> list[ScenarioResult]:
+def run_bench(scenarios: list[Scenario], output_dir: Path, executor: str = "local",
+              scheduler: str | None = None) -> list[ScenarioResult]:
     """Run ``scenarios`` in order; one with a reference gets its per-row costs relative to the
     reference's result of this invocation (run before it, see ``select_scenarios``)."""
     results: dict[str, ScenarioResult] = {}
     for scenario in scenarios:
-        result = run_scenario(scenario, output_dir)
+        result = run_scenario(scenario, output_dir, executor, scheduler)
         results[scenario.name] = _with_bars(result, results.get(scenario.reference or ""))
     return list(results.values())
 
 
-def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
+def run_scenario(scenario: Scenario, output_dir: Path, executor: str = "local",
+                 scheduler: str | None = None) -> ScenarioResult:
     """Build ``scenario``'s universe in a fresh database and measure every phase (no bars yet:
-    :func:`run_bench` adds them). Raises ``RuntimeError`` when a rebuild or refresh fails."""
+    :func:`run_bench` adds them). Raises ``RuntimeError`` when a rebuild or refresh fails.
+    With ``executor`` dask, every run's work units are tasks of the cluster at ``scheduler``,
+    or of a two-worker cluster of this machine started for the scenario (not timed; its workers
+    connect to the bench database)."""
+    if executor == "dask" and scheduler is None:
+        from ta_lab2.cluster.client import local_cluster
+        from ta_lab2.db.embedded import EmbeddedServer
+
+        server = EmbeddedServer()
+        server.ensure_running()
+        with local_cluster(server.url(f"ta_lab2_bench_{scenario.name}"), 2) as address:
+            return run_scenario(scenario, output_dir, executor, address)
+    runs_on = {"executor": executor, "scheduler": scheduler}
     from ta_lab2.baseline.capture import CaptureOptions, run_capture
     from ta_lab2.baseline.snapshots import drop
     from ta_lab2.db.connect import connect, fresh_embedded_database
@@ -176,7 +190,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
 
     # The full rebuild as a user runs it (and as the capture's rebuild does): every bar
     # builder with --full-rebuild, then every EMA refresher with --full-refresh.
-    full = RunOptions(ids=None, full=True, periods=scenario.periods)
+    full = RunOptions(ids=None, full=True, periods=scenario.periods, **runs_on)
     started = time.perf_counter()
     runs = [run(target, full) for run in (run_bar_builders, run_ema_refreshes)]
     full_s = time.perf_counter() - started
@@ -199,7 +213,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
             conn.execute("CHECKPOINT")
             load_frame(conn, universe.filter(pl.col("days_left") == day).drop("days_left"), "bench:new-day")
         started = time.perf_counter()
-        daily_refresh(RunOptions(ids=None, periods=scenario.periods))
+        daily_refresh(RunOptions(ids=None, periods=scenario.periods, **runs_on))
         day_runs.append(time.perf_counter() - started)
     incremental_s = statistics.median(day_runs)
 
@@ -207,7 +221,7 @@ def run_scenario(scenario: Scenario, output_dir: Path) -> ScenarioResult:
         with connect(target, autocommit=True) as conn:  # each capture starts from flushed pages
             conn.execute("CHECKPOINT")
         started = time.perf_counter()
-        result = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures"))
+        result = run_capture(target, CaptureOptions(ids=None, output_dir=output_dir / "bench-captures", **runs_on))
         return result, time.perf_counter() - started
 
     identical, capture_s = capture()

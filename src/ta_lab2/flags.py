@@ -31,7 +31,15 @@ HELP: dict[str, str] = {
     "--full-refresh": "Delete the selected ids' rows and state, then recompute.",
     "--include-non-canonical": "Also the non-canonical timeframes of dim_timeframe.",
     "--summary-json": "Write the JSON summary here.",
+    "--executor": "Where the work units run: 'local' (this machine's processes) or 'dask' (tasks on a Dask "
+                  "cluster). Default: TA_LAB2_EXECUTOR, else local.",
+    "--scheduler": "The Dask scheduler's address (tcp://host:8786) for --executor dask. Default: "
+                   "TA_LAB2_DASK_SCHEDULER, else a cluster started on this machine for the run.",
 }
+
+EXECUTORS = ("local", "dask")
+ENV_EXECUTOR = "TA_LAB2_EXECUTOR"
+ENV_SCHEDULER = "TA_LAB2_DASK_SCHEDULER"
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -109,3 +117,23 @@ def parse_periods(value: str | None) -> tuple[int, ...] | None:
         if p not in out:
             out.append(p)
     return tuple(out)
+
+
+def resolve_executor(executor: str | None, scheduler: str | None,
+                     env: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """(executor, scheduler address or None) from ``--executor`` / ``--scheduler``, else
+    ``TA_LAB2_EXECUTOR`` / ``TA_LAB2_DASK_SCHEDULER``; ``--scheduler`` alone means dask. The
+    scheduler is None for local, and for dask without one (a cluster of this machine)."""
+    import os
+
+    environ = os.environ if env is None else env
+    chosen = (executor or environ.get(ENV_EXECUTOR) or ("dask" if scheduler else "local")).strip().lower()
+    if chosen not in EXECUTORS:
+        source = "--executor" if executor else ENV_EXECUTOR
+        raise UsageError(f"{source}: {chosen!r} is not one of {', '.join(EXECUTORS)}")
+    if chosen == "local":
+        if scheduler:
+            raise UsageError("--scheduler: only with --executor dask")
+        return "local", None
+    address = (scheduler or environ.get(ENV_SCHEDULER) or "").strip() or None
+    return "dask", address

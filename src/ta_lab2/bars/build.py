@@ -34,7 +34,8 @@ from ta_lab2.bars.changes import log_deletions
 from ta_lab2.bars.families import Timeframe
 from ta_lab2.bars.registry import BUILDERS, load_timeframes
 from ta_lab2.db.tables import BARS_1D, BARS_1D_REJECTS, state_table
-from ta_lab2.work.units import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_table, table_worker, unit_size
+from ta_lab2.work.units import (IdResult, ProgressFn, TableResult, UnitExecutor, clear_ids, resolve_ids, run_table,
+                                table_worker, unit_size)
 
 
 def build(
@@ -49,12 +50,13 @@ def build(
     progress: ProgressFn | None = None,
     workers: int = 1,
     url: str | None = None,
+    executor: UnitExecutor | None = None,
 ) -> TableResult:
     """Build one bar table for ``ids`` (None = all). ``conn`` must be autocommit: each batch
     (1D) or chunk of a batch of ids is one explicit transaction, so a crash leaves either the
     old or the new rows of an id.
     With ``workers > 1`` (and the ``url`` for the workers' own connections) ids are built in
-    that many processes."""
+    that many processes; with an ``executor``, each batch is one of its tasks."""
     builder = table_worker(conn, BUILDERS, builder_name, "bar builder")
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)
@@ -74,7 +76,7 @@ def build(
     # incremental run (one id per unit cost ~2x in per-id reads, COPYs and commits)
     results = run_table(conn, builder.table, build_batch, options, id_list, bulk=bulk,
                         batch_size=unit_size(full_rebuild and builder.name != "1d"), workers=workers, url=url,
-                        progress=progress, schema=schema)
+                        progress=progress, schema=schema, executor=executor)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
                        time.perf_counter() - started, tuple(results))
 

@@ -12,7 +12,8 @@ from ta_lab2.bars.build import build
 from ta_lab2.bars.registry import BUILDERS
 from ta_lab2.flags import HELP, check_tz, parse_ids, parse_log_level
 from ta_lab2.logs import setup_logging
-from ta_lab2.work.command import ParentRun, child_parser, default_workers, run_child, run_locked, write_summary
+from ta_lab2.work.command import (ParentRun, child_parser, default_workers, run_child, run_locked, unit_executor,
+                                  write_summary)
 from ta_lab2.work.progress import progress
 from ta_lab2.work.units import resolve_ids
 
@@ -34,10 +35,11 @@ def build_command(args: argparse.Namespace, parent: ParentRun | None = None) -> 
 
     def work(conn, target):  # type: ignore[no-untyped-def]
         n = len(resolve_ids(conn, id_list, args.schema))
-        with progress(f"bars {args.builder}", n) as advance:
+        with unit_executor(args, target) as executor, progress(f"bars {args.builder}", n) as advance:
             return build(conn, args.builder, id_list, full_rebuild=args.full_rebuild, tz=args.tz,
                          include_non_canonical=args.include_non_canonical, progress=advance, schema=args.schema,
-                         workers=default_workers(args.num_processes, n, parent), url=target.url)
+                         workers=default_workers(args.num_processes, n, parent), url=target.url,
+                         executor=executor)
 
     result = run_locked(args.db_url, "bars", args.wait_lock, work, args.schema, parent)
     log.info("%s: %d ids, %d rows inserted, %d deleted, %d rejects in %.2fs", result.table, len(result.ids),

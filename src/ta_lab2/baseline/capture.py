@@ -58,6 +58,8 @@ class CaptureOptions:
     wait_lock: float = 0.0
     top_n: int = 20
     log_level: str = "WARNING"
+    executor: str = "local"  # the rebuild's runners: --executor
+    scheduler: str | None = None  # and --scheduler (dask)
 
     @property
     def compare(self) -> CompareSettings:
@@ -65,7 +67,8 @@ class CaptureOptions:
 
     @property
     def rebuild(self) -> RebuildSettings:
-        return RebuildSettings(self.output_dir, self.timeout_s, self.log_level, self.verbose, self.scratch_schema)
+        return RebuildSettings(self.output_dir, self.timeout_s, self.log_level, self.verbose, self.scratch_schema,
+                               self.executor, self.scheduler)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class RebuildSettings:
     log_level: str
     verbose: bool = False
     scratch_schema: str | None = None
+    executor: str = "local"  # passed to the runners: --executor, and --scheduler when set
+    scheduler: str | None = None
 
 
 def rebuild_config(conn: psycopg.Connection, suffix: str, tables: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -107,6 +109,7 @@ def runner_argv(script: str, ids: list[int] | None, flag: str, settings: Rebuild
         argv += ["--schema", settings.scratch_schema]
     if settings.verbose:
         argv.append("--verbose")
+    argv += ["--executor", settings.executor, *(["--scheduler", settings.scheduler] if settings.scheduler else [])]
     return argv
 
 

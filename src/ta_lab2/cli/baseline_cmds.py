@@ -98,6 +98,8 @@ def capture(
     scratch_schema: Annotated[Optional[str], typer.Option("--scratch-schema", help="Rebuild into this schema and compare live vs it; live tables untouched.", show_default=False)] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds each rebuild child may run.")] = 6 * 3600.0,
     wait_lock: opt.WaitLock = 0.0,
+    executor: opt.Executor = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Snapshot → Truncate → Rebuild → Compare → Report.
 
@@ -115,11 +117,13 @@ def capture(
     level = flags.parse_log_level(log_level)
     setup_logging(level, log_dir=output_dir)
     table_list = tuple(t.strip() for t in tables.split(",") if t.strip()) if tables else PIPELINE_TABLES
+    runs_on, address = flags.resolve_executor(executor, scheduler)
     options = CaptureOptions(
         ids=flags.parse_ids(ids), tables=table_list, skip_rebuild=skip_rebuild, dry_run=dry_run, verbose=verbose,
         sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
         tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
         scratch_schema=scratch_schema, output_dir=output_dir, timeout_s=timeout, wait_lock=wait_lock, log_level=level,
+        executor=runs_on, scheduler=address,
     )
     result = run_capture(resolve_target(db_url, database), options, redacted_argv(sys.argv))
     _render(result, output_dir)
@@ -305,8 +309,10 @@ def bench(
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.", show_default=False)] = None,
     output_dir: OutputDir = Path(".logs/bench"),
     log_level: opt.LogLevel = "WARNING",
+    executor: opt.Executor = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
-    """Measure the speed bars of spec 06 on this machine (fresh databases on the embedded server)."""
+    """Measure the speed targets on this machine (fresh databases on the embedded server)."""
     import json
 
     from ta_lab2.bench import run_bench
@@ -319,7 +325,8 @@ def bench(
         scenarios = select_scenarios(scenario, assets, days, reference)
     except ValueError as exc:
         raise UsageError(f"--scenario: {exc}") from None
-    results = run_bench(scenarios, output_dir)
+    runs_on, address = flags.resolve_executor(executor, scheduler)
+    results = run_bench(scenarios, output_dir, runs_on, address)
     for r in results:
         bench_table(r)
     if as_json is not None:

@@ -51,6 +51,8 @@ _RUN_FLAGS: dict[str, tuple[Any, Any]] = {
     "wait_lock": (opt.WaitLock, 0.0),
     "output_dir": (OutputDir, Path(".logs")),
     "log_level": (opt.LogLevel, "WARNING"),
+    "executor": (opt.Executor, None),
+    "scheduler": (opt.Scheduler, None),
 }
 
 
@@ -66,6 +68,8 @@ class RunFlags:
     wait_lock: float
     output_dir: Path
     log_level: str
+    executor: str | None
+    scheduler: str | None
 
     def options(self, ids: str | None, **kw: Any):  # type: ignore[no-untyped-def]
         """Set up logging (console at ``--log-level``, everything in the output directory's log
@@ -75,9 +79,11 @@ class RunFlags:
 
         level = flags.parse_log_level(self.log_level)
         setup_logging(level, log_dir=self.output_dir)
+        executor, scheduler = flags.resolve_executor(self.executor, self.scheduler)
         return RunOptions(ids=flags.parse_ids(ids), num_processes=self.num_processes,
                           continue_on_error=self.continue_on_error, verbose=self.verbose, dry_run=self.dry_run,
-                          timeout_s=self.timeout, log_level=level, wait_lock=self.wait_lock, **kw)
+                          timeout_s=self.timeout, log_level=level, wait_lock=self.wait_lock, executor=executor,
+                          scheduler=scheduler, **kw)
 
 
 def runner_command(fn: Callable[..., None]) -> Callable[..., None]:

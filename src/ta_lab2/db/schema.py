@@ -368,14 +368,22 @@ def _ddl(schema: str) -> list[str]:
     s = f'"{schema}"'
     parts = [_VERSION_DDL.format(s=s), _SOURCE_DDL.format(s=s), _DIM_DDL.format(s=s), _BARS_1D_DDL.format(s=s),
              _BASELINE_DDL.format(s=s)]
-    for table in list(BAR_TABLES.values())[1:]:
-        extra = "\n    bar_anchor_offset integer NOT NULL," if table in ANCHORED_BAR_TABLES else ""
-        parts.append(_MULTI_TF_DDL.format(s=s, t=table, extra=extra))
-    for table in EMA_TABLES.values():
-        dual = table in DUAL_EMA_TABLES
-        parts.append(_EMA_DDL.format(s=s, t=table, extra=_DUAL_EMA_EXTRA if dual else "",
-                                     ends=_ends_ddl(s, table, dual)))
+    parts += [family_ddl(schema, table) for table in (*list(BAR_TABLES.values())[1:], *EMA_TABLES.values())]
     return parts
+
+
+def family_ddl(schema: str, table: str) -> str:
+    """The DDL of one multi-timeframe bar table or EMA table and its state table, with the
+    index and constraint names ``ensure_schema`` gives them (a shadow table built from it can
+    take the real one's place)."""
+    s = f'"{schema}"'
+    if table in list(BAR_TABLES.values())[1:]:
+        extra = "\n    bar_anchor_offset integer NOT NULL," if table in ANCHORED_BAR_TABLES else ""
+        return _MULTI_TF_DDL.format(s=s, t=table, extra=extra)
+    if table in EMA_TABLES.values():
+        dual = table in DUAL_EMA_TABLES
+        return _EMA_DDL.format(s=s, t=table, extra=_DUAL_EMA_EXTRA if dual else "", ends=_ends_ddl(s, table, dual))
+    raise ValueError(f"{table} is not a multi-timeframe bar table or an EMA table")
 
 
 def _table_names() -> list[str]:

@@ -12,7 +12,8 @@ from ta_lab2.emas.refresh import refresh
 from ta_lab2.emas.registry import REFRESHERS
 from ta_lab2.flags import HELP, parse_ids, parse_log_level, parse_periods
 from ta_lab2.logs import setup_logging
-from ta_lab2.work.command import ParentRun, child_parser, default_workers, run_child, run_locked, write_summary
+from ta_lab2.work.command import (ParentRun, child_parser, default_workers, run_child, run_locked, unit_executor,
+                                  write_summary)
 from ta_lab2.work.progress import progress
 from ta_lab2.work.units import resolve_ids
 
@@ -34,10 +35,11 @@ def refresh_command(args: argparse.Namespace, parent: ParentRun | None = None) -
 
     def work(conn, target):  # type: ignore[no-untyped-def]
         n = len(resolve_ids(conn, id_list, args.schema))
-        with progress(f"emas {args.refresher}", n) as advance:
+        with unit_executor(args, target) as executor, progress(f"emas {args.refresher}", n) as advance:
             return refresh(conn, args.refresher, id_list, full_refresh=args.full_refresh, periods=plist,
                            include_non_canonical=args.include_non_canonical, progress=advance, schema=args.schema,
-                           workers=default_workers(args.num_processes, n, parent), url=target.url)
+                           workers=default_workers(args.num_processes, n, parent), url=target.url,
+                           executor=executor)
 
     result = run_locked(args.db_url, "emas", args.wait_lock, work, args.schema, parent)
     log.info("%s: %d ids, %d rows inserted, %d deleted in %.2fs", result.table, len(result.ids),

@@ -33,7 +33,8 @@ from ta_lab2.emas.recomputed import recompute
 from ta_lab2.emas.registry import REFRESHERS, load_ema_timeframes, load_periods
 from ta_lab2.emas.resumed import resumed_rows
 from ta_lab2.emas.writes import write_rows
-from ta_lab2.work.units import IdResult, ProgressFn, TableResult, clear_ids, resolve_ids, run_table, table_worker, unit_size
+from ta_lab2.work.units import (IdResult, ProgressFn, TableResult, UnitExecutor, clear_ids, resolve_ids, run_table,
+                                table_worker, unit_size)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ def refresh(
     progress: ProgressFn | None = None,
     workers: int = 1,
     url: str | None = None,
+    executor: UnitExecutor | None = None,
 ) -> TableResult:
-    """Refresh one EMA table for ``ids`` (None = all); ``conn`` must be autocommit."""
+    """Refresh one EMA table for ``ids`` (None = all); ``conn`` must be autocommit. Batches
+    run in this process, over ``workers`` processes, or as tasks of an ``executor``."""
     refresher = table_worker(conn, REFRESHERS, name, "EMA refresher")
     started = time.perf_counter()
     id_list = resolve_ids(conn, ids, schema)
@@ -62,7 +65,8 @@ def refresh(
     if full_refresh and not bulk:
         clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
     results = run_table(conn, refresher.table, refresh_batch, options, id_list, bulk=bulk,
-                        batch_size=unit_size(full_refresh), workers=workers, url=url, progress=progress, schema=schema)
+                        batch_size=unit_size(full_refresh), workers=workers, url=url, progress=progress, schema=schema,
+                        executor=executor, reads=(refresher.bar_table,))
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
                        tuple(results), plist)
 

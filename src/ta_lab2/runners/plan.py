@@ -46,12 +46,16 @@ FAMILY_IMPORTS: dict[str, tuple[str, ...]] = {"bars": ("ta_lab2.bars.cli",), "em
 KERNEL_IMPORTS: tuple[str, ...] = ("ta_lab2.emas.kernel_preload",)
 #: For children writing to a terminal (a verbose run): Rich's log handler and progress bars.
 TERMINAL_IMPORTS: tuple[str, ...] = ("rich.logging", "rich.progress")
+#: For children that run their units on a Dask cluster (``--executor dask``): the client.
+DASK_IMPORTS: tuple[str, ...] = ("distributed", "ta_lab2.cluster.client", "ta_lab2.cluster.units")
 
 
-def preload(roles: Sequence[str], *, kernel: bool, verbose: bool) -> tuple[str, ...]:
-    """What the fork server of a run of the ``roles`` families imports before its first child."""
+def preload(roles: Sequence[str], *, kernel: bool, verbose: bool, dask: bool = False) -> tuple[str, ...]:
+    """What the fork server of a run of the ``roles`` families imports before its first child
+    (a child of a Dask run computes nothing itself: no kernel)."""
     return (*CHILD_IMPORTS, *(m for r in roles for m in FAMILY_IMPORTS.get(r, ())),
-            *(KERNEL_IMPORTS if kernel else ()), *(TERMINAL_IMPORTS if verbose else ()))
+            *(KERNEL_IMPORTS if kernel and not dask else ()), *(TERMINAL_IMPORTS if verbose else ()),
+            *(DASK_IMPORTS if dask else ()))
 
 
 def bar_inputs(builder: str) -> tuple[str, ...]:
@@ -84,6 +88,8 @@ class RunOptions:
     log_level: str = "WARNING"
     wait_lock: float = 0.0
     schema: str = "public"
+    executor: str = "local"  # or "dask": every child runs its work units as tasks of a Dask cluster
+    scheduler: str | None = None  # the Dask scheduler's address; None: a cluster of this machine for the run
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -117,6 +123,8 @@ def _common(options: RunOptions) -> list[str]:
         args.append("--include-non-canonical")
     if options.num_processes:
         args += ["--num-processes", str(options.num_processes)]
+    if options.executor != "local":
+        args += ["--executor", options.executor, *(["--scheduler", options.scheduler] if options.scheduler else [])]
     return args
 
 

@@ -10,11 +10,12 @@ default the CPU count) as the dependencies allow.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import WRITER_LOCKS, locks_held_by_caller, writer_locks
@@ -49,11 +50,17 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
                                      hint="run `ta-lab2 init`, or load data with `ta-lab2 load`")
                 resolve_ids(conn, options.ids, options.schema)
         return run_children(runner, specs, env=env, dry_run=True)
+    dask = options.executor == "dask"
+    # a Dask run's children as many as a local run's: more at once (every ready child) measured
+    # slower — their shadow tables' index builds and swaps then all meet at the end
     parallel = options.max_parallel or default_parallel()
     # a full refresh recomputes every EMA series with the kernel; an incremental one mostly
     # resumes them without it
-    imports = preload(roles, kernel=options.full and "emas" in roles, verbose=options.verbose)
-    with Launcher(imports) as launcher, connect(target, autocommit=True) as conn:
+    imports = preload(roles, kernel=options.full and "emas" in roles, verbose=options.verbose, dask=dask)
+    with Launcher(imports) as launcher, _cluster(target, options) as address, \
+            connect(target, autocommit=True) as conn:
+        if address is not None:
+            specs = [replace(s, args=(*s.args, "--scheduler", address)) for s in specs]
         ensure_schema(conn, options.schema)
         if options.ids is not None:
             resolve_ids(conn, options.ids, options.schema)
@@ -65,6 +72,19 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
             return run_children(runner, specs, env=env, timeout_s=options.timeout_s,
                                 continue_on_error=options.continue_on_error, verbose=options.verbose,
                                 max_parallel=parallel, launcher=launcher)
+
+
+@contextlib.contextmanager
+def _cluster(target: Target, options: RunOptions) -> Iterator[str | None]:
+    """For a Dask run without a scheduler: a cluster of this machine for the whole run (its
+    workers get the URL in their environment), yielding its address; else None."""
+    if options.executor != "dask" or options.scheduler is not None:
+        yield None
+        return
+    from ta_lab2.cluster.client import local_cluster
+
+    with local_cluster(target.url) as address:
+        yield address
 
 
 def run_bar_builders(target: Target, options: RunOptions, builders: Sequence[str] = BUILDER_ORDER) -> RunSummary:

@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import psycopg
 
@@ -29,7 +30,7 @@ from ta_lab2.db.connect import Target, connect, resolve_target
 from ta_lab2.db.locks import writer_locks
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.errors import UsageError, report_failure
-from ta_lab2.flags import HELP, check_schema_name
+from ta_lab2.flags import EXECUTORS, HELP, check_schema_name, resolve_executor
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def child_parser(prog: str, description: str, what: str, names: Sequence[str],
                  full_flag: str) -> argparse.ArgumentParser:
     """The options every child command takes: ``WHAT`` (one of ``names``), ``--ids``,
     ``--db-url``, ``full_flag``, ``--include-non-canonical``, ``--num-processes``,
-    ``--wait-lock``, ``--summary-json``, ``--schema``, ``--log-level``, ``--debug``. A command
+    ``--wait-lock``, ``--summary-json``, ``--schema``, ``--log-level``, ``--executor``,
+    ``--scheduler``, ``--debug``. A command
     adds its own. Usage errors exit with code 2, as on every command."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(what, choices=list(names), metavar=what.upper(),
@@ -126,8 +128,28 @@ def child_parser(prog: str, description: str, what: str, names: Sequence[str],
     parser.add_argument("--schema", metavar="NAME", default="public", type=_schema_name,
                         help=HELP["--schema"] + " Default: public.")
     parser.add_argument("--log-level", metavar="LEVEL", default="WARNING", help=HELP["--log-level"] + " Default: WARNING.")
+    parser.add_argument("--executor", metavar="NAME", choices=list(EXECUTORS), help=HELP["--executor"])
+    parser.add_argument("--scheduler", metavar="ADDRESS", help=HELP["--scheduler"])
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
     return parser
+
+
+@contextmanager
+def unit_executor(args: argparse.Namespace, target: Target) -> Iterator[Any]:
+    """What the command's work units run on: None (this machine: in-process or a process
+    pool) for ``--executor local``; for ``dask``, a
+    :class:`~ta_lab2.cluster.units.DaskUnits` over a client of ``--scheduler`` or of a
+    cluster of this machine started for the command (its workers get ``target``'s URL in
+    their environment)."""
+    executor, scheduler = resolve_executor(args.executor, args.scheduler)
+    if executor != "dask":
+        yield None
+        return
+    from ta_lab2.cluster.client import dask_client
+    from ta_lab2.cluster.units import DaskUnits
+
+    with dask_client(scheduler, target.url) as client:
+        yield DaskUnits(client)
 
 
 def run_child(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace, ParentRun | None], None],

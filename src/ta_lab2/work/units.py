@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import polars as pl
 import psycopg
@@ -146,6 +146,16 @@ def bulk_rebuild(conn: psycopg.Connection, tables: Sequence[str], state_tables: 
 
 UnitFn = Callable[[psycopg.Connection, Any, Sequence[int]], list[IdResult]]
 
+
+class UnitExecutor(Protocol):
+    """Runs work units somewhere else than this process (``--executor dask``:
+    :class:`ta_lab2.cluster.units.DaskUnits`): each unit opens its own connection there."""
+
+    def map(self, fn: UnitFn, options: Any, units: Sequence[Sequence[int]], label: str,
+            progress: ProgressFn | None = None) -> list[IdResult]:
+        """``fn(conn, options, unit)`` for every unit; the results in unit order."""
+        ...
+
 #: Ids one unit handles together when the run is not a full rebuild: an incremental run does
 #: little per id, and per-id queries, transactions and COPYs would dominate it. A full
 #: rebuild keeps one id per unit (its work per id is large, and so is its memory), except the
@@ -187,10 +197,15 @@ def run_units(
     workers: int = 1,
     url: str | None = None,
     progress: ProgressFn | None = None,
+    executor: UnitExecutor | None = None,
+    label: str = "units",
 ) -> list[IdResult]:
-    """Run ``fn`` over ``ids`` in batches of ``batch_size``, in this process or over
-    ``workers`` processes; results sorted by id (in this process: in ``ids`` order)."""
+    """Run ``fn`` over ``ids`` in batches of ``batch_size``: on ``executor`` (each batch a
+    task named after ``label``), else in this process or over ``workers`` processes; results
+    sorted by id (in this process or on an executor: in ``ids`` order)."""
     units = batches(ids, batch_size)
+    if executor is not None:
+        return executor.map(fn, options, units, label, progress)
     if workers <= 1 or len(units) <= 1 or url is None:
         results: list[IdResult] = []
         for unit in units:
@@ -216,14 +231,25 @@ def table_worker(conn: psycopg.Connection, registry: Mapping[str, T], name: str,
 
 def run_table(conn: psycopg.Connection, table: str, fn: UnitFn, options: Any, ids: Sequence[int], *, bulk: bool,
               batch_size: int, workers: int, url: str | None, progress: ProgressFn | None,
-              schema: str = "public") -> list[IdResult]:
+              schema: str = "public", executor: UnitExecutor | None = None,
+              reads: Sequence[str] = ()) -> list[IdResult]:
     """Run ``fn`` over ``ids`` for ``table``: with ``bulk`` (an all-ids full rebuild) every id in
     this process inside one :func:`bulk_rebuild` of the table and its state (workers cannot
-    share its transaction), else as :func:`run_units` does."""
+    share its transaction) — or, on an ``executor``, every batch a task writing into a shadow
+    copy of the table that one transaction then swaps in (:func:`ta_lab2.db.shadow.shadow_rebuild`;
+    ``reads``: the other pipeline tables the units read); else as :func:`run_units` does.
+    ``options`` is a dataclass with ``schema`` and ``bulk`` fields."""
+    if bulk and executor is not None:
+        from ta_lab2.db.shadow import shadow_rebuild
+
+        with shadow_rebuild(conn, schema, table, reads) as shadow:
+            return run_units(conn, fn, replace(options, schema=shadow, bulk=False), ids, batch_size=batch_size,
+                             progress=progress, executor=executor, label=table)
     if bulk:
         with bulk_rebuild(conn, [table], [state_table(table)], schema):
             return run_units(conn, fn, options, ids, progress=progress)
-    return run_units(conn, fn, options, ids, batch_size=batch_size, workers=workers, url=url, progress=progress)
+    return run_units(conn, fn, options, ids, batch_size=batch_size, workers=workers, url=url, progress=progress,
+                     executor=executor, label=table)
 
 
 def _worker(url: str, fn: UnitFn, options: Any, units: list[list[int]]) -> list[IdResult]:
