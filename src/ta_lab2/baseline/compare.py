@@ -171,17 +171,15 @@ def compare_table(
         "SELECT coalesce(bool_or(n_onesided > 0), false), coalesce(bool_or(n_differing > 0), false) FROM _cmp_series"
     ).fetchone()
     if any_onesided or any_differing:
-        # The steps below read only the flagged series, through the key indexes. A table
-        # without statistics (a snapshot, a table just rebuilt) makes the planner expect one
-        # row per series and join the series' rows pairwise: quadratic, minutes instead of
-        # seconds. A sample of each side is cheap next to that; identical tables never pay it.
-        for table in (spec.snapshot, spec.rebuilt, sql.Identifier("_cmp_series")):
-            conn.execute(sql.SQL("ANALYZE {}").format(table))
-    # Even with statistics, the planner multiplies the selectivities of the series columns
-    # (id, tf, period), expects a handful of rows per series and may join each flagged series'
-    # rows pairwise in a nested loop (the other side's index probed per series, the time only
-    # filtered): quadratic in the series' length — one table of 100k rows, 47 flagged series of
-    # ~700 rows, took over 13 minutes, and 3.4 s with hash and merge joins only.
+        # the flagged series: their count steers the joins below (statistics of the two big
+        # tables are not needed once nested loops are off — ANALYZE of both sides cost more
+        # than the rest of a changed table's compare)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("_cmp_series")))
+    # The planner multiplies the selectivities of the series columns (id, tf, period), expects
+    # a handful of rows per series and may join each flagged series' rows pairwise in a nested
+    # loop (the other side's index probed per series, the time only filtered): quadratic in
+    # the series' length — one table of 100k rows, 47 flagged series of ~700 rows, took over 13
+    # minutes, and 3.4 s with hash and merge joins only.
     with _settings(conn, enable_nestloop="off"):
         _one_sided_rows(conn, spec, ids, _flagged(spec, "n_onesided > 0", any_onesided))
         _differing_cells(conn, spec, ids, _flagged(spec, "n_differing > 0", any_differing), tolerances,
@@ -286,34 +284,51 @@ def _one_sided_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int
 def _differing_cells(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int] | None, where: sql.Composable,
                      tolerances: Tolerances, allow: Sequence[ExpectedDiff]) -> None:
     """``_cmp_diffs``: one row per differing cell of every row of the flagged series, with its
-    severity (rows are filtered with one row comparison, then unpivoted)."""
-    cells = []
+    severity (rows are filtered with one row comparison, then unpivoted; only a cell that
+    differs gets its differences and severity computed — every rule evaluated on every cell
+    of a differing row cost ~10 µs a row per column)."""
+    v = {c: sql.Identifier("v", c) for c in ("s_num", "r_num", "s_txt", "r_txt")}
+    cells, abs_cases, rel_cases, sev_cases, why_cases = [], [], [], [], []
     for col, kind in spec.columns.items():
         a, b = sql.Identifier("s", col), sql.Identifier("r", col)
         allowed = allowed_for(allow, col)
         match = allow_list_match(allowed[1]) if allowed else None
-        rule = cell_rule(a, b, kind, tolerances.for_column(spec.table, col) if kind == "float" else None, match)
-        why = (sql.SQL("CASE WHEN {m} THEN {r} END").format(m=match, r=sql.Literal(allowed[0]))
-               if allowed and match is not None else sql.SQL("NULL::text"))
+        tol = tolerances.for_column(spec.table, col) if kind == "float" else None
         # floats stay numbers (turned into text for the top differences only: ~1 µs a value)
         if kind == "float":
             values = sql.SQL("{a}::float8, {b}::float8, NULL::text, NULL::text").format(a=a, b=b)
+            rule = cell_rule(v["s_num"], v["r_num"], kind, tol, match)
         else:
             values = sql.SQL("NULL::float8, NULL::float8, {a}::text, {b}::text").format(a=a, b=b)
-        cells.append(sql.SQL("({col}, {differs}, {values}, {d}, {rel}, {sev}, ({a} IS NULL) <> ({b} IS NULL), {why})").format(
-            col=sql.Literal(col), differs=rule.differs, values=values, a=a, b=b, d=rule.abs_diff, rel=rule.rel_diff,
-            sev=rule.severity, why=why))
+            rule = cell_rule(v["s_txt"], v["r_txt"], kind, tol, match)
+        cells.append(sql.SQL("({col}, {differs}, {values})").format(
+            col=sql.Literal(col), differs=cell_rule(a, b, kind, tol).differs, values=values))
+        when = sql.SQL(" WHEN {} THEN ").format(sql.Literal(col))
+        abs_cases.append(when + rule.abs_diff)
+        rel_cases.append(when + rule.rel_diff)
+        sev_cases.append(when + rule.severity)
+        if allowed and match is not None:
+            why_cases.append(when + sql.SQL("CASE WHEN {m} THEN {r} END").format(m=match, r=sql.Literal(allowed[0])))
+
+    def by_column(cases: list[sql.Composable], cast: str) -> sql.Composable:
+        if not cases:
+            return sql.SQL(f"NULL::{cast}")
+        return sql.SQL("CASE v.col") + sql.SQL("").join(cases) + sql.SQL(f" END::{cast}")
+
     conn.execute(sql.SQL(
         """
         CREATE TEMP TABLE _cmp_diffs AS
-        SELECT {kq}, v.col, v.s_num, v.r_num, v.s_txt, v.r_txt, v.abs_diff, v.rel_diff, v.severity, v.null_mismatch,
-               v.reason
+        SELECT {kq}, v.col, v.s_num, v.r_num, v.s_txt, v.r_txt, {abs_diff} AS abs_diff, {rel_diff} AS rel_diff,
+               {severity} AS severity,
+               (v.s_num IS NULL AND v.s_txt IS NULL) <> (v.r_num IS NULL AND v.r_txt IS NULL) AS null_mismatch,
+               {reason} AS reason
         FROM (SELECT * FROM {s} WHERE {f}) s JOIN (SELECT * FROM {r} WHERE {ids} AND {f}) r USING ({k})
-        CROSS JOIN LATERAL (VALUES {cells})
-            AS v(col, differs, s_num, r_num, s_txt, r_txt, abs_diff, rel_diff, severity, null_mismatch, reason)
+        CROSS JOIN LATERAL (VALUES {cells}) AS v(col, differs, s_num, r_num, s_txt, r_txt)
         WHERE {row_differs} AND v.differs
         """).format(kq=_cols(spec.key, "s"), s=spec.snapshot, r=spec.rebuilt, ids=_ids(None, ids), f=where,
-                    k=_cols(spec.key), cells=sql.SQL(", ").join(cells), row_differs=row_differs(spec)))
+                    k=_cols(spec.key), cells=sql.SQL(", ").join(cells), row_differs=row_differs(spec),
+                    abs_diff=by_column(abs_cases, "float8"), rel_diff=by_column(rel_cases, "float8"),
+                    severity=by_column(sev_cases, "text"), reason=by_column(why_cases, "text")))
 
 
 def _stats_rows(conn: psycopg.Connection, sampling: Sampling) -> int:
