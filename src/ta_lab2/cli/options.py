@@ -34,7 +34,7 @@ Schema = Annotated[str, typer.Option("--schema", help=HELP["--schema"], callback
 FullRebuild = Annotated[bool, typer.Option("--full-rebuild", help=HELP["--full-rebuild"])]
 FullRefresh = Annotated[bool, typer.Option("--full-refresh", help=HELP["--full-refresh"])]
 IncludeNonCanonical = Annotated[bool, typer.Option("--include-non-canonical", help=HELP["--include-non-canonical"])]
-Executor = Annotated[Optional[str], typer.Option("--executor", metavar="local|dask", help=HELP["--executor"],
+Executor = Annotated[str | None, typer.Option("--executor", metavar="local|dask", help=HELP["--executor"],
                                                   show_default=False)]
-Scheduler = Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help=HELP["--scheduler"],
+Scheduler = Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS", help=HELP["--scheduler"],
                                                    show_default=False)]

@@ -77,11 +77,17 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
 @contextlib.contextmanager
 def _cluster(target: Target, options: RunOptions) -> Iterator[str | None]:
     """For a Dask run without a scheduler: a cluster of this machine for the whole run (its
-    workers get the URL in their environment), yielding its address; else None."""
-    if options.executor != "dask" or options.scheduler is not None:
+    workers get the URL in their environment), yielding its address; else None. A Dask run
+    without ``distributed`` fails here, before any child starts."""
+    if options.executor != "dask":
         yield None
         return
-    from ta_lab2.cluster.client import local_cluster
+    from ta_lab2.cluster.client import import_distributed, local_cluster
+
+    import_distributed()
+    if options.scheduler is not None:
+        yield None
+        return
 
     with local_cluster(target.url) as address:
         yield address
