@@ -39,10 +39,19 @@ def _changed_price_phase(data: dict) -> None:
     assert data["ratios"]["changed_capture_over_capture"] == data["changed_capture_s"] / data["capture_s"]
 
 
+@pytest.fixture(scope="module")
+def universe_run(pg_server, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]  # noqa: ANN001
+    """One bench invocation for the module: a tiny universe and, first, its reference ``tiny``
+    (instead of ``upstream``, to stay fast) — the tiny scenario's own structure is checked on
+    that reference run."""
+    return _bench(tmp_path_factory.mktemp("bench"), "--scenario", "universe", "--assets", "5", "--days", "60",
+                  "--reference", "tiny")
+
+
 @pytest.mark.db
 @pytest.mark.slow
-def test_bench_tiny_scenario_structure(pg_server, tmp_path: Path) -> None:  # noqa: ANN001 - fixture
-    result, (data,) = _bench(tmp_path, "--scenario", "tiny")
+def test_bench_tiny_scenario_structure(universe_run) -> None:  # noqa: ANN001 - fixture
+    result, (data, _) = universe_run
     assert "bench: tiny" in result.stdout and "full compare" in result.stdout
     assert data["scenario"] == "tiny"
     assert [t["name"] for t in data["tables"]][:1] == ["cmc_price_bars_1d"] and len(data["tables"]) == 12
@@ -63,12 +72,10 @@ def test_bench_tiny_scenario_structure(pg_server, tmp_path: Path) -> None:  # no
 
 @pytest.mark.db
 @pytest.mark.slow
-def test_bench_universe_scenario_against_its_reference(pg_server, tmp_path: Path) -> None:
-    """A tiny universe (its reference ``tiny`` instead of ``upstream``, to stay fast): the
-    reference runs first in the same invocation, and the universe reports its costs per
+def test_bench_universe_scenario_against_its_reference(universe_run) -> None:  # noqa: ANN001 - fixture
+    """The reference runs first in the same invocation, and the universe reports its costs per
     output row relative to it, with the universe's bars."""
-    result, (ref, data) = _bench(tmp_path, "--scenario", "universe", "--assets", "5", "--days", "60",
-                                 "--reference", "tiny")
+    result, (ref, data) = universe_run
     assert ref["scenario"] == "tiny" and data["scenario"] == "universe" and data["reference"] == "tiny"
     assert "bench: universe (5 assets" in result.stdout and "cost per output row over tiny's" in result.stdout
     assert data["assets"] == 5 and data["source_days"] == sum(listing_lengths(5, 60)) <= 5 * 60
