@@ -7,6 +7,9 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.bars.build import build
+from ta_lab2.db.connect import Target, connect
+from ta_lab2.load.service import load_synthetic
+from ta_lab2.load.synthetic import SyntheticConfig
 from ta_lab2.bars.registry import BUILDERS
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.emas.refresh import refresh
@@ -27,6 +30,17 @@ def refresh_all(conn: psycopg.Connection, *, full: bool, schema: str = "public",
                 periods: tuple[int, ...] = TEST_PERIODS) -> None:
     for name in REFRESHERS:
         refresh(conn, name, None, full_refresh=full, periods=periods, schema=schema)
+
+
+
+def built_pipeline(db: Target, config: SyntheticConfig, periods: tuple[int, ...]) -> Target:
+    """``db`` with the synthetic universe of ``config`` loaded and all 12 tables built in full
+    (EMAs for ``periods``): the starting point of the capture tests."""
+    with connect(db, autocommit=True) as conn:
+        load_synthetic(conn, config)
+        build_all(conn, full=True)
+        refresh_all(conn, full=True, periods=periods)
+    return db
 
 
 def clone_source(conn: psycopg.Connection, src: str, dst: str) -> None:

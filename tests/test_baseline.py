@@ -22,13 +22,12 @@ import jsonschema
 import psycopg
 import pytest
 
-from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, refresh_all
+from bars_helpers import built_pipeline, BAR_TABLES, EMA_TABLES, build_all, refresh_all
 from proc_helpers import wait_sessions_gone
 from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_capture
 from ta_lab2.baseline.comparison_utils import Sampling
 from ta_lab2.baseline.naming import make_suffix, snapshot_name
 from ta_lab2.db.connect import Target, connect
-from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -43,11 +42,7 @@ STATE_TABLES = [f"{t}_state" for t in ALL_TABLES]
 
 @pytest.fixture(scope="module")
 def pipeline(db: Target) -> Target:
-    with connect(db, autocommit=True) as conn:
-        load_synthetic(conn, SyntheticConfig(n_assets=2, days=120, seed=17, gap_rate=0.03, defect_rate=0.02))
-        build_all(conn, full=True)
-        refresh_all(conn, full=True, periods=PERIODS)
-    return db
+    return built_pipeline(db, SyntheticConfig(n_assets=2, days=120, seed=17, gap_rate=0.03, defect_rate=0.02), PERIODS)
 
 
 def _secret_target(t: Target) -> Target:

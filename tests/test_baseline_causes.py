@@ -24,11 +24,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, clone_source, diff_schemas, refresh_all
+from bars_helpers import built_pipeline, BAR_TABLES, EMA_TABLES, build_all, clone_source, diff_schemas, refresh_all
 from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_capture
 from ta_lab2.baseline.snapshots import drop, restore
 from ta_lab2.db.connect import Target, connect
-from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -44,11 +43,7 @@ AUDIT = {"ingested_at", "rejected_at", "updated_at"}
 
 @pytest.fixture(scope="module")
 def pipeline(db: Target) -> Target:
-    with connect(db, autocommit=True) as conn:
-        load_synthetic(conn, SyntheticConfig(n_assets=2, days=120, seed=23, gap_rate=0.03, defect_rate=0.0))
-        build_all(conn, full=True)
-        refresh_all(conn, full=True, periods=PERIODS)
-    return db
+    return built_pipeline(db, SyntheticConfig(n_assets=2, days=120, seed=23, gap_rate=0.03, defect_rate=0.0), PERIODS)
 
 
 def _cli(target: Target, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bars_helpers import BAR_TABLES, EMA_TABLES, build_all, refresh_all
+from bars_helpers import built_pipeline, BAR_TABLES, EMA_TABLES
 from proc_helpers import wait_sessions_gone
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import SOURCE_LOCK, WRITER_LOCKS, advisory_lock
@@ -34,11 +34,7 @@ EVERYTHING = [*ALL_TABLES, *(f"{t}_state" for t in ALL_TABLES), "cmc_price_bars_
 
 @pytest.fixture(scope="module")
 def pipeline(db: Target) -> Target:
-    with connect(db, autocommit=True) as conn:
-        load_synthetic(conn, SyntheticConfig(n_assets=2, days=90, seed=31, gap_rate=0.03, defect_rate=0.02))
-        build_all(conn, full=True)
-        refresh_all(conn, full=True, periods=PERIODS)
-    return db
+    return built_pipeline(db, SyntheticConfig(n_assets=2, days=90, seed=31, gap_rate=0.03, defect_rate=0.02), PERIODS)
 
 
 def _env(target: Target) -> dict[str, str]:
