@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ta_lab2.baseline.compare import TableSpec, compare_table
+from ta_lab2.baseline.compare import compare_table
+from ta_lab2.baseline.table_sql import TableSpec
 from ta_lab2.baseline.comparison_utils import Sampling, Tolerance, Tolerances, cell_rule
 from ta_lab2.db.connect import Target
 
@@ -137,6 +140,112 @@ def test_sample_bounds_statistics_only(conn: psycopg.Connection) -> None:
     ema = {name: next(c for c in r.columns if c.column == "ema") for name, r in got.items()}
     assert ema["full"].mean_abs_diff == pytest.approx(92.5 / 1500)
     assert ema["none"].mean_abs_diff == pytest.approx(92.5 / 420)
+
+
+def _random_tables(conn: psycopg.Connection, seed: int) -> tuple[TableSpec, dict, dict]:
+    """Two tables keyed (id, period, ts) with float columns ema, d1 and a text column note:
+    ``b`` is ``a`` with cells set to random edge pairs (every severity, NULL, NaN, ±inf, ±0),
+    some keys removed and some added. Returns the spec and both tables as {key: row}."""
+    import random
+
+    rng = random.Random(seed)
+    day = 86400.0
+    base = {(i, 3, n * day): [100.0 + i + n, 1.0 + n / 7, f"n{n % 5}"] for i in (1, 2, 3, 4) for n in range(120)}
+    a = {k: list(v) for k, v in base.items()}
+    b = {k: list(v) for k, v in base.items()}
+    # and differences whose squares leave the float range either way
+    pairs = _edges() + [(1e200, 2e200), (-3e250, 1e250), (3e-170, 1e-170), (5e-310, 1e-310)]
+    for key in rng.sample(sorted(base), 80):
+        col = rng.choice((0, 1, 2))
+        if col < 2:
+            a[key][col], b[key][col] = rng.choice(pairs)
+        else:
+            a[key][col], b[key][col] = rng.choice([("x", "y"), (None, "y"), ("x", None), ("x", "x")])
+    for (i, n, col), (x, y) in zip([(4, 5, 0), (4, 6, 1), (4, 7, 0), (3, 8, 1)], pairs[-4:]):  # each seed has them
+        a[(i, 3, n * day)][col], b[(i, 3, n * day)][col] = x, y
+    for key in rng.sample(sorted(base), 3):
+        del b[key]
+    for n in (200, 201):
+        b[(2, 3, n * day)] = [1.0, 2.0, "new"]
+    conn.execute("DROP TABLE IF EXISTS cmp_a, cmp_b")
+    for name, rows in (("cmp_a", a), ("cmp_b", b)):
+        conn.execute(f"CREATE TABLE {name} (id int, period int, ts timestamptz, ema float8, d1 float8, note text, "
+                     "PRIMARY KEY (id, period, ts))")
+        keys = sorted(rows)
+        conn.execute(f"INSERT INTO {name} SELECT i, p, to_timestamp(t), e, d, x "
+                     "FROM unnest(%s::int[], %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::text[]) "
+                     "AS u(i, p, t, e, d, x)",
+                     ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [rows[k][0] for k in keys],
+                      [rows[k][1] for k in keys], [rows[k][2] for k in keys]))
+    spec = TableSpec("cmp", sql.Identifier("public", "cmp_a"), sql.Identifier("public", "cmp_b"), ("id", "period", "ts"),
+                     ("id", "period"), "ts", {"ema": "float", "d1": "float", "note": "exact"})
+    return spec, a, b
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_table_compare_equals_a_brute_force_over_every_cell(conn: psycopg.Connection, seed: int) -> None:
+    spec, a, b = _random_tables(conn, seed)
+    columns = list(spec.columns)
+    cells = {}  # (key, column) -> severity, by the oracle over every cell of every row on both sides
+    for key in a.keys() & b.keys():
+        for j, col in enumerate(columns):
+            x, y = a[key][j], b[key][j]
+            severity = oracle(x, y) if col != "note" else (None if x == y else "CRITICAL")
+            if severity is not None:
+                cells[(key, col)] = severity
+    onesided = a.keys() ^ b.keys()
+    failing = {k for (k, _c), s in cells.items() if s != "INFO"}
+    with conn.transaction():
+        got = compare_table(conn, spec, None, Sampling(), Tolerances(), top_n=10_000)
+    with conn.transaction():
+        few = compare_table(conn, spec, None, Sampling(), Tolerances(), top_n=7)
+    with conn.transaction():
+        full = compare_table(conn, spec, None, Sampling(full=True), Tolerances())
+    expected_counts = {s: sum(1 for v in cells.values() if v == s) for s in ("CRITICAL", "WARNING", "INFO")}
+    expected_counts["CRITICAL"] += len(onesided)
+    assert got.severity_counts == expected_counts
+    assert got.mismatching_rows == len(failing) and got.only_in_snapshot + got.only_in_rebuilt == len(onesided)
+    for stats in got.columns:
+        mine = [s for (_k, c), s in cells.items() if c == stats.column]
+        assert (stats.mismatches, stats.critical, stats.warning, stats.info) == (
+            len(mine), mine.count("CRITICAL"), mine.count("WARNING"), mine.count("INFO")), stats.column
+        assert stats.null_mismatches == sum(1 for (k, c) in cells if c == stats.column
+                                            and (a[k][columns.index(c)] is None) != (b[k][columns.index(c)] is None))
+    # mean and standard deviation of the finite absolute differences over every compared row, exactly
+    for j, col in enumerate(("ema", "d1")):
+        diffs = [abs(Fraction(a[k][j]) - Fraction(b[k][j])) for k in a.keys() & b.keys()
+                 if a[k][j] is not None and b[k][j] is not None and math.isfinite(a[k][j]) and math.isfinite(b[k][j])]
+        diffs += [Fraction(0)] * (full.rows_compared - len(diffs))
+        mean = sum(diffs) / len(diffs)
+        var = sum((d - mean) ** 2 for d in diffs) / len(diffs)
+        std = float((Decimal(var.numerator) / Decimal(var.denominator)).sqrt())
+        stats = next(c for c in full.columns if c.column == col)
+        assert stats.mean_abs_diff == pytest.approx(float(mean), rel=1e-9) and stats.std_abs_diff == pytest.approx(std, rel=1e-9)
+    # divergences: per series, the first and last failing instant and how many rows fail
+    by_series: dict[tuple[int, int], list[float]] = {}
+    for key in failing | onesided:
+        by_series.setdefault(key[:2], []).append(key[2])
+    assert {(d.series["id"], d.series["period"]): (d.first_ts, d.last_ts, d.count) for d in got.divergences} == {
+        s: (_iso(min(ts)), _iso(max(ts)), len(ts)) for s, ts in by_series.items()}
+    # every differing cell is listed (top_n above their number), most severe first …
+    listed = {((d.key["id"], d.key["period"], _epoch(d.key["ts"])), d.column): d.severity for d in got.top_differences}
+    assert listed == {**cells, **{(k, "(row)"): "CRITICAL" for k in onesided}}
+    ranks = [("CRITICAL", "WARNING", "INFO").index(d.severity) for d in got.top_differences]
+    assert ranks == sorted(ranks)
+    # … and a short list is the head of the full one: only rows holding a top cell are read again
+    assert few.top_differences == got.top_differences[:7]
+
+
+def _iso(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
+
+
+def _epoch(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
 # ----------------------------------------------------------------------------- tolerance files

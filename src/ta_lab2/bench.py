@@ -292,7 +292,8 @@ def _raw_copy_rate(conn: psycopg.Connection, table: str, spool_dir: Path) -> Pha
 def _compare_rate(conn: psycopg.Connection, helper: psycopg.Connection, rows: int) -> Phase:
     """A full in-database compare (every column of every row) of a ``rows``-row table, the way a
     capture compares a table on its own (the pass over all rows split over two connections)."""
-    from ta_lab2.baseline.compare import TableSpec, column_kinds, compare_table
+    from ta_lab2.baseline.compare import compare_table
+    from ta_lab2.baseline.table_sql import TableSpec, column_kinds
     from ta_lab2.baseline.comparison_utils import Sampling, Tolerances
 
     source = conn.execute(

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import psycopg
 from psycopg import sql
 
-from ta_lab2.baseline.compare import TableSpec, ts_text
+from ta_lab2.baseline.table_sql import TableSpec, ts_text
 from ta_lab2.baseline.results import Cause, DailyChange, RootCause, SeriesDivergence, TableComparison
 from ta_lab2.db.tables import BARS_1D, SOURCE_TABLE, state_table
 
@@ -49,7 +49,7 @@ def daily_changes(conn: psycopg.Connection, spec: TableSpec, rebuilt_schema: str
                   ids: Sequence[int] | None) -> tuple[DailyChange, ...]:
     """Runs of adjacent differing 1D rows of one id with one kind of change (see the module
     docstring), read from the work tables :func:`ta_lab2.baseline.compare.compare_table` just
-    made for the 1D table (same transaction). One-day runs carry their changed values."""
+    made for the 1D table with ``failing_keys`` (same transaction). One-day runs carry their changed values."""
     state = None
     if aux_schema is not None:
         found = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(aux_schema, state_table(BARS_1D)).as_string(conn),))
@@ -64,7 +64,7 @@ def daily_changes(conn: psycopg.Connection, spec: TableSpec, rebuilt_schema: str
         """
         CREATE TEMP TABLE _cmp_daily AS
         WITH d AS (
-            SELECT id, "timestamp" FROM _cmp_diffs WHERE severity <> 'INFO'
+            SELECT id, "timestamp" FROM _cmp_failing
             UNION SELECT id, "timestamp" FROM _cmp_onesided
         )
         SELECT d.id, d."timestamp" AS ts, coalesce(s.bar_seq, r.bar_seq) AS seq,

@@ -18,7 +18,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import psycopg
 from psycopg import sql
 
-from ta_lab2.baseline.compare import primary_key
+from ta_lab2.baseline.table_sql import primary_key
 from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, snapshot_name
 from ta_lab2.db.locks import lock_key
 from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES

@@ -16,9 +16,8 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.baseline.causes import attribute, daily_changes
-from ta_lab2.baseline.compare import (
-    MAIN_VALUES, TableSpec, column_kinds, compare_table, primary_key, series_and_time, ts_text,
-)
+from ta_lab2.baseline.compare import compare_table
+from ta_lab2.baseline.table_sql import MAIN_VALUES, TableSpec, column_kinds, primary_key, series_and_time, ts_text
 from ta_lab2.baseline.comparison_utils import VOLATILE_COLUMNS, ExpectedDiff, Sampling, Tolerances
 from ta_lab2.baseline.naming import aux_schema, snapshot_name
 from ta_lab2.baseline.results import RootCause, TableComparison, failed_comparison
@@ -140,7 +139,7 @@ def _compare_one(conn: psycopg.Connection, table: str, suffix: str, ids: list[in
         with conn.transaction():
             spec = table_spec(conn, table, suffix, rebuilt_schema, schema, presorted)
             result = compare_table(conn, spec, ids, settings.sampling, settings.tolerances, settings.expected,
-                                   settings.top_n, helper=helper)
+                                   settings.top_n, helper=helper, failing_keys=table == BARS_1D)
             if table == BARS_1D and result.divergences:
                 from dataclasses import replace
 
