@@ -30,6 +30,16 @@ from ta_lab2.db.embedded import ENV_FAST, ENV_HOME, EmbeddedServer
 _USER_ENV = ("TA_LAB2_DB_URL", "TARGET_DB_URL")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile the package once, before any worker starts, as an install does: in a fresh
+    editable checkout under ``PYTHONDONTWRITEBYTECODE`` every process the tests start (the
+    CLI, the runners, their fork servers) would otherwise compile every module it imports."""
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        from ta_lab2.bench import cache_bytecode
+
+        cache_bytecode()
+
+
 @pytest.fixture(scope="session")
 def pg_home() -> Iterator[Path]:
     # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever

@@ -118,7 +118,7 @@ def _peak_rss_mb() -> tuple[float, float]:
     return own / 1024.0, children / 1024.0
 
 
-def _cache_bytecode() -> None:
+def cache_bytecode() -> None:
     """Byte-compile the package, as a regular (non-editable) install does: an editable checkout
     under ``PYTHONDONTWRITEBYTECODE`` would otherwise recompile every module in every process
     the runners start (~0.2 s each time), which no installed copy pays."""
@@ -169,7 +169,7 @@ def run_scenario(scenario: Scenario, output_dir: Path, executor: str = "local",
     from ta_lab2.runners.plan import RunOptions
     from ta_lab2.runners.run import run_bar_builders, run_daily_refresh, run_ema_refreshes
 
-    _cache_bytecode()
+    cache_bytecode()
     target = fresh_embedded_database(f"ta_lab2_bench_{scenario.name}")
     # The universe ends NEW_DAYS days after the history the full rebuild sees; those last days
     # of every asset are the incremental steps' inputs, one day per step, appended without
