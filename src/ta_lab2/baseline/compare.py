@@ -173,6 +173,18 @@ def _first_pass(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int] | 
         types = column_types(conn, TableRef("pg_temp", "_cmp_series"))
         conn.execute(sql.SQL("INSERT INTO _cmp_series SELECT * FROM unnest({})").format(
             sql.SQL(", ").join(sql.SQL("%b") for _ in types)), array_params(conn, rows, list(types.values())))
+    # a split inside a series (a key whose second column is the time, as the 1D table's) leaves
+    # a row of it in each half: one row per series again
+    conn.execute(sql.SQL(
+        """
+        CREATE TEMP TABLE _cmp_series_whole AS
+        SELECT {series}, min(series_hash) AS series_hash, sum(n_s)::bigint AS n_s, sum(n_r)::bigint AS n_r,
+               min(lo_s) AS lo_s, max(hi_s) AS hi_s, min(lo_r) AS lo_r, max(hi_r) AS hi_r,
+               sum(n_onesided)::bigint AS n_onesided, min(first_differing) AS first_differing
+        FROM _cmp_series GROUP BY {series}
+        """).format(series=cols(spec.series)))
+    conn.execute("DROP TABLE _cmp_series")
+    conn.execute("ALTER TABLE _cmp_series_whole RENAME TO _cmp_series")
 
 
 def _one_sided_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int] | None) -> None:

@@ -199,7 +199,7 @@ def top_differences(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int
                    CASE WHEN in_snapshot THEN 'only in the snapshot' ELSE 'only in the rebuilt table' END
             FROM _cmp_onesided
         ) x
-        ORDER BY CASE severity WHEN 'CRITICAL' THEN 0 WHEN 'WARNING' THEN 1 ELSE 2 END, rel_diff DESC NULLS FIRST, {k}
+        ORDER BY CASE severity WHEN 'CRITICAL' THEN 0 WHEN 'WARNING' THEN 1 ELSE 2 END, rel_diff DESC NULLS FIRST, {k}, col
         LIMIT {n}
         """).format(k=k, ks=cols(spec.key, "t"), s=spec.snapshot, r=spec.rebuilt, ids=ids_filter(None, ids),
                     cells=sql.SQL(", ").join(cells), n=sql.Literal(top_n))).fetchall()
