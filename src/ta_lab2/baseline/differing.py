@@ -24,7 +24,7 @@ from ta_lab2.baseline.table_sql import (
 
 
 def cell_rules(spec: TableSpec, tolerances: Tolerances,
-                allow: Sequence[ExpectedDiff]) -> list[tuple[str, CellRule, sql.Composable]]:
+               allow: Sequence[ExpectedDiff]) -> list[tuple[str, CellRule, sql.Composable]]:
     """Per value column (in ``spec.columns`` order): its rule over the row pair ``s``/``r``, the
     allow-list folded into its severity, and the allow-list's reason for the row (text, NULL
     where no entry covers it)."""
@@ -50,8 +50,6 @@ def _rank(severity: sql.Composable) -> sql.Composable:
 #: of them still fit), larger ones times 2**-600, squares of those below 2**-480 times 2**600
 #: first (:func:`_mean_std` puts them together)
 BIG, SMALL, SCALE = 2 ** 480, 2 ** -480, 600
-
-
 _BANDS = {"big": repr(float(BIG)), "small": repr(float(SMALL)), "down": repr(2.0 ** -SCALE), "up": repr(2.0 ** SCALE)}
 
 #: ``_cmp_agg``'s per-column aggregates over the differing cells of column j of one series
@@ -130,13 +128,13 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
                min({t}) FILTER (WHERE best < 2) AS lo_fail, max({t}) FILTER (WHERE best < 2) AS hi_fail,
                {rel_main} AS rel_main, {aggregates}
         FROM x GROUP BY {series}
-        """).format(flagged=flagged_series(spec, "first_differing IS NOT NULL", per_series), k=keys, no_rel=no_rel, best_rel=best_rel,
-                    n=sql.Literal(top_n), keep=sql.Literal(failing_keys), series=cols(spec.series),
+        """).format(flagged=flagged_series(spec, "first_differing IS NOT NULL", per_series), k=keys, no_rel=no_rel,
+                    best_rel=best_rel, n=sql.Literal(top_n), keep=sql.Literal(failing_keys), series=cols(spec.series),
                     t=sql.Identifier(spec.time), rel_main=rel_main, aggregates=aggregates))
 
 
 def column_stats(conn: psycopg.Connection, spec: TableSpec, tolerances: Tolerances, rows: int,
-                  stats_rows: int) -> tuple[ColumnStats, ...]:
+                 stats_rows: int) -> tuple[ColumnStats, ...]:
     """Per column, its counts and differences over every series (``_cmp_agg``'s rows)."""
     totals = sql.SQL(", ").join(
         sql.SQL(f"{'max' if name.startswith('max') else 'sum'}(c{j}_{name})")
@@ -173,10 +171,10 @@ def _mean_std(rows: int, sum_abs: float, sum_abs_big: float, sum_sq: float, sum_
 
 
 def top_differences(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int] | None,
-         rules: Sequence[tuple[str, CellRule, sql.Composable]], top_n: int) -> tuple[Difference, ...]:
+                    rules: Sequence[tuple[str, CellRule, sql.Composable]], top_n: int) -> tuple[Difference, ...]:
     """The ``top_n`` largest differences, most severe first, then the largest relative
-    difference (none first: a NULL or non-float cell), then by key: the differing cells of the
-    rows ``_cmp_top`` holds, and the one-sided rows."""
+    difference (none first: a NULL or non-float cell), then by key and column: the differing
+    cells of the rows ``_cmp_top`` holds, and the one-sided rows."""
     cells = []
     for col, rule, why in rules:
         # floats as float8 prints them (the shortest text that reads back the same number)

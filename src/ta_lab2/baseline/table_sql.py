@@ -72,6 +72,7 @@ def series_and_time(key: Sequence[str]) -> tuple[tuple[str, ...], str]:
 MAIN_VALUES = ("close", "ema")
 
 def ids_filter(alias: str | None, ids: Sequence[int] | None) -> sql.Composable:
+    """``id`` (of ``alias``) is one of ``ids``; TRUE when ``ids`` is None (every id)."""
     if ids is None:
         return sql.SQL("TRUE")
     col = sql.Identifier(alias, "id") if alias else sql.Identifier("id")
