@@ -45,9 +45,6 @@ SERIES_SCHEMA = {"id": pl.Int32(), "tf": pl.String(), "period": pl.Int32()}
 END_OF_TIME = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)
 
 
-SERIES_SCHEMA = {"id": pl.Int32(), "tf": pl.String(), "period": pl.Int32()}
-
-
 def ends_columns(kind: str) -> tuple[str, ...]:
     """A series' ends in its state row (docs/decisions.md, "EMA series continue from their stored ends"), in the schema's order."""
     return tuple(c for c, _ in EMA_ENDS + (DUAL_EMA_ENDS if kind == "dual" else ()))
