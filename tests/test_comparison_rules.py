@@ -5,6 +5,7 @@ Then a whole table compare on hand-made tables, and the tolerance file's validat
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import struct
 from decimal import Decimal
@@ -261,14 +262,10 @@ def test_a_pass_split_inside_a_series_finds_what_one_pass_finds(conn: psycopg.Co
             assert repr(asdict(halves)) == repr(asdict(single)) and single.divergences  # repr: NaN equals NaN
 
 def _iso(epoch: float) -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
 
 
 def _epoch(text: str) -> float:
-    import datetime as dt
-
     return dt.datetime.fromisoformat(text).timestamp()
 
 

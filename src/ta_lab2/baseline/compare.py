@@ -86,15 +86,6 @@ def compare_table(
     conn.execute("DROP TABLE IF EXISTS pg_temp._cmp_agg, pg_temp._cmp_top, pg_temp._cmp_failing, "
                  "pg_temp._cmp_onesided, pg_temp._cmp_series")
     _first_pass(conn, spec, ids, sampling.seed, helper)
-    any_onesided, any_differing = conn.execute(
-        "SELECT coalesce(bool_or(n_onesided > 0), false), coalesce(bool_or(first_differing IS NOT NULL), false) "
-        "FROM _cmp_series"
-    ).fetchone()
-    if any_onesided or any_differing:
-        # the flagged series: their count steers the joins below (statistics of the two big
-        # tables are not needed once nested loops are off — ANALYZE of both sides cost more
-        # than the rest of a changed table's compare)
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("_cmp_series")))
     # Each flagged series is read on its own (see flagged_series). Inside one, the planner — which
     # multiplies the selectivities of id, tf and period and expects a handful of rows — may
     # join the two sides pairwise in a nested loop, quadratic in the series' length (one table
@@ -197,7 +188,7 @@ def _one_sided_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int
         WHERE s_present IS NULL OR r_present IS NULL
         """).format(k=cols(spec.key), s=spec.snapshot, r=spec.rebuilt, ids=ids_filter(None, ids), f=of_series(spec))
     conn.execute(sql.SQL("CREATE TEMP TABLE _cmp_onesided AS SELECT c.* FROM {}").format(
-        flagged_series(spec, "n_onesided > 0", per_series)))
+        flagged_series("n_onesided > 0", per_series)))
 
 
 def _stats_rows(conn: psycopg.Connection, sampling: Sampling) -> int:

@@ -53,20 +53,22 @@ BIG, SMALL, SCALE = 2 ** 480, 2 ** -480, 600
 _BANDS = {"big": repr(float(BIG)), "small": repr(float(SMALL)), "down": repr(2.0 ** -SCALE), "up": repr(2.0 ** SCALE)}
 
 #: ``_cmp_agg``'s per-column aggregates over the differing cells of column j of one series
-#: (``rank{j}``: the cell's severity rank, NULL where its values are bit-identical)
+#: (``rank{j}``: the cell's severity rank, NULL where its values are bit-identical), and how
+#: the series' values add up to the table's
 COLUMN_AGGREGATES = (
-    ("n", "count(rank{j})"),
-    ("nulls", "count(*) FILTER (WHERE nullmis{j})"),
-    ("crit", "count(*) FILTER (WHERE rank{j} = 0)"),
-    ("warn", "count(*) FILTER (WHERE rank{j} = 1)"),
-    ("info", "count(*) FILTER (WHERE rank{j} = 2)"),
-    ("max_abs", "max(abs{j}) FILTER (WHERE abs{j} < 'Infinity')"),
-    ("max_rel", "max(rel{j}) FILTER (WHERE rel{j} < 'Infinity')"),
-    ("sum_abs", "sum(abs{j}) FILTER (WHERE abs{j} <= {big})"),
-    ("sum_abs_big", "sum(abs{j} * {down}) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')"),
-    ("sum_sq", "sum(abs{j} * abs{j}) FILTER (WHERE abs{j} BETWEEN {small} AND {big})"),
-    ("sum_sq_big", "sum((abs{j} * {down}) * (abs{j} * {down})) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')"),
-    ("sum_sq_small", "sum((abs{j} * {up}) * (abs{j} * {up})) FILTER (WHERE abs{j} > 0 AND abs{j} < {small})"),
+    ("n", "count(rank{j})", "sum"),
+    ("nulls", "count(*) FILTER (WHERE nullmis{j})", "sum"),
+    ("crit", "count(*) FILTER (WHERE rank{j} = 0)", "sum"),
+    ("warn", "count(*) FILTER (WHERE rank{j} = 1)", "sum"),
+    ("info", "count(*) FILTER (WHERE rank{j} = 2)", "sum"),
+    ("max_abs", "max(abs{j}) FILTER (WHERE abs{j} < 'Infinity')", "max"),
+    ("max_rel", "max(rel{j}) FILTER (WHERE rel{j} < 'Infinity')", "max"),
+    ("sum_abs", "sum(abs{j}) FILTER (WHERE abs{j} <= {big})", "sum"),
+    ("sum_abs_big", "sum(abs{j} * {down}) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')", "sum"),
+    ("sum_sq", "sum(abs{j} * abs{j}) FILTER (WHERE abs{j} BETWEEN {small} AND {big})", "sum"),
+    ("sum_sq_big", "sum((abs{j} * {down}) * (abs{j} * {down})) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')",
+     "sum"),
+    ("sum_sq_small", "sum((abs{j} * {up}) * (abs{j} * {up})) FILTER (WHERE abs{j} > 0 AND abs{j} < {small})", "sum"),
 )
 
 
@@ -111,7 +113,7 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
     rel_main = sql.SQL("NULL::float8") if main is None else sql.SQL(
         f"max(rel{main}) FILTER (WHERE rank{main} < 2 AND rel{main} < 'Infinity')")
     aggregates = sql.SQL(", ").join(sql.SQL(f"{expr.format(j=j, **_BANDS)} AS c{j}_{name}")
-                                    for j in n for name, expr in COLUMN_AGGREGATES)
+                                    for j in n for name, expr, _total in COLUMN_AGGREGATES)
     for table in ("_cmp_top", "_cmp_failing"):
         conn.execute(sql.SQL("CREATE TEMP TABLE {t} AS SELECT {k} FROM {s} WITH NO DATA").format(
             t=sql.Identifier(table), k=keys, s=spec.snapshot))
@@ -128,7 +130,7 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
                min({t}) FILTER (WHERE best < 2) AS lo_fail, max({t}) FILTER (WHERE best < 2) AS hi_fail,
                {rel_main} AS rel_main, {aggregates}
         FROM x GROUP BY {series}
-        """).format(flagged=flagged_series(spec, "first_differing IS NOT NULL", per_series), k=keys, no_rel=no_rel,
+        """).format(flagged=flagged_series("first_differing IS NOT NULL", per_series), k=keys, no_rel=no_rel,
                     best_rel=best_rel, n=sql.Literal(top_n), keep=sql.Literal(failing_keys), series=cols(spec.series),
                     t=sql.Identifier(spec.time), rel_main=rel_main, aggregates=aggregates))
 
@@ -137,8 +139,7 @@ def column_stats(conn: psycopg.Connection, spec: TableSpec, tolerances: Toleranc
                  stats_rows: int) -> tuple[ColumnStats, ...]:
     """Per column, its counts and differences over every series (``_cmp_agg``'s rows)."""
     totals = sql.SQL(", ").join(
-        sql.SQL(f"{'max' if name.startswith('max') else 'sum'}(c{j}_{name})")
-        for j in range(len(spec.columns)) for name, _expr in COLUMN_AGGREGATES)
+        sql.SQL(f"{total}(c{j}_{name})") for j in range(len(spec.columns)) for name, _expr, total in COLUMN_AGGREGATES)
     row = conn.execute(sql.SQL("SELECT {} FROM _cmp_agg").format(totals)).fetchone()
     width = len(COLUMN_AGGREGATES)
     out = []

@@ -109,7 +109,7 @@ def row_differs(spec: TableSpec, s: str = "s", r: str = "r") -> sql.Composable:
     return sql.SQL("(") + sql.SQL(" OR ").join([whole, *zeros]) + sql.SQL(")")
 
 
-def flagged_series(spec: TableSpec, cond: str, per_series: sql.Composable) -> sql.Composable:
+def flagged_series(cond: str, per_series: sql.Composable) -> sql.Composable:
     """``per_series`` (a subquery that may read the columns of one series' ``_cmp_series`` row
     as ``e.<column>``) for every series the first pass flagged with ``cond``.
 

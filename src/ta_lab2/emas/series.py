@@ -166,7 +166,6 @@ def frame_of_rows(kind: str, ids: np.ndarray, tf_names: Sequence[str], tf_of_row
     return pl.DataFrame([columns[c].alias(c) for c in schema])
 
 
-
 def canonical_closes(canon: pl.DataFrame) -> dict[str, np.ndarray]:
     """The canonical closes (epoch µs) of each tf of ``canon`` (rows ordered by tf)."""
     tfs = canon["tf"].to_numpy()
