@@ -7,13 +7,13 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.bars.build import build
-from ta_lab2.db.connect import Target, connect
-from ta_lab2.load.service import load_synthetic
-from ta_lab2.load.synthetic import SyntheticConfig
 from ta_lab2.bars.registry import BUILDERS
+from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.emas.refresh import refresh
 from ta_lab2.emas.registry import REFRESHERS
+from ta_lab2.load.service import load_synthetic
+from ta_lab2.load.synthetic import SyntheticConfig
 
 BAR_TABLES = [b.table for b in BUILDERS.values()]
 EMA_TABLES = [r.table for r in REFRESHERS.values()]
@@ -30,7 +30,6 @@ def refresh_all(conn: psycopg.Connection, *, full: bool, schema: str = "public",
                 periods: tuple[int, ...] = TEST_PERIODS) -> None:
     for name in REFRESHERS:
         refresh(conn, name, None, full_refresh=full, periods=periods, schema=schema)
-
 
 
 def built_pipeline(db: Target, config: SyntheticConfig, periods: tuple[int, ...]) -> Target:

@@ -156,6 +156,7 @@ class UnitExecutor(Protocol):
         """``fn(conn, options, unit)`` for every unit; the results in unit order."""
         ...
 
+
 #: Ids one unit handles together when the run is not a full rebuild: an incremental run does
 #: little per id, and per-id queries, transactions and COPYs would dominate it. A full
 #: rebuild keeps one id per unit (its work per id is large, and so is its memory), except the
