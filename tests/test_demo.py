@@ -1,4 +1,8 @@
-"""`ta-lab2 demo` end to end on a small universe: it must reach a PASS report."""
+"""`ta-lab2 demo` end to end on a small universe: it must reach a PASS report, end with next
+commands that work on its data, and never run on a database that already holds prices.
+
+One demo run serves the module (it is the costliest command a test runs): the checks read
+its console, its reports and its database."""
 
 from __future__ import annotations
 
@@ -10,47 +14,51 @@ from pathlib import Path
 
 import pytest
 
-from ta_lab2.db.connect import Target
-
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 
-def test_demo_reaches_a_pass_report(fresh_db: Target, tmp_path: Path) -> None:
-    env = {**os.environ}
-    result = subprocess.run(
-        [sys.executable, "-m", "ta_lab2", "demo", "--db-url", fresh_db.url, "--assets", "2", "--days", "90",
-         "--output-dir", str(tmp_path)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
+def _ta_lab2(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ta_lab2", *args], env={**os.environ}, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo(pg_server, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]  # noqa: ANN001
+    """``ta-lab2 demo`` without --db-url: its own database on the embedded server."""
+    out = tmp_path_factory.mktemp("demo")
+    result = _ta_lab2(out, "demo", "--assets", "2", "--days", "90", "--output-dir", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
+    return result, out
+
+
+def test_demo_reaches_a_pass_report(demo) -> None:  # noqa: ANN001 - fixture
+    result, out = demo
     for step in ("load 2 synthetic assets", "build the 6 bar tables", "refresh the 6 EMA tables", "baseline capture"):
         assert step in result.stdout
-    (report,) = tmp_path.glob("baseline-*.json")
+    (report,) = out.glob("baseline-*.json")
     data = json.loads(report.read_text())
     assert data["verdict"] == "PASS" and len(data["tables"]) == 12
-    assert (tmp_path / report.name.replace(".json", ".html")).exists()
-    again = subprocess.run([sys.executable, "-m", "ta_lab2", "demo", "--db-url", fresh_db.url], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "already holds price data" in again.stderr  # never on someone's data
+    assert (out / report.name.replace(".json", ".html")).exists()
 
 
-def test_the_demo_says_what_to_run_next_and_those_commands_work(pg_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Without --db-url the demo builds its own embedded database and ends by printing the
-    next commands; they run on its data (`--database ta_lab2_demo`), where a plain command
-    would look at the default database."""
-    env = {**os.environ}
-    result = subprocess.run([sys.executable, "-m", "ta_lab2", "demo", "--assets", "2", "--days", "60", "--output-dir",
-                             str(tmp_path)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_the_demo_never_runs_on_a_database_holding_prices(demo, pg_server, tmp_path: Path) -> None:  # noqa: ANN001
+    """--db-url names a database of the user's: one that holds price data (here, the demo's
+    own) is refused before anything is written."""
+    again = _ta_lab2(tmp_path, "demo", "--db-url", pg_server.url("ta_lab2_demo"), timeout=120)
+    assert again.returncode == 2 and "already holds price data" in again.stderr
+
+
+def test_the_demo_says_what_to_run_next_and_those_commands_work(demo, tmp_path: Path) -> None:  # noqa: ANN001
+    """The demo ends by printing the next commands; they run on its data (`--database
+    ta_lab2_demo`), where a plain command would look at the default database."""
+    result, _ = demo
     nexts = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("ta-lab2 ")]
     assert "ta-lab2 status --database ta_lab2_demo" in nexts, result.stdout
     for line in nexts:
-        ran = subprocess.run([sys.executable, "-m", "ta_lab2", *line.split()[1:], "--output-dir", str(tmp_path / "next")]
-                             if "capture" in line else [sys.executable, "-m", "ta_lab2", *line.split()[1:]],
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        extra = ["--output-dir", str(tmp_path / "next")] if "capture" in line else []
+        ran = _ta_lab2(tmp_path, *line.split()[1:], *extra)
         assert ran.returncode == 0, (line, ran.stdout + ran.stderr)
         if line.startswith("ta-lab2 status"):
             assert "cmc_ema_multi_tf" in ran.stdout and "not initialised" not in ran.stdout
-    both = subprocess.run([sys.executable, "-m", "ta_lab2", "status", "--database", "ta_lab2_demo", "--db-url",
-                           "embedded"], env=env, capture_output=True, text=True, timeout=60)
+    both = _ta_lab2(tmp_path, "status", "--database", "ta_lab2_demo", "--db-url", "embedded", timeout=60)
     assert both.returncode == 2 and "not both" in both.stderr

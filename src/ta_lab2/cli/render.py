@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ta_lab2.db.status import DatabaseStatus
-from ta_lab2.load.service import LoadReport
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from ta_lab2.launch.results import RunSummary
+    from ta_lab2.load.service import LoadReport
 
 # Not on a terminal (pipes, CI logs): wide enough that tables are not folded.
 console = Console(width=None if sys.stdout.isatty() else 160)

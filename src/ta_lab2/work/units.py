@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
-import polars as pl
 import psycopg
 from psycopg import sql
 
 from ta_lab2.db.tables import SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 ProgressFn = Callable[[int], None]
 
