@@ -35,7 +35,7 @@ from ta_lab2.bars.families import Timeframe
 from ta_lab2.bars.registry import BUILDERS, load_timeframes
 from ta_lab2.db.tables import BARS_1D, BARS_1D_REJECTS, state_table
 from ta_lab2.work.units import (IdResult, ProgressFn, TableResult, UnitExecutor, clear_ids, resolve_ids, run_table,
-                                table_worker, unit_size)
+                                table_worker, work_units)
 
 
 def build(
@@ -73,9 +73,9 @@ def build(
         extra = [BARS_1D_REJECTS] if builder.name == "1d" else []
         clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
     # a 1D id's work is one bar per source day, light even in a full rebuild: batched like an
-    # incremental run (one id per unit cost ~2x in per-id reads, COPYs and commits)
-    results = run_table(conn, builder.table, build_batch, options, id_list, bulk=bulk,
-                        batch_size=unit_size(full_rebuild and builder.name != "1d"), workers=workers, url=url,
+    # incremental run (its input, the source table, is not the 1D table the sizes come from)
+    units = work_units(conn, id_list, schema, full=full_rebuild and builder.name != "1d")
+    results = run_table(conn, builder.table, build_batch, options, units, bulk=bulk, workers=workers, url=url,
                         progress=progress, schema=schema, executor=executor)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),
                        time.perf_counter() - started, tuple(results))

@@ -34,7 +34,7 @@ from ta_lab2.emas.registry import REFRESHERS, load_ema_timeframes, load_periods
 from ta_lab2.emas.resumed import resumed_rows
 from ta_lab2.emas.writes import write_rows
 from ta_lab2.work.units import (IdResult, ProgressFn, TableResult, UnitExecutor, clear_ids, resolve_ids, run_table,
-                                table_worker, unit_size)
+                                table_worker, work_units)
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def refresh(
     options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema, bulk)
     if full_refresh and not bulk:
         clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
-    results = run_table(conn, refresher.table, refresh_batch, options, id_list, bulk=bulk,
-                        batch_size=unit_size(full_refresh), workers=workers, url=url, progress=progress, schema=schema,
-                        executor=executor, reads=(refresher.bar_table,))
+    results = run_table(conn, refresher.table, refresh_batch, options, work_units(conn, id_list, schema, full=full_refresh),
+                        bulk=bulk, workers=workers, url=url, progress=progress, schema=schema, executor=executor,
+                        reads=(refresher.bar_table,))
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,
                        tuple(results), plist)
 

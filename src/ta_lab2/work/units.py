@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Se
 import psycopg
 from psycopg import sql
 
-from ta_lab2.db.tables import SOURCE_TABLE, state_table
+from ta_lab2.db.tables import BARS_1D, SOURCE_TABLE, state_table
 from ta_lab2.errors import UsageError
 
 if TYPE_CHECKING:
@@ -159,16 +159,35 @@ class UnitExecutor(Protocol):
         ...
 
 
-#: Ids one unit handles together when the run is not a full rebuild: an incremental run does
-#: little per id, and per-id queries, transactions and COPYs would dominate it. A full
-#: rebuild keeps one id per unit (its work per id is large, and so is its memory), except the
-#: 1D builder's, whose work per id is as light as an incremental run's.
+#: Ids one unit handles together: a unit's fixed costs (its reads, COPYs, polars queries and
+#: commit, ~30 ms) are shared by its ids.
 IDS_PER_BATCH = 16
+#: A full rebuild's unit also stops before its ids' 1D rows pass this many: an id with a long
+#: history is a unit of its own (its work is large, and so is its memory), while the many
+#: young ids of a market-shaped universe share units (one id per unit cost a universe of
+#: short histories about twice its compute). Units stay many enough to spread over workers.
+UNIT_DAYS = 2_000
 
 
-def unit_size(full: bool) -> int:
-    """Ids per work unit for a full or an incremental run."""
-    return 1 if full else IDS_PER_BATCH
+def work_units(conn: psycopg.Connection, ids: Sequence[int], schema: str, *, full: bool) -> list[list[int]]:
+    """``ids`` in order, cut into work units: :data:`IDS_PER_BATCH` ids each for an incremental
+    run; for a full rebuild, also at most :data:`UNIT_DAYS` 1D rows (read from the 1D table;
+    an id with more is alone)."""
+    if not full:
+        return batches(ids, IDS_PER_BATCH)
+    days = dict(conn.execute(
+        sql.SQL("SELECT id, count(*) FROM {} WHERE id = ANY(%s) GROUP BY id").format(sql.Identifier(schema, BARS_1D)),
+        (list(ids),)).fetchall())
+    units: list[list[int]] = []
+    total = 0
+    for ident in ids:
+        n = days.get(ident, 0)
+        if not units or len(units[-1]) >= IDS_PER_BATCH or total + n > UNIT_DAYS:
+            units.append([])
+            total = 0
+        units[-1].append(ident)
+        total += n
+    return units
 
 
 def stored_before(last: Any, cut: Any) -> bool:
@@ -194,19 +213,17 @@ def run_units(
     conn: psycopg.Connection,
     fn: UnitFn,
     options: Any,
-    ids: Sequence[int],
+    units: Sequence[Sequence[int]],
     *,
-    batch_size: int = 1,
     workers: int = 1,
     url: str | None = None,
     progress: ProgressFn | None = None,
     executor: UnitExecutor | None = None,
     label: str = "units",
 ) -> list[IdResult]:
-    """Run ``fn`` over ``ids`` in batches of ``batch_size``: on ``executor`` (each batch a
-    task named after ``label``), else in this process or over ``workers`` processes; results
-    sorted by id (in this process or on an executor: in ``ids`` order)."""
-    units = batches(ids, batch_size)
+    """Run ``fn`` over every unit (a list of ids): on ``executor`` (each unit a task named after
+    ``label``), else in this process or over ``workers`` processes; results sorted by id (in
+    this process or on an executor: in the units' order)."""
     if executor is not None:
         return executor.map(fn, options, units, label, progress)
     if workers <= 1 or len(units) <= 1 or url is None:
@@ -232,13 +249,13 @@ def table_worker(conn: psycopg.Connection, registry: Mapping[str, T], name: str,
     return registry[name]
 
 
-def run_table(conn: psycopg.Connection, table: str, fn: UnitFn, options: Any, ids: Sequence[int], *, bulk: bool,
-              batch_size: int, workers: int, url: str | None, progress: ProgressFn | None,
+def run_table(conn: psycopg.Connection, table: str, fn: UnitFn, options: Any, units: Sequence[Sequence[int]], *,
+              bulk: bool, workers: int, url: str | None, progress: ProgressFn | None,
               schema: str = "public", executor: UnitExecutor | None = None,
               reads: Sequence[str] = ()) -> list[IdResult]:
-    """Run ``fn`` over ``ids`` for ``table``: with ``bulk`` (an all-ids full rebuild) every id in
-    this process inside one :func:`bulk_rebuild` of the table and its state (workers cannot
-    share its transaction) — or, on an ``executor``, every batch a task writing into a shadow
+    """Run ``fn`` over ``units`` (:func:`work_units`) for ``table``: with ``bulk`` (an all-ids
+    full rebuild) every unit in this process inside one :func:`bulk_rebuild` of the table and
+    its state (workers cannot share its transaction) — or, on an ``executor``, every unit a task writing into a shadow
     copy of the table that one transaction then swaps in (:func:`ta_lab2.db.shadow.shadow_rebuild`;
     ``reads``: the other pipeline tables the units read); else as :func:`run_units` does.
     ``options`` is a dataclass with ``schema`` and ``bulk`` fields."""
@@ -246,13 +263,13 @@ def run_table(conn: psycopg.Connection, table: str, fn: UnitFn, options: Any, id
         from ta_lab2.db.shadow import shadow_rebuild
 
         with shadow_rebuild(conn, schema, table, reads) as shadow:
-            return run_units(conn, fn, replace(options, schema=shadow, bulk=False), ids, batch_size=batch_size,
-                             progress=progress, executor=executor, label=table)
+            return run_units(conn, fn, replace(options, schema=shadow, bulk=False), units, progress=progress,
+                             executor=executor, label=table)
     if bulk:
         with bulk_rebuild(conn, [table], [state_table(table)], schema):
-            return run_units(conn, fn, options, ids, progress=progress)
-    return run_units(conn, fn, options, ids, batch_size=batch_size, workers=workers, url=url, progress=progress,
-                     executor=executor, label=table)
+            return run_units(conn, fn, options, units, progress=progress)
+    return run_units(conn, fn, options, units, workers=workers, url=url, progress=progress, executor=executor,
+                     label=table)
 
 
 def _worker(url: str, fn: UnitFn, options: Any, units: list[list[int]]) -> list[IdResult]:
