@@ -1,133 +1,182 @@
 """A shadow rebuild of one multi-timeframe bar table or EMA table: writers in many sessions
-(the tasks of a Dask cluster) fill an empty copy of the table in a schema of its own, then one
-transaction puts the copy in the real table's place. Readers see the old table or the new
-one, never a half-built one — what the one-transaction bulk rebuild of a single process
+(the tasks of a Dask cluster) build the new table beside the old one, then one transaction
+puts it in the old one's place. Readers see the old table or the new one, never a half-built
+one — what the one-transaction bulk rebuild of a single process
 (:func:`ta_lab2.work.units.bulk_rebuild`) gives, for writers that cannot share a transaction.
 
-The shadow schema (``ta_lab2_shadow_<hex>``) holds the new table and its state table, built
-from the project's own DDL (:func:`ta_lab2.db.schema.family_ddl`: the same index and
-constraint names; filled with the primary key only, their other indexes built once just
-before the swap), and a view of each table the writers read, so that a work unit given the
-shadow schema as its ``schema`` reads its inputs from the real tables and writes into the
-copy. The other multi-timeframe and EMA tables get no view: another writer of the same run
-may swap them meanwhile, and a view would pin the old table (``reads`` names the ones that
-are inputs; their writers have finished before this rebuild starts).
+**Each work unit fills tables of its own** (:func:`fill_unit`). In one transaction it
+(re)creates the schema ``ta_lab2_shadow_<hex>_u<first id>`` holding empty copies of the table
+and its state table (columns and defaults, no index) and views of the live tables it reads
+(the 1D bars and their deletion log, and ``reads``), then writes its ids the way the
+single-process bulk rebuild does: ``COPY … FREEZE`` into tables created in its own
+transaction, so that with ``wal_level = minimal`` no row goes through the WAL and no index is
+maintained row by row. A unit run again (its worker died) drops and recreates its schema:
+nothing is doubled, nothing half-written survives.
 
-The swap drops the old table and its state table and moves the new ones into the schema, in
-one transaction holding both tables' ``ACCESS EXCLUSIVE`` lock for milliseconds. An object
-that depends on the old table (a user's view, a foreign key) makes the swap fail: the run
-fails, the old table stays as it was, and nothing is dropped by cascade. Privileges granted
-on the old table are granted again on the new one.
+**Then one transaction assembles and swaps** (:func:`shadow_rebuild` on success): it creates
+the new table and state table in ``ta_lab2_shadow_<hex>`` from the project's own DDL
+(:func:`ta_lab2.db.schema.family_ddl`: the same index and constraint names), copies the
+units' rows in, unit by unit in id order (``INSERT … SELECT``: again not WAL-logged, the
+tables being new in this transaction), builds the indexes once from key-ordered input, then
+drops the old table and its state table and moves the new ones into the schema, holding both
+tables' ``ACCESS EXCLUSIVE`` lock only for that last part. An object that depends on the old
+table (a user's view, a foreign key) makes the swap fail: the run fails, the old table stays
+as it was, and nothing is dropped by cascade. Privileges granted on the old table are granted
+again on the new one.
+
+**Nothing is left behind.** The schema ``ta_lab2_shadow_<hex>`` exists from the start, as the
+run's mark: a unit takes a shared advisory lock on it and checks that it still exists before
+creating anything; an abandoned rebuild takes the lock exclusively (waiting for units still
+writing), then drops it and every unit schema, so a unit that starts later finds no mark and
+creates nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from ta_lab2.db.bulk import TableRef, deferred_indexes
 from ta_lab2.db.schema import family_ddl
-from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, state_table
+from ta_lab2.db.tables import BARS_1D, BARS_1D_DELETIONS, state_table
 
 log = logging.getLogger(__name__)
 
 SHADOW_PREFIX = "ta_lab2_shadow_"
 
-#: Tables a shadow schema never views unless they are named inputs: the ones a writer of the
-#: same run may swap while the shadow exists.
-_SWAPPABLE = frozenset(t for table in (*list(BAR_TABLES.values())[1:], *EMA_TABLES.values())
-                       for t in (table, state_table(table)))
+#: A work unit: ``fn(conn, options, ids)``; ``options`` is a dataclass with ``schema`` and
+#: ``bulk`` fields (:data:`ta_lab2.work.units.UnitFn`).
+UnitFn = Callable[[psycopg.Connection, Any, Sequence[int]], list[Any]]
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """One shadow rebuild: ``name`` is its schema (the run's mark, later the new tables'),
+    ``schema`` and ``table`` the live table rebuilt, ``reads`` the other live tables its units
+    read. Picklable: a Dask task carries it."""
+
+    name: str
+    schema: str
+    table: str
+    reads: tuple[str, ...]
+
+    @property
+    def outputs(self) -> tuple[str, str]:
+        return self.table, state_table(self.table)
+
+    def unit_schema(self, ids: Sequence[int]) -> str:
+        return f"{self.name}_u{ids[0]}"
+
+    def units(self, fn: UnitFn) -> UnitFn:
+        """``fn`` as a unit of this rebuild (see :func:`fill_unit`)."""
+        return functools.partial(fill_unit, self, fn)
+
+
+def _mark_key(name: str) -> sql.Composable:
+    return sql.SQL("hashtext({})::bigint").format(sql.Literal(name))
+
+
+def fill_unit(shadow: Shadow, fn: UnitFn, conn: psycopg.Connection, options: Any, ids: Sequence[int]) -> list[Any]:
+    """Run ``fn`` for ``ids`` into a schema of this unit's own, in one transaction (see the
+    module docstring). ``conn`` must be autocommit."""
+    unit = shadow.unit_schema(ids)
+    ident = sql.Identifier
+    with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = warning")
+        conn.execute(sql.SQL("SELECT pg_advisory_xact_lock_shared({})").format(_mark_key(shadow.name)))
+        if conn.execute("SELECT to_regnamespace(%s)", (shadow.name,)).fetchone()[0] is None:
+            raise RuntimeError(f"the shadow rebuild {shadow.name} of {shadow.table} was abandoned; unit not run")
+        # the same unit run twice at once (a worker thought dead): one after the other
+        conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_mark_key(unit)))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(unit)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(unit)))
+        for name in shadow.outputs:
+            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+                ident(unit, name), ident(shadow.schema, name)))
+        for name in dict.fromkeys((BARS_1D, BARS_1D_DELETIONS, *shadow.reads)):
+            conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+                ident(unit, name), ident(shadow.schema, name)))
+        return fn(conn, replace(options, schema=unit, bulk=True), ids)
 
 
 @contextmanager
-def shadow_rebuild(conn: psycopg.Connection, schema: str, table: str, reads: Sequence[str] = ()) -> Iterator[str]:
-    """Create the shadow schema of ``table`` (an empty copy of it and of its state table,
-    views of what the writers read), yield its name, then swap the copy in — or, on any
-    exception, drop the shadow and leave ``table`` untouched. ``conn`` must be autocommit."""
-    shadow = f"{SHADOW_PREFIX}{uuid.uuid4().hex[:12]}"
-    outputs = (table, state_table(table))
-    readable = {t for name in reads for t in (name, state_table(name))}
-    with conn.transaction():
-        conn.execute("SET LOCAL client_min_messages = warning")
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(shadow)))
-        conn.execute(family_ddl(shadow, table))
-        deferred = _keys_only(conn, shadow, outputs)
-        names = [r[0] for r in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY 1", (schema,)).fetchall()]
-        for name in names:
-            if name in outputs or (name in _SWAPPABLE and name not in readable):
-                continue
-            conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
-                sql.Identifier(shadow, name), sql.Identifier(schema, name)))
-    log.debug("shadow rebuild of %s.%s in schema %s", schema, table, shadow)
+def shadow_rebuild(conn: psycopg.Connection, schema: str, table: str, reads: Sequence[str] = ()) -> Iterator[Shadow]:
+    """Mark a shadow rebuild of ``table``, yield it (run its units with
+    :meth:`Shadow.units`), then assemble and swap the new table in — or, on any exception,
+    drop everything the units made and leave ``table`` untouched. ``conn`` must be
+    autocommit."""
+    shadow = Shadow(f"{SHADOW_PREFIX}{uuid.uuid4().hex[:12]}", schema, table, tuple(r for r in reads if r))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(shadow.name)))
+    log.debug("shadow rebuild of %s.%s in schema %s", schema, table, shadow.name)
     try:
         yield shadow
+        _assemble_and_swap(conn, shadow)
     except BaseException:
-        drop_shadow(conn, shadow)
-        raise
-    try:
-        _swap(conn, schema, shadow, outputs, deferred)
-    except BaseException:
-        drop_shadow(conn, shadow)
+        drop_shadow(conn, shadow.name)
         raise
 
 
-def _keys_only(conn: psycopg.Connection, shadow: str, outputs: Sequence[str]) -> list[str]:
-    """Make the shadow copies cheaper to fill: drop the indexes that back no constraint (kept:
-    the primary key, which the units' replace-by-key deletes and state probes use). Returns
-    the dropped indexes' definitions, to build once the copies are full. (Filling them
-    ``UNLOGGED`` and ``SET LOGGED`` before the swap measured slower: that rewrites the table.)"""
-    saved = []
-    for name in outputs:
-        table = sql.Identifier(shadow, name)
-        for index, definition in conn.execute(
-                "SELECT ic.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
-                "JOIN pg_class ic ON ic.oid = i.indexrelid "
-                "WHERE i.indrelid = %s::regclass "
-                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY 1",
-                (table.as_string(conn),)).fetchall():
-            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(shadow, index)))
-            saved.append(definition)
-    return saved
+def _unit_schemas(conn: psycopg.Connection, name: str) -> list[str]:
+    """The unit schemas of the shadow rebuild ``name``, in id order."""
+    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (f"{name}_u",)).fetchall()
+    return sorted((r[0] for r in rows), key=lambda n: int(n.rsplit("_u", 1)[1]))
 
 
-def _swap(conn: psycopg.Connection, schema: str, shadow: str, outputs: Sequence[str], deferred: Sequence[str]) -> None:
-    """One transaction: the copies' other indexes built, each once; then the old tables out,
-    the copies in, the old tables' privileges granted again, the shadow schema dropped.
-    Readers of the old tables wait only for the last part."""
+def _assemble_and_swap(conn: psycopg.Connection, shadow: Shadow) -> None:
+    """One transaction: the new tables created and filled from the units' tables, their
+    indexes built once; then the old tables out, the new ones in, the old tables' privileges
+    granted again, the shadow and unit schemas dropped. Readers of the old tables wait only
+    for the last part."""
+    ident = sql.Identifier
+    schema, new = shadow.schema, shadow.name
+    units = _unit_schemas(conn, new)
     with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = warning")
         # as the single-process bulk rebuild: parallel index builds measured slower on 2 cores
         conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
-        for definition in deferred:
-            conn.execute(definition)
+        conn.execute(family_ddl(new, shadow.table))
+        with deferred_indexes(conn, [TableRef(new, t) for t in shadow.outputs]):
+            for name in shadow.outputs:
+                columns = sql.SQL(", ").join(ident(r[0]) for r in conn.execute(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                    "AND NOT attisdropped ORDER BY attnum", (ident(new, name).as_string(conn),)).fetchall())
+                for unit in units:
+                    conn.execute(sql.SQL("INSERT INTO {} ({c}) SELECT {c} FROM {}").format(
+                        ident(new, name), ident(unit, name), c=columns))
         grants = conn.execute(
             "SELECT c.relname, a.privilege_type, a.grantee, pg_get_userbyid(a.grantee), a.is_grantable "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a "
             "WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.grantee <> c.relowner",
-            (schema, list(outputs))).fetchall()
+            (schema, list(shadow.outputs))).fetchall()
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(schema, t) for t in outputs)))
-        conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(sql.Identifier(schema, t) for t in outputs)))
-        for name in outputs:
-            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(shadow, name),
-                                                                        sql.Identifier(schema)))
+            sql.SQL(", ").join(ident(schema, t) for t in shadow.outputs)))
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(ident(schema, t) for t in shadow.outputs)))
+        for name in shadow.outputs:
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(ident(new, name), ident(schema)))
         for name, privilege, oid, grantee, grantable in grants:
             conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-                sql.SQL(privilege), sql.Identifier(schema, name),
-                sql.SQL("PUBLIC") if oid == 0 else sql.Identifier(grantee),
+                sql.SQL(privilege), ident(schema, name),
+                sql.SQL("PUBLIC") if oid == 0 else ident(grantee),
                 sql.SQL(" WITH GRANT OPTION" if grantable else "")))
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(shadow)))
+        for unit in (new, *units):
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ident(unit)))
 
 
-def drop_shadow(conn: psycopg.Connection, shadow: str) -> None:
-    """Drop a shadow schema and everything in it (its copies and views only)."""
+def drop_shadow(conn: psycopg.Connection, name: str) -> None:
+    """Drop a shadow rebuild's schema and its units' (their tables and views only), once no
+    unit is writing; a unit that starts afterwards finds the mark gone and creates nothing."""
     if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shadow)))
+        conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_mark_key(name)))
+        for schema in (name, *_unit_schemas(conn, name)):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

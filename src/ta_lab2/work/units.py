@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import psycopg
@@ -263,8 +263,7 @@ def run_table(conn: psycopg.Connection, table: str, fn: UnitFn, options: Any, un
         from ta_lab2.db.shadow import shadow_rebuild
 
         with shadow_rebuild(conn, schema, table, reads) as shadow:
-            return run_units(conn, fn, replace(options, schema=shadow, bulk=False), units, progress=progress,
-                             executor=executor, label=table)
+            return run_units(conn, shadow.units(fn), options, units, progress=progress, executor=executor, label=table)
     if bulk:
         with bulk_rebuild(conn, [table], [state_table(table)], schema):
             return run_units(conn, fn, options, units, progress=progress)
