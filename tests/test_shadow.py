@@ -1,0 +1,77 @@
+"""The shadow rebuild behind a Dask full rebuild (:mod:`ta_lab2.db.shadow`), its units run in
+this process: the swapped-in table equals the local executor's bulk rebuild, a failed run
+leaves no schema behind and the old table as it was, and a unit of an abandoned run creates
+nothing. (tests/test_dask.py runs the same path on a real cluster.)"""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from bars_helpers import build_all, built_pipeline, table_columns
+from ta_lab2.bars.build import BuildOptions, build_batch
+from ta_lab2.bars.registry import BUILDERS, load_timeframes
+from ta_lab2.db.connect import Target, connect
+from ta_lab2.db.shadow import SHADOW_PREFIX, Shadow, fill_unit, shadow_rebuild
+from ta_lab2.load.synthetic import SyntheticConfig
+
+pytestmark = pytest.mark.db
+
+TABLE = BUILDERS["cal_us"].table
+
+
+@pytest.fixture(scope="module")
+def pipeline(db: Target) -> Target:
+    return built_pipeline(db, SyntheticConfig(n_assets=3, days=120, seed=17, gap_rate=0.03), (3, 5))
+
+
+def _shadows(conn) -> list[str]:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    return [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+                                       (SHADOW_PREFIX,)).fetchall()]
+
+
+def _content(conn, table: str) -> list[tuple]:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    cols = sql.SQL(", ").join(map(sql.Identifier, table_columns(conn, "public", table)))
+    return conn.execute(sql.SQL("SELECT {c} FROM {t} ORDER BY {c}").format(c=cols, t=sql.Identifier(table))).fetchall()
+
+
+def _options(conn) -> BuildOptions:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    tfs = load_timeframes(conn, BUILDERS["cal_us"], False, "public")
+    return BuildOptions("cal_us", tuple(tfs), "UTC", True, "public")
+
+
+def test_units_in_tables_of_their_own_swap_in_the_bulk_rebuilds_table(pipeline: Target) -> None:
+    with connect(pipeline, autocommit=True) as conn:
+        build_all(conn, full=True)  # the local executor's bulk rebuild: the expected table
+        expected = _content(conn, TABLE), _content(conn, f"{TABLE}_state")
+        ids = [r[0] for r in conn.execute("SELECT id FROM dim_assets ORDER BY id").fetchall()]
+        units = [ids[:1], ids[1:]]
+        with shadow_rebuild(conn, "public", TABLE) as shadow:
+            unit = shadow.units(build_batch)
+            for ids_ in units:
+                unit(conn, _options(conn), ids_)
+            unit(conn, _options(conn), units[0])  # a unit run again (its worker died): nothing doubles
+            assert len(_shadows(conn)) == 1 + len(units)
+        assert (_content(conn, TABLE), _content(conn, f"{TABLE}_state")) == expected
+        assert _shadows(conn) == []
+        indexes = conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s", (TABLE,)).fetchone()[0]
+        assert indexes >= 2  # the primary key and the other indexes, built at the swap
+
+
+def test_a_failed_run_leaves_the_old_table_and_no_schema(pipeline: Target) -> None:
+    with connect(pipeline, autocommit=True) as conn:
+        before = _content(conn, TABLE)
+        ids = [r[0] for r in conn.execute("SELECT id FROM dim_assets ORDER BY id").fetchall()]
+        with pytest.raises(RuntimeError, match="a unit failed"):
+            with shadow_rebuild(conn, "public", TABLE) as shadow:
+                shadow.units(build_batch)(conn, _options(conn), ids[:1])
+                raise RuntimeError("a unit failed")
+        assert _shadows(conn) == [] and _content(conn, TABLE) == before
+
+
+def test_a_unit_of_an_abandoned_run_creates_nothing(pipeline: Target) -> None:
+    with connect(pipeline, autocommit=True) as conn:
+        gone = Shadow(f"{SHADOW_PREFIX}000000000000", "public", TABLE, ())
+        with pytest.raises(RuntimeError, match="abandoned"):
+            fill_unit(gone, build_batch, conn, _options(conn), [9_000_001])
+        assert _shadows(conn) == []
