@@ -315,3 +315,38 @@ def test_ema_series_resumed_over_daily_appends_equal_full_refresh(empty_db: psyc
         refresh_all(conn, full=False)
         problems = _check(conn)
         assert not problems, f"newest day {step}:\n" + "\n".join(problems[:20])
+
+
+@pytest.mark.slow
+def test_series_without_rows_keep_their_state_rows_and_still_seed(empty_db: psycopg.Connection) -> None:
+    """A day later, a series that had no row and still has none keeps its state row as it was
+    (its watermark behind its id's); one whose seed completes gets rows and its state. Every
+    step's tables equal a full rebuild's."""
+    conn = empty_db
+    pool = _universe(41, n=2, days=70)
+    days = pool["timestamp"].unique().sort()
+    held = pool.filter(pl.col("timestamp") >= days[-6])
+    upsert_assets(conn, pool)
+    upsert_source(conn, pool.join(held, on=["id", "timestamp"], how="anti").drop("symbol"))
+    build_all(conn, full=True)
+    refresh_all(conn, full=True, periods=(2, 3, 5, 10, 20, 40, 60))
+    state = "cmc_ema_multi_tf_state"
+    empty_before = dict(((r[0], r[1], r[2]), r[3:]) for r in conn.execute(
+        f"SELECT id, tf, period, watermark_ingested_at, updated_at FROM {state} WHERE last_ts IS NULL").fetchall())
+    assert empty_before
+    for n in range(6):
+        upsert_source(conn, held.filter(pl.col("timestamp") == days[-6 + n]).drop("symbol"))
+        build_all(conn, full=False)
+        refresh_all(conn, full=False, periods=(2, 3, 5, 10, 20, 40, 60))
+    rows = {(r[0], r[1], r[2]): (r[3], r[4:]) for r in conn.execute(
+        f"SELECT id, tf, period, last_ts, watermark_ingested_at, updated_at FROM {state}").fetchall()}
+    still_empty = [k for k in empty_before if rows[k][0] is None]
+    seeded = [k for k in empty_before if rows[k][0] is not None]
+    assert still_empty and seeded  # 1D series of period 60 and 40 seed on the way; longer tfs do not
+    assert all(rows[k][1] == empty_before[k] for k in still_empty)
+    assert all(rows[k][1] != empty_before[k] for k in seeded)
+    clone_source(conn, "public", "full_ref")
+    build_all(conn, full=True, schema="full_ref")
+    refresh_all(conn, full=True, schema="full_ref", periods=(2, 3, 5, 10, 20, 40, 60))
+    problems = diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, *EMA_TABLES]) + _ends_problems(conn)
+    assert not problems, "\n".join(problems[:20])

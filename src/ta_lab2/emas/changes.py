@@ -90,8 +90,7 @@ def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence
     resumable = set(state.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in ("last_ts", "canon_ts", *ema_cols))
                                  & (pl.col("canon_ts") <= pl.col("last_ts")))
                     .select(list(SERIES_SCHEMA)).iter_rows())
-    since = {i: None if options.full else min((w for w in states[i].values() if w is not None), default=None)
-             for i in ids}
+    since = {i: None if options.full else _since(i, states[i], last_ts) for i in ids}
     # the grid's newest write and first instant written since the watermark: index probes, not
     # a column of the whole grid
     grid_writes = daily_writes(conn, s, {i: [since[i]] if since[i] is not None else [] for i in ids})
@@ -117,6 +116,16 @@ def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
     return Inputs(state, states, last_ts, resumable, grid_writes, since, newest, changes, removals)
+
+
+def _since(ident: int, states: dict[tuple[str, int], dt.datetime | None],
+           last_ts: dict[tuple[int, str, int], dt.datetime | None]) -> dt.datetime | None:
+    """Where an id's changes are read from: the oldest watermark of its series that have rows
+    (of all its series when none has). A series that stayed without rows keeps its state row
+    as it was (:func:`ta_lab2.emas.writes.write_state`), so its watermark may be older than
+    the inputs its id has seen; they were seen, and left it without rows."""
+    with_rows = [w for (tf, p), w in states.items() if w is not None and last_ts.get((ident, tf, p)) is not None]
+    return min(with_rows or (w for w in states.values() if w is not None), default=None)
 
 
 @dataclass(frozen=True)
