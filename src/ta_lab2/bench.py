@@ -314,7 +314,7 @@ def _compare_rate(conn: psycopg.Connection, helper: psycopg.Connection, rows: in
     conn.execute("VACUUM ANALYZE bench_cmp_a")
     conn.execute("VACUUM ANALYZE bench_cmp_b")
     n = conn.execute("SELECT count(*) FROM bench_cmp_a").fetchone()[0]
-    cols = {c: k for c, k in column_kinds(conn, sql.Identifier("public", "bench_cmp_a")).items()
+    cols = {c: k for c, k in column_kinds(conn, "public", "bench_cmp_a").items()
             if c not in ("id", "tf", "period", "ts")}
     spec = TableSpec("bench_cmp", sql.Identifier("public", "bench_cmp_a"), sql.Identifier("public", "bench_cmp_b"),
                      ("id", "tf", "period", "ts"), ("id", "tf", "period"), "ts", cols, presorted=True)

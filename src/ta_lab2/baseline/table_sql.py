@@ -49,15 +49,13 @@ def primary_key(conn: psycopg.Connection, qualified: sql.Identifier) -> tuple[st
     return tuple(r[0] for r in rows)
 
 
-def column_kinds(conn: psycopg.Connection, qualified: sql.Identifier) -> dict[str, str]:
-    rows = conn.execute(
-        """
-        SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
-        """,
-        (qualified.as_string(conn),),
-    ).fetchall()
-    return {name: ("float" if typ in FLOAT_TYPES else "exact") for name, typ in rows}
+def column_kinds(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
+    """Column name -> "float" (compared with tolerances) or "exact", in table order."""
+    # imported here: this module serves `baseline list` and `drop`, which start without polars
+    from ta_lab2.db.bulk import TableRef, column_types
+
+    types = column_types(conn, TableRef(schema, table))
+    return {name: ("float" if typ in FLOAT_TYPES else "exact") for name, typ in types.items()}
 
 
 def series_and_time(key: Sequence[str]) -> tuple[tuple[str, ...], str]:

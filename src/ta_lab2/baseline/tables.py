@@ -65,7 +65,7 @@ def table_spec(conn: psycopg.Connection, table: str, suffix: str, rebuilt_schema
     live = sql.Identifier(schema, table)
     key = primary_key(conn, live)
     series, time_col = series_and_time(key)
-    cols = {c: k for c, k in column_kinds(conn, live).items() if c not in VOLATILE_COLUMNS and c not in key}
+    cols = {c: k for c, k in column_kinds(conn, schema, table).items() if c not in VOLATILE_COLUMNS and c not in key}
     return TableSpec(table, sql.Identifier(schema, snapshot_name(table, suffix)), sql.Identifier(rebuilt_schema, table),
                      key, series, time_col, cols, presorted)
 

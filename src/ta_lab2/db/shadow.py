@@ -44,7 +44,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ta_lab2.db.bulk import TableRef, deferred_indexes
+from ta_lab2.db.bulk import TableRef, column_types, deferred_indexes
 from ta_lab2.db.schema import family_ddl
 from ta_lab2.db.tables import BARS_1D, BARS_1D_DELETIONS, state_table
 
@@ -145,9 +145,7 @@ def _assemble_and_swap(conn: psycopg.Connection, shadow: Shadow) -> None:
         conn.execute(family_ddl(new, shadow.table))
         with deferred_indexes(conn, [TableRef(new, t) for t in shadow.outputs]):
             for name in shadow.outputs:
-                columns = sql.SQL(", ").join(ident(r[0]) for r in conn.execute(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                    "AND NOT attisdropped ORDER BY attnum", (ident(new, name).as_string(conn),)).fetchall())
+                columns = sql.SQL(", ").join(map(ident, column_types(conn, TableRef(new, name))))
                 for unit in units:
                     conn.execute(sql.SQL("INSERT INTO {} ({c}) SELECT {c} FROM {}").format(
                         ident(new, name), ident(unit, name), c=columns))
