@@ -224,6 +224,7 @@ def test_batches_and_chunks_equal_full_rebuild(empty_db: psycopg.Connection, mon
     import ta_lab2.work.units as work
 
     monkeypatch.setattr(work, "IDS_PER_BATCH", 2)
+    monkeypatch.setattr(work, "INCREMENTAL_IDS", 2)
     for module in (bars, emas):
         monkeypatch.setattr(module, "CHUNK_ROWS", 1)
     conn = empty_db

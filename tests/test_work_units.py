@@ -12,7 +12,7 @@ from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.schema import ensure_schema
 from ta_lab2.load.service import load_synthetic
 from ta_lab2.load.synthetic import SyntheticConfig
-from ta_lab2.work.units import IDS_PER_BATCH, UNIT_DAYS, work_units
+from ta_lab2.work.units import IDS_PER_BATCH, INCREMENTAL_IDS, UNIT_DAYS, work_units
 
 pytestmark = pytest.mark.db
 
@@ -47,6 +47,9 @@ def test_full_rebuild_units_pack_short_histories_and_leave_long_ones_alone(fresh
         assert units[0] == [ids[0]]  # the long history alone
         assert len(units[1]) == IDS_PER_BATCH  # young ids, as many as a unit takes
         assert [i for u in units for i in u] == ids
-        # an incremental run: fixed batches, whatever the histories
-        steps = work_units(conn, ids, "public", full=False)
-        assert steps == [ids[i:i + IDS_PER_BATCH] for i in range(0, len(ids), IDS_PER_BATCH)]
+        # an incremental run: fixed batches, whatever the histories, spread over the workers
+        assert work_units(conn, ids, "public", full=False) == [ids]
+        halves = work_units(conn, ids, "public", full=False, spread=2)
+        assert halves == [ids[:(len(ids) + 1) // 2], ids[(len(ids) + 1) // 2:]]
+        many = list(range(1, 2 * INCREMENTAL_IDS + 2))
+        assert [len(u) for u in work_units(conn, many, "public", full=False)] == [INCREMENTAL_IDS] * 2 + [1]

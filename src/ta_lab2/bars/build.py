@@ -74,7 +74,7 @@ def build(
         clear_ids(conn, [builder.table, state_table(builder.table), *extra], None if ids is None else id_list, schema)
     # a 1D id's work is one bar per source day, light even in a full rebuild: batched like an
     # incremental run (its input, the source table, is not the 1D table the sizes come from)
-    units = work_units(conn, id_list, schema, full=full_rebuild and builder.name != "1d")
+    units = work_units(conn, id_list, schema, full=full_rebuild and builder.name != "1d", spread=workers)
     results = run_table(conn, builder.table, build_batch, options, units, bulk=bulk, workers=workers, url=url,
                         progress=progress, schema=schema, executor=executor)
     return TableResult(builder.name, builder.table, full_rebuild, tuple(t.tf for t in tfs),

@@ -176,8 +176,9 @@ def _read_days(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: s
         .format(d=daily_t), array_params(conn, frame, ("int4", "timestamptz", "int4"))).fetchall(),
         {"id": pl.Int32, "from_ts": UTC_US})
     daily_all, k0 = rows_from(conn, daily_t, DAILY_READ_SCHEMA, starts)
-    dailies = by_id(daily_all)
-    return {p.id: prepare_days(dailies.get(p.id, daily_all.clear()), tz, k0[p.id]) for p in plans}
+    prepared = prepare_days(daily_all, tz, k0)
+    dailies = by_id(prepared)
+    return {p.id: dailies.get(p.id, prepared.clear()) for p in plans}
 
 
 def _read_seeds(conn: psycopg.Connection, builder: BarBuilder, schema: str, tz: str,

@@ -52,17 +52,24 @@ ANCHORED_SCHEMA: dict[str, pl.DataType] = {**BAR_SCHEMA, "bar_anchor_offset": pl
 DAILY_COLUMNS = ("id", "timestamp", "open", "high", "low", "close", "volume", "market_cap", "time_high", "time_low")
 
 
-def prepare_days(daily: pl.DataFrame, tz: str, k0: int = 0) -> pl.DataFrame:
+def prepare_days(daily: pl.DataFrame, tz: str, k0: int | Mapping[int, int] = 0) -> pl.DataFrame:
     """Add ``day`` (local date), ``k`` (row index in the id's history) and ``day_open`` (spec 01
-    ``day_time_open``) to ONE id's validated daily rows.
+    ``day_time_open``) to ids' validated daily rows, in (id, timestamp) order.
 
-    ``daily`` may be a suffix of the history whose first row has index ``k0``: that row's
-    ``day_open`` then lacks the day before it, so it only serves as the day before the next."""
-    d = daily.select(DAILY_COLUMNS).sort("timestamp")
+    An id's rows may be a suffix of its history whose first row has index ``k0`` (one number
+    for every id, or per id: ids absent from the mapping start at 0): that row's ``day_open``
+    then lacks the day before it, so it only serves as the day before the next. One query for
+    all ids: a day's refresh prepares a few rows of each of many ids."""
+    d = daily.select(DAILY_COLUMNS).sort("id", "timestamp")
+    if isinstance(k0, Mapping):
+        first_k = pl.col("id").replace_strict(dict(k0), default=0, return_dtype=pl.Int32)
+    else:
+        first_k = pl.lit(k0, pl.Int32)
+    ts = pl.col("timestamp")
     return d.with_columns(
-        day=local_day(pl.col("timestamp"), tz),
-        k=pl.int_range(k0, k0 + pl.len(), dtype=pl.Int32),
-        day_open=pl.col("timestamp").shift(1).fill_null(pl.col("timestamp").first() - ONE_DAY) + ONE_MS,
+        day=local_day(ts, tz),
+        k=(first_k + pl.int_range(pl.len(), dtype=pl.Int32).over("id")).cast(pl.Int32),
+        day_open=ts.shift(1).over("id").fill_null(ts.first().over("id") - ONE_DAY) + ONE_MS,
     )
 
 
@@ -147,7 +154,8 @@ def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame
     schema = ANCHORED_SCHEMA if family == "cal_anchor" else BAR_SCHEMA
     assign: Callable[[pl.LazyFrame, pl.Expr], pl.LazyFrame] = ASSIGNERS[family]
     days_parts: list[pl.DataFrame] = []
-    param_parts: list[pl.DataFrame] = []
+    series: dict[str, list] = {"id": [], "tf": [], "_first": [], "_since": [], "_k_from": []}
+    used: dict[str, Timeframe] = {}
     seed_parts: list[pl.DataFrame] = []
     work_rows = 0  # (day, timeframe) pairs the query will process
     for part in inputs:
@@ -157,11 +165,15 @@ def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame
         k0 = int(part.days["k"][0])  # starts count rows of the whole history
         days_parts.append(part.days.slice(min(starts) - k0))
         work_rows += sum(part.days.height + k0 - k for k in starts)
-        param_parts.append(timeframe_params(part.timeframes, family).with_columns(
-            id=pl.lit(part.days["id"][0], part.days.schema["id"]),
-            _first=pl.lit(part.first_day or part.days["day"][0], pl.Date),
-            _since=pl.Series([(part.since or {}).get(tf.tf) for tf in part.timeframes], dtype=UTC_US),
-            _k_from=pl.Series(starts, dtype=pl.Int32)))
+        ident = part.days["id"][0]
+        first = part.first_day or part.days["day"][0]
+        for tf, start in zip(part.timeframes, starts):
+            used.setdefault(tf.tf, tf)
+            series["id"].append(ident)
+            series["tf"].append(tf.tf)
+            series["_first"].append(first)
+            series["_since"].append((part.since or {}).get(tf.tf))
+            series["_k_from"].append(start)
         if part.seeds is not None and part.seeds.height:
             if family not in SEEDED_FAMILIES:
                 raise ValueError(f"seeds stand in for {' and '.join(SEEDED_FAMILIES)} bars only, not {family}")
@@ -169,7 +181,10 @@ def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame
     if not days_parts:
         return pl.DataFrame(schema=schema)
     days = pl.concat(days_parts, how="vertical")
-    params = pl.concat(param_parts, how="vertical")
+    # per (id, tf): the timeframe's parameters (one frame for the query) and the id's own values
+    params = pl.DataFrame(series, schema={"id": days.schema["id"], "tf": pl.String, "_first": pl.Date,
+                                          "_since": UTC_US, "_k_from": pl.Int32}).join(
+        timeframe_params(list(used.values()), family), on="tf")
     crossed = days.lazy().join(params.lazy(), on="id").filter(pl.col("k") >= pl.col("_k_from"))
     seeded = bool(seed_parts)
     if seeded:
@@ -239,14 +254,14 @@ def first_rows(
             out.append(k0)
             continue
         if at not in first_touched:  # the first row the cut touches (position in days)
-            first_touched[at] = min(int((days["timestamp"] < at).sum()), days.height - 1)
+            first_touched[at] = min(int(days["timestamp"].search_sorted(at, "left")), days.height - 1)
         i_at = first_touched[at]
         if tf.tf in seeded:
             out.append(k0 + i_at)
         elif family == "rolling":
             out.append((k0 + i_at) // rolling_rows(tf) * rolling_rows(tf))
         else:
-            out.append(k0 + int((days["day"] < days["day"][i_at] - dt.timedelta(days=max_bar_days(tf))).sum()))
+            out.append(k0 + int(days["day"].search_sorted(days["day"][i_at] - dt.timedelta(days=max_bar_days(tf)), "left")))
     return out
 
 

@@ -64,7 +64,7 @@ def refresh(
     options = RefreshOptions(name, tuple(tfs), plist, full_refresh, schema, bulk)
     if full_refresh and not bulk:
         clear_ids(conn, [refresher.table, state_table(refresher.table)], id_list, schema)
-    results = run_table(conn, refresher.table, refresh_batch, options, work_units(conn, id_list, schema, full=full_refresh),
+    results = run_table(conn, refresher.table, refresh_batch, options, work_units(conn, id_list, schema, full=full_refresh, spread=workers),
                         bulk=bulk, workers=workers, url=url, progress=progress, schema=schema, executor=executor,
                         reads=(refresher.bar_table,))
     return TableResult(name, refresher.table, full_refresh, tuple(t.tf for t in tfs), time.perf_counter() - started,

@@ -159,22 +159,29 @@ class UnitExecutor(Protocol):
         ...
 
 
-#: Ids one unit handles together: a unit's fixed costs (its reads, COPYs, polars queries and
-#: commit, ~30 ms) are shared by its ids.
+#: Ids a full rebuild's unit handles together: a unit's fixed costs (its reads, COPYs, polars
+#: queries and commit, ~30 ms) are shared by its ids.
 IDS_PER_BATCH = 16
 #: A full rebuild's unit also stops before its ids' 1D rows pass this many: an id with a long
 #: history is a unit of its own (its work is large, and so is its memory), while the many
 #: young ids of a market-shaped universe share units (one id per unit cost a universe of
 #: short histories about twice its compute). Units stay many enough to spread over workers.
 UNIT_DAYS = 2_000
+#: Ids an incremental run's unit handles together. A day's refresh is a few rows per id, so a
+#: unit's fixed costs are most of it: 100 ids of the universe refreshed in 3.1 s in units of
+#: 100 against 5.0 s in units of 16 (docs/performance.md). Memory stays bounded: the
+#: builders write a unit in chunks (``CHUNK_ROWS``) when its ids need whole histories rebuilt.
+INCREMENTAL_IDS = 128
 
 
-def work_units(conn: psycopg.Connection, ids: Sequence[int], schema: str, *, full: bool) -> list[list[int]]:
-    """``ids`` in order, cut into work units: :data:`IDS_PER_BATCH` ids each for an incremental
-    run; for a full rebuild, also at most :data:`UNIT_DAYS` 1D rows (read from the 1D table;
-    an id with more is alone)."""
+def work_units(conn: psycopg.Connection, ids: Sequence[int], schema: str, *, full: bool,
+               spread: int = 1) -> list[list[int]]:
+    """``ids`` in order, cut into work units. An incremental run: at most
+    :data:`INCREMENTAL_IDS` ids each, and at least ``spread`` units (the worker processes that
+    share them) when there are that many ids. A full rebuild: at most :data:`IDS_PER_BATCH` ids
+    and :data:`UNIT_DAYS` 1D rows (read from the 1D table; an id with more is alone)."""
     if not full:
-        return batches(ids, IDS_PER_BATCH)
+        return batches(ids, min(INCREMENTAL_IDS, -(-len(ids) // max(1, spread))))
     days = dict(conn.execute(
         sql.SQL("SELECT id, count(*) FROM {} WHERE id = ANY(%s) GROUP BY id").format(sql.Identifier(schema, BARS_1D)),
         (list(ids),)).fetchall())
