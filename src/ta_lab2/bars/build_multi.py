@@ -50,13 +50,9 @@ class _Plan:
     work: list[Timeframe]
     stored_until: dict[str, dt.datetime | None]  # tf -> the state's newest time_close (None: unknown)
     seeds: pl.DataFrame | None = None  # per timeframe with a cut, the stored row before it (snapshot seeds)
+    seeded: set[str] = field(default_factory=set)  # the timeframes a seed stands in for (see _read_seeds)
     days: pl.DataFrame = field(default_factory=pl.DataFrame)  # prepare_days() of the days it needs (see _read_days)
     starts: list[int] = field(default_factory=list)  # per timeframe of work, the first day row (k) the engine needs
-
-    @property
-    def seeded(self) -> set[str]:
-        """The timeframes a seed stands in for (see _read_seeds)."""
-        return set(self.seeds["tf"].to_list()) if self.seeds is not None else set()
 
     @property
     def rows(self) -> int:
@@ -96,6 +92,7 @@ def build_multi(
     seeds = _read_seeds(conn, builder, schema, tz, plans) if builder.family in SEEDED_FAMILIES else {}
     for plan in plans:
         plan.seeds = seeds.get(plan.id)
+        plan.seeded = set(plan.seeds["tf"].to_list()) if plan.seeds is not None else set()
     days = _read_days(conn, builder, schema, tz, plans) if plans else {}
     for plan in plans:
         plan.days = days[plan.id]

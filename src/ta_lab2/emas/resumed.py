@@ -89,14 +89,17 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     pair_at: dict[tuple[int, str], int] = {}
     n_rows = n_flags = 0
     canon_of = by_id(canon)
-    for ident in dict.fromkeys(i for i, _, _ in series):
+    tfs_of: dict[int, dict[str, None]] = {}  # per id, its series' timeframes in order
+    for ident, tf, _ in series:
+        tfs_of.setdefault(ident, {})[tf] = None
+    for ident, tfs in tfs_of.items():
         ts = tail_ts.get(ident, np.zeros(0, np.int64))
         offset[ident] = n_rows
         close_parts.append(tails[ident]["close"].to_numpy() if ident in tails else np.zeros(0))
         n_rows += ts.size
         grid = Grid(ident, ts, close_parts[-1])
         closes_by_tf = canonical_closes(canon_of.get(ident, pl.DataFrame(schema=CANON_SCHEMA)))
-        for tf in dict.fromkeys(t for i, t, _ in series if i == ident):
+        for tf in tfs:
             if kind == "v2":
                 flags = (before.get(ident, 0) + np.arange(ts.size) + 1) % tf_days[tf] == 0
             else:
