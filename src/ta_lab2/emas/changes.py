@@ -63,6 +63,7 @@ class Inputs:
     states: dict[int, dict[tuple[str, int], dt.datetime | None]]
     last_ts: dict[tuple[int, str, int], dt.datetime | None]  # the state's newest row per series
     resumable: set[tuple[int, str, int]]  # series whose state holds usable ends
+    with_rows: set[tuple[int, str, int]]  # series with rows, as their state says (written with them)
     grid_writes: dict[int, DailyWrites]
     since: dict[int, dt.datetime | None]  # None: no usable watermark, recompute every series whole
     newest_bar: dict[int, dt.datetime | None]
@@ -71,7 +72,7 @@ class Inputs:
 
     def has_rows(self, key: tuple[int, str, int]) -> bool:
         """Whether the series has rows, as its state says (written with them; no state: no)."""
-        return self.last_ts.get(key) is not None
+        return key in self.with_rows
 
 
 def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> Inputs:
@@ -82,10 +83,13 @@ def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence
                        state_schema(refresher.kind), (id_list,), small=True, order_by=("id", "tf", "period"))
     states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
     last_ts: dict[tuple[int, str, int], dt.datetime | None] = {}
+    with_rows: set[tuple[int, str, int]] = set()
     for ident, tf, period, wm, last in zip(state["id"].to_list(), state["tf"].to_list(), state["period"].to_list(),
                                            instants(state["watermark_ingested_at"]), instants(state["last_ts"])):
         states[ident][(tf, period)] = wm
         last_ts[(ident, tf, period)] = last
+        if last is not None:
+            with_rows.add((ident, tf, period))
     ema_cols = [c for c in ends_columns(refresher.kind) if c in ("last_ema", "canon_ema", "last_ema_bar", "canon_ema_bar")]
     resumable = set(state.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in ("last_ts", "canon_ts", *ema_cols))
                                  & (pl.col("canon_ts") <= pl.col("last_ts")))
@@ -115,7 +119,7 @@ def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return Inputs(state, states, last_ts, resumable, grid_writes, since, newest, changes, removals)
+    return Inputs(state, states, last_ts, resumable, with_rows, grid_writes, since, newest, changes, removals)
 
 
 def _since(ident: int, states: dict[tuple[str, int], dt.datetime | None],

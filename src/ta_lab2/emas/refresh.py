@@ -100,12 +100,10 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
     log.debug("%s: %d ids resumed, %d recomputed, %d unchanged", options.refresher, len(resumed), len(recomputed),
               len(ids) - len(resumed) - len(recomputed))
     if resumed:
-        frame, again = resumed_rows(conn, options, resumed, inputs)
+        frame, stepped, again = resumed_rows(conn, options, resumed, inputs)
         recomputed += again
-        redo = {c.id for c in again}
-        ready = [c for c in resumed if c.id not in redo]
-        if ready:
-            results.update(write_rows(conn, options, ready, frame, inputs, {c.id: True for c in ready}))
+        if stepped:
+            results.update(write_rows(conn, options, stepped, frame, inputs, {c.id: True for c in stepped}))
     if recomputed:
         results.update(recompute(conn, options, recomputed, inputs))
     return [results[i] for i in ids]
