@@ -351,3 +351,48 @@ def test_series_without_rows_keep_their_state_rows_and_still_seed(empty_db: psyc
     refresh_all(conn, full=True, schema="full_ref", periods=(2, 3, 5, 10, 20, 40, 60))
     problems = diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, *EMA_TABLES]) + _ends_problems(conn)
     assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.slow
+def test_an_id_without_ema_rows_starts_its_first_series_without_a_recomputation(
+        empty_db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A young asset none of whose EMA series has a row yet: on the day its first series'
+    seed completes, the refresh steps that series from its seed (its rows read back to the
+    seed's first row) rather than recomputing the id over its whole grid. Checked by spying on
+    the recompute path; the tables equal a full rebuild's after every day."""
+    import ta_lab2.emas.refresh as ema_refresh
+
+    conn = empty_db
+    # the young asset: 4 days listed, then one day at a time; period 5 of 1D seeds on day 5
+    pool = generate_universe(SyntheticConfig(n_assets=2, days=60, seed=43, lengths=(60, 9), gap_rate=0.0,
+                                             defect_rate=0.0)).frame
+    young = pool.group_by("id").len().sort("len")["id"][0]
+    days = pool.filter(pl.col("id") == young)["timestamp"].sort()
+    held = pool.filter((pl.col("id") == young) & (pl.col("timestamp") >= days[4]))
+    upsert_assets(conn, pool)
+    upsert_source(conn, pool.join(held, on=["id", "timestamp"], how="anti").drop("symbol"))
+    periods = (5, 8, 20)
+    build_all(conn, full=True)
+    refresh_all(conn, full=True, periods=periods)
+    assert not conn.execute("SELECT count(*) FROM cmc_ema_multi_tf_state WHERE id = %s AND last_ts IS NOT NULL",
+                            (young,)).fetchone()[0]
+    recomputed: list[int] = []
+    real = ema_refresh.recompute
+
+    def spy(conn_, options, changed, inputs):  # noqa: ANN001, ANN202 - the recompute path's own signature
+        if not options.full:  # the reference's full rebuild recomputes everything
+            recomputed.extend(c.id for c in changed)
+        return real(conn_, options, changed, inputs)
+
+    monkeypatch.setattr(ema_refresh, "recompute", spy)
+    for day in days[4:]:
+        upsert_source(conn, held.filter(pl.col("timestamp") == day).drop("symbol"))
+        build_all(conn, full=False)
+        refresh_all(conn, full=False, periods=periods)
+        clone_source(conn, "public", "full_ref")
+        build_all(conn, full=True, schema="full_ref")
+        refresh_all(conn, full=True, schema="full_ref", periods=periods)
+        problems = diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, *EMA_TABLES]) + _ends_problems(conn)
+        assert not problems, f"after {day}: " + "\n".join(problems[:20])
+    assert conn.execute("SELECT count(*) FROM cmc_ema_multi_tf WHERE id = %s", (young,)).fetchone()[0]
+    assert young not in recomputed

@@ -27,6 +27,8 @@ from ta_lab2.frames import epoch_us, tuples_frame
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.work.units import by_id
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,6 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     :func:`ta_lab2.emas.writes.write_state`), and in a young universe such series are most of
     an EMA table's (95 % of a calendar table's on 100 assets of ~190 days)."""
     refresher = REFRESHERS[options.refresher]
-    s = options.schema
     kind = refresher.kind
     tf_days = options.tf_days
     ids = [c.id for c in resumed]
@@ -52,26 +53,28 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     for c in resumed:
         lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts if (c.id, tf, p) in inputs.with_rows]
         starts[c.id] = min(lasts) + dt.timedelta(microseconds=1) if lasts else END_OF_TIME
-    from_frame = pl.DataFrame({"id": ids, "from_ts": [starts[i] for i in ids]}, schema={"id": pl.Int32, "from_ts": UTC_US})
-    tail, before = rows_from(conn, sql.Identifier(s, BARS_1D), {"id": pl.Int32(), **GRID_SCHEMA}, from_frame)
     bar_tfs = sorted({tf for c in resumed for tf, _ in c.cuts if tf != "1D"}) if kind != "v2" else []
-    canon = pl.DataFrame(schema={"id": pl.Int32(), **CANON_SCHEMA})
-    if bar_tfs:
-        canon = read_frame(
-            # one index range probe per id (OFFSET 0: never a hash join over the whole table)
-            conn, sql.SQL("(SELECT c.id, b.tf, b.time_close FROM unnest(%b, %b) AS c(id, from_ts) CROSS JOIN LATERAL "
-                          "(SELECT tf, time_close FROM {b} WHERE id = c.id AND tf = ANY(%b) AND NOT is_partial_end "
-                          "AND time_close >= c.from_ts OFFSET 0) b) r")
-            .format(b=sql.Identifier(s, refresher.bar_table)),
-            {"id": pl.Int32(), **CANON_SCHEMA},
-            [*array_params(conn, from_frame, ("int4", "timestamptz")),
-             *array_params(conn, pl.DataFrame({"tf": bar_tfs}), ("text",))],
-            small=True, order_by=("id", "tf", "time_close"))
-    tails = by_id(tail)
-    tail_ts = {i: t["timestamp"].dt.epoch("us").to_numpy() for i, t in tails.items()}
+    tails, before, canon_of = _read_tails(conn, options, starts, bar_tfs)
     n_grid = {i: before.get(i, 0) + (tails[i].height if i in tails else 0) for i in ids}
-    new_closes = {(i, tf) for i, tf in canon.select("id", "tf").unique().iter_rows()}
+    new_closes = {(i, tf) for i, part in canon_of.items() for tf in part["tf"].unique().to_list()}
     seeds = _seeds(conn, options, _seeding(conn, options, resumed, inputs, n_grid, new_closes))
+    # A seed's first row may precede the rows read (an id none of whose series had rows reads
+    # none): those ids' rows are read again from their earliest seed, so they step like the
+    # others instead of being recomputed whole (which would load the kernel for one id).
+    earlier: dict[int, int] = {}
+    for (ident, _, _), (first_us, value) in seeds.items():
+        if first_us is not None and not np.isnan(value) and first_us < epoch_us(starts[ident]):
+            earlier[ident] = min(first_us, earlier.get(ident, first_us))
+    if earlier:
+        again_from = {i: _EPOCH + dt.timedelta(microseconds=us) for i, us in earlier.items()}
+        more_tails, more_before, more_canon = _read_tails(conn, options, again_from, bar_tfs)
+        for ident in earlier:
+            tails.pop(ident, None)
+            canon_of.pop(ident, None)
+        tails.update(more_tails)
+        before.update(more_before)
+        canon_of.update(more_canon)
+    tail_ts = {i: t["timestamp"].dt.epoch("us").to_numpy() for i, t in tails.items()}
     # a seed is placed on its first row, which must be among the rows read
     fallback: set[int] = set()
     placed: dict[tuple[int, str, int], tuple[int, float]] = {}
@@ -101,7 +104,6 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     offset: dict[int, int] = {}
     pair_at: dict[tuple[int, str], int] = {}
     n_rows = n_flags = 0
-    canon_of = by_id(canon)
     tfs_of: dict[int, dict[str, None]] = {}  # per id, its series' timeframes in order
     for ident, tf, _ in series:
         tfs_of.setdefault(ident, {})[tf] = None
@@ -149,6 +151,30 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     j = out["series"]
     return frame_of_rows(kind, sid[j], stf, j, ts_all[out["row"]], periods[j], n_days[j], out["roll"],
                          {c: v for c, v in out.items() if c not in ("series", "row", "roll")}), stepped, again
+
+
+def _read_tails(conn: psycopg.Connection, options: RefreshOptions, starts: Mapping[int, dt.datetime],
+                bar_tfs: Sequence[str]) -> tuple[dict[int, pl.DataFrame], dict[int, int], dict[int, pl.DataFrame]]:
+    """Per id of ``starts``: its grid rows from that instant on, how many rows precede them,
+    and the canonical closes (of ``bar_tfs``) among them."""
+    refresher = REFRESHERS[options.refresher]
+    s = options.schema
+    from_frame = pl.DataFrame({"id": list(starts), "from_ts": list(starts.values())},
+                              schema={"id": pl.Int32, "from_ts": UTC_US})
+    tail, before = rows_from(conn, sql.Identifier(s, BARS_1D), {"id": pl.Int32(), **GRID_SCHEMA}, from_frame)
+    canon = pl.DataFrame(schema={"id": pl.Int32(), **CANON_SCHEMA})
+    if bar_tfs:
+        canon = read_frame(
+            # one index range probe per id (OFFSET 0: never a hash join over the whole table)
+            conn, sql.SQL("(SELECT c.id, b.tf, b.time_close FROM unnest(%b, %b) AS c(id, from_ts) CROSS JOIN LATERAL "
+                          "(SELECT tf, time_close FROM {b} WHERE id = c.id AND tf = ANY(%b) AND NOT is_partial_end "
+                          "AND time_close >= c.from_ts OFFSET 0) b) r")
+            .format(b=sql.Identifier(s, refresher.bar_table)),
+            {"id": pl.Int32(), **CANON_SCHEMA},
+            [*array_params(conn, from_frame, ("int4", "timestamptz")),
+             *array_params(conn, pl.DataFrame({"tf": list(bar_tfs)}), ("text",))],
+            small=True, order_by=("id", "tf", "time_close"))
+    return by_id(tail), before, by_id(canon)
 
 
 def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[Changes], inputs: Inputs,
