@@ -1,12 +1,12 @@
-"""PostgreSQL's binary formats, encoded from polars frames with numpy (no Python loop per row
-or element): the rows of ``COPY … FROM STDIN (FORMAT BINARY)`` (:func:`encode_binary_copy`) and
-one-dimensional array parameters (:func:`array_params`). Instants travel as microseconds and
-dates as days since 2000-01-01, PostgreSQL's epoch."""
+"""PostgreSQL's binary formats, encoded from polars frames without a Python loop per row or
+element: the rows of ``COPY … FROM STDIN (FORMAT BINARY)`` (:func:`encode_binary_copy`, by
+pgpq) and one-dimensional array parameters (:func:`array_params`, with numpy). Instants travel
+as microseconds and dates as days since 2000-01-01, PostgreSQL's epoch."""
 
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -17,8 +17,6 @@ from psycopg.pq import Format
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 PG_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 
 #: PostgreSQL type name -> (polars dtype the frame is cast to, big-endian numpy dtype or None for text)
 PG_TYPES: dict[str, tuple[pl.DataType, str | None]] = {
@@ -82,86 +80,29 @@ def column_payloads(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[tuple[
     return out
 
 
-def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], *, header: bool = True, trailer: bool = True) -> bytes:
-    """Encode ``frame`` (columns in COPY order) as PostgreSQL binary COPY data.
+def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], batch_rows: int = 200_000) -> Iterator[Any]:
+    """``frame`` (columns in COPY order) as the pieces of PostgreSQL binary COPY data: the
+    header, its rows in frame order (converted ``batch_rows`` at a time, so memory stays
+    bounded), the trailer — bytes-like, for ``Copy.write``.
 
-    Row layout: int16 field count, then per field int32 length (-1 = NULL) and the big-endian
-    payload. Rows that share a layout (the same NULL fields and the same text lengths) are
-    encoded together as one array of packed numpy records (big-endian fields) filled by
-    whole-column assignments: no Python loop per row. When rows have several layouts, each
-    layout's records are scattered to their rows' byte offsets, so rows reach the table in
-    frame order (serial columns number them in input order; a bulk rebuild's rows stay in
-    primary-key order for its index build).
+    The rows are encoded by pgpq (Arrow record batches to binary COPY, in Rust): each column is
+    first cast to the polars type of its PostgreSQL type (:data:`PG_TYPES`), whose Arrow type
+    pgpq maps back to that PostgreSQL type. It replaced an encoder of our own (numpy records
+    per row layout): the same bytes, 4x faster on bar rows (docs/decisions.md).
     """
-    parts = [COPY_HEADER] if header else []
-    if frame.height:
-        parts.extend(_encode_rows(frame, pg_types))
-    if trailer:
-        parts.append(COPY_TRAILER)
-    return b"".join(parts)
+    from pgpq import ArrowToPostgresBinaryEncoder  # imports pyarrow: only where rows are written
 
-
-def _encode_rows(frame: pl.DataFrame, pg_types: Sequence[str]) -> list[bytes]:
-    n = frame.height
-    cols = column_payloads(frame, pg_types)
-    # Layout key per row: a NULL bit per nullable column and each text column's length, as a
-    # mixed-radix number (re-densified before it could overflow).
-    key = np.zeros(n, dtype=np.int64)
-    ragged = False
-    for lengths, _, starts in cols:
-        if starts is None and not bool((lengths < 0).any()):
-            continue
-        ragged = True
-        radix = int(lengths.max(initial=0)) + 2
-        if key.max(initial=0) >= (1 << 62) // radix:
-            key = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
-        key = key * radix + (lengths + 1)
-    if ragged:
-        order = np.argsort(key, kind="stable")
-        groups: list[np.ndarray | None] = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
-    else:
-        groups = [None]
-    if groups[0] is None:
-        out_buffer = None
-    else:
-        # Rows go out in frame order: each layout's records are scattered to their rows' offsets.
-        row_bytes = 2 + sum(4 + np.maximum(c[0], 0).astype(np.int64) for c in cols)
-        starts_out = np.zeros(n, dtype=np.int64)
-        np.cumsum(row_bytes[:-1], out=starts_out[1:])
-        out_buffer = np.empty(int(row_bytes.sum()), dtype=np.uint8)
-    out: list[bytes] = []
-    for rows in groups:
-        first = 0 if rows is None else int(rows[0])
-        # One packed record type per layout: field count, then (length, value) per column.
-        fields: list[tuple[str, str]] = [("n", ">i2")]
-        for j, ((lengths, _, starts), pg_type) in enumerate(zip(cols, pg_types)):
-            width = int(lengths[first])
-            fields.append((f"l{j}", ">i4"))
-            if width > 0:
-                fields.append((f"v{j}", f"V{width}" if starts is not None else str(PG_TYPES[pg_type][1])))
-        records = np.empty(n if rows is None else rows.size, dtype=np.dtype(fields))
-        records["n"] = frame.width
-        raw = records.view(np.uint8).reshape(records.size, records.dtype.itemsize)
-        for j, (lengths, payload, starts) in enumerate(cols):
-            records[f"l{j}"] = lengths[first]
-            name = f"v{j}"
-            if name not in records.dtype.names:
-                continue
-            if starts is None:
-                records[name] = payload if rows is None else payload[rows]
-            else:  # text: gather exactly this layout's bytes
-                width = int(lengths[first])
-                at = starts if rows is None else starts[rows]
-                off = records.dtype.fields[name][1]
-                raw[:, off:off + width] = payload[at[:, None] + np.arange(width)]
-        if out_buffer is None:
-            out.append(records.tobytes())
-        else:
-            width = records.dtype.itemsize
-            step = max(1, (1 << 21) // width)  # bounds the index matrix to ~16 MB
-            for lo in range(0, rows.size, step):
-                out_buffer[starts_out[rows[lo:lo + step]][:, None] + np.arange(width)] = raw[lo:lo + step]
-    return out if out_buffer is None else [out_buffer.tobytes()]
+    casts = [pl.nth(j).cast(PG_TYPES[t][0]) for j, t in enumerate(pg_types)]
+    encoder = None
+    for offset in range(0, max(frame.height, 1), batch_rows):
+        table = frame.slice(offset, batch_rows).select(casts).to_arrow()
+        if encoder is None:
+            encoder = ArrowToPostgresBinaryEncoder(table.schema)
+            yield encoder.write_header()
+        for batch in table.to_batches():
+            yield encoder.write_batch(batch)
+    assert encoder is not None
+    yield encoder.finish()
 
 
 #: PostgreSQL type name -> (element type oid, array type oid), for binary array parameters.

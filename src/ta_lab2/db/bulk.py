@@ -21,8 +21,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from ta_lab2.db.binary import (COPY_HEADER, COPY_TRAILER, PG_TYPES, array_params,
-                               encode_binary_copy)
+from ta_lab2.db.binary import PG_TYPES, array_params, encode_binary_copy
 
 DEFAULT_BATCH_ROWS = 200_000
 
@@ -95,11 +94,8 @@ def copy_frame(
         table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", FREEZE" if freeze else "")
     )
     with conn.cursor().copy(stmt) as copy:
-        copy.write(COPY_HEADER)
-        for offset in range(0, frame.height, batch_rows):
-            chunk = frame.slice(offset, batch_rows)
-            copy.write(encode_binary_copy(chunk, pg_types, header=False, trailer=False))
-        copy.write(COPY_TRAILER)
+        for piece in encode_binary_copy(frame, pg_types, batch_rows):
+            copy.write(piece)
     return frame.height
 
 

@@ -34,6 +34,8 @@ CHILD_IMPORTS: tuple[str, ...] = (
     "multiprocessing.context", "concurrent.futures.process",
     "ta_lab2.logs", "ta_lab2.db.connect", "ta_lab2.db.bulk", "ta_lab2.work.command", "ta_lab2.work.progress",
     "ta_lab2.work.units",
+    # the binary COPY encoder (db.binary imports it where rows are written; pyarrow ~85 ms)
+    "pyarrow", "pgpq",
     # what every child imports before its entry runs: the launch code it starts in, and the
     # ta-lab2 script's one import (multiprocessing re-runs the runner's main script in it)
     "ta_lab2.launch.process", "ta_lab2.cli",
