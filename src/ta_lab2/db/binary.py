@@ -95,7 +95,8 @@ def encode_binary_copy(frame: pl.DataFrame, pg_types: Sequence[str], batch_rows:
     casts = [pl.nth(j).cast(PG_TYPES[t][0]) for j, t in enumerate(pg_types)]
     encoder = None
     for offset in range(0, max(frame.height, 1), batch_rows):
-        table = frame.slice(offset, batch_rows).select(casts).to_arrow()
+        # the oldest Arrow layout: strings as large_string, which pgpq encodes (not string_view)
+        table = frame.slice(offset, batch_rows).select(casts).to_arrow(compat_level=pl.CompatLevel.oldest())
         if encoder is None:
             encoder = ArrowToPostgresBinaryEncoder(table.schema)
             yield encoder.write_header()
