@@ -12,6 +12,7 @@ from bars_helpers import build_all, built_pipeline, table_columns
 from ta_lab2.bars.build import BuildOptions, build_batch
 from ta_lab2.bars.registry import BUILDERS, load_timeframes
 from ta_lab2.db.connect import Target, connect
+from ta_lab2.db.schema import ensure_schema
 from ta_lab2.db.shadow import SHADOW_PREFIX, Shadow, fill_unit, shadow_rebuild
 from ta_lab2.load.synthetic import SyntheticConfig
 
@@ -35,6 +36,25 @@ def _content(conn, table: str) -> list[tuple]:  # type: ignore[no-untyped-def]  
     return conn.execute(sql.SQL("SELECT {c} FROM {t} ORDER BY {c}").format(c=cols, t=sql.Identifier(table))).fetchall()
 
 
+def _definition(conn, schema: str, table: str) -> tuple:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    """What a table is, as the catalog says, with its schema's name taken out."""
+    rel = f'"{schema}"."{table}"'
+    columns = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid), "
+        "a.attcollation FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (rel,)).fetchall()
+    # NOT NULLs are in the columns; PostgreSQL 18 also names them, with a numbered suffix when a
+    # long name collides with one already in the schema, which differs between schemas
+    constraints = sorted(conn.execute(
+        "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+        "AND contype <> 'n'", (rel,)).fetchall())
+    indexes = sorted(r[0].replace(f"{schema}.", "") for r in conn.execute(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = to_regclass(%s)", (rel,)).fetchall())
+    options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", (rel,)).fetchone()
+    return columns, constraints, indexes, options
+
+
 def _options(conn) -> BuildOptions:  # type: ignore[no-untyped-def]  # noqa: ANN001
     tfs = load_timeframes(conn, BUILDERS["cal_us"], False, "public")
     return BuildOptions("cal_us", tuple(tfs), "UTC", True, "public")
@@ -56,6 +76,12 @@ def test_units_in_tables_of_their_own_swap_in_the_bulk_rebuilds_table(pipeline: 
         assert _shadows(conn) == []
         indexes = conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s", (TABLE,)).fetchone()[0]
         assert indexes >= 2  # the primary key and the other indexes, built at the swap
+        # the swapped-in tables are defined as the schema's own: columns, NOT NULLs, defaults,
+        # constraints, indexes, storage options
+        ensure_schema(conn, "ddl_ref")
+        for table in (TABLE, f"{TABLE}_state"):
+            assert _definition(conn, "public", table) == _definition(conn, "ddl_ref", table)
+        conn.execute("DROP SCHEMA ddl_ref CASCADE")
 
 
 def test_a_failed_run_leaves_the_old_table_and_no_schema(pipeline: Target) -> None:

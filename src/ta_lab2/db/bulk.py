@@ -152,34 +152,44 @@ def upsert_small(
     return conn.execute(stmt, array_params(conn, frame, [types[c] for c in cols])).rowcount
 
 
+def index_statements(conn: psycopg.Connection, ref: TableRef) -> list[tuple[sql.Composable, sql.Composable]]:
+    """Per index of ``ref`` (primary keys and unique constraints included): the statement that
+    drops it and the one that creates it again exactly as it is (``pg_get_indexdef`` /
+    ``pg_get_constraintdef``), constraints first."""
+    table = ref.ident
+    rows = conn.execute(
+        """
+        SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+        WHERE i.indrelid = to_regclass(%s)
+        ORDER BY c.conname IS NULL, ic.relname
+        """,
+        (table.as_string(conn),),
+    ).fetchall()
+    out: list[tuple[sql.Composable, sql.Composable]] = []
+    for index_name, index_def, constraint, constraint_def in rows:
+        if constraint is not None:
+            out.append((sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(constraint)),
+                        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(table, sql.Identifier(constraint))
+                        + sql.SQL(constraint_def)))
+        else:
+            out.append((sql.SQL("DROP INDEX {}").format(sql.Identifier(ref.schema, index_name)), sql.SQL(index_def)))
+    return out
+
+
 @contextmanager
 def deferred_indexes(conn: psycopg.Connection, tables: Sequence[TableRef]) -> Iterator[None]:
     """Drop every index of ``tables`` (primary keys and unique constraints included), yield,
-    then create them again exactly as they were (``pg_get_indexdef`` /
-    ``pg_get_constraintdef``). Meant for bulk loads inside one transaction: a failure before
-    the indexes are back must roll the transaction back, never commit it."""
+    then create them again exactly as they were (:func:`index_statements`). Meant for bulk
+    loads inside one transaction: a failure before the indexes are back must roll the
+    transaction back, never commit it."""
     saved: list[sql.Composable] = []
     for ref in tables:
-        table = ref.ident
-        rows = conn.execute(
-            """
-            SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)
-            FROM pg_index i
-            JOIN pg_class ic ON ic.oid = i.indexrelid
-            LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
-            WHERE i.indrelid = to_regclass(%s)
-            ORDER BY c.conname IS NULL, ic.relname
-            """,
-            (table.as_string(conn),),
-        ).fetchall()
-        for index_name, index_def, constraint, constraint_def in rows:
-            if constraint is not None:
-                conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(constraint)))
-                saved.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(table, sql.Identifier(constraint))
-                             + sql.SQL(constraint_def))
-            else:
-                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(ref.schema, index_name)))
-                saved.append(sql.SQL(index_def))
+        for drop, create in index_statements(conn, ref):
+            conn.execute(drop)
+            saved.append(create)
     yield
     for statement in saved:
         conn.execute(statement)
