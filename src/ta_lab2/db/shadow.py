@@ -5,13 +5,17 @@ one — what the one-transaction bulk rebuild of a single process
 (:func:`ta_lab2.work.units.bulk_rebuild`) gives, for writers that cannot share a transaction.
 
 **Each work unit fills tables of its own** (:func:`fill_unit`). In one transaction it
-(re)creates the schema ``ta_lab2_shadow_<hex>_u<first id>`` holding empty copies of the table
-and its state table (columns and defaults, no index) and views of the live tables it reads
-(the 1D bars and their deletion log, and ``reads``), then writes its ids the way the
+(re)creates the schema ``ta_lab2_shadow_<hex>_u<first id>`` holding empty unlogged copies of
+the table and its state table (columns and defaults, no index) and views of the live tables it
+reads (the 1D bars and their deletion log, and ``reads``), then writes its ids the way the
 single-process bulk rebuild does: ``COPY … FREEZE`` into tables created in its own
-transaction, so that with ``wal_level = minimal`` no row goes through the WAL and no index is
+transaction, so that no row goes through the WAL (whatever ``wal_level``) and no index is
 maintained row by row. A unit run again (its worker died) drops and recreates its schema:
-nothing is doubled, nothing half-written survives.
+nothing is doubled, nothing half-written survives. Why unlogged: the units' tables are read
+once, by the assemble, and never need to reach the disk (a logged table is flushed and
+fsynced at its unit's commit: ~1 s of a two-worker full refresh of the six EMA tables). They
+are safe because a server crash, which empties unlogged tables, also ends every session —
+the one that would assemble them among them — so that run fails and nothing is swapped in.
 
 **Then one transaction assembles and swaps** (:func:`shadow_rebuild` on success): it creates
 the new table and state table in ``ta_lab2_shadow_<hex>`` from the project's own DDL
@@ -99,7 +103,7 @@ def fill_unit(shadow: Shadow, fn: UnitFn, conn: psycopg.Connection, options: Any
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(unit)))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(unit)))
         for name in shadow.outputs:
-            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
                 ident(unit, name), ident(shadow.schema, name)))
         for name in dict.fromkeys((BARS_1D, BARS_1D_DELETIONS, *shadow.reads)):
             conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
