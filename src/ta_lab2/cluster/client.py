@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,14 +44,16 @@ def worker_env(url: str) -> dict[str, str]:
 
 
 @contextmanager
-def local_cluster(url: str, n_workers: int | None = None) -> Iterator[str]:
+def local_cluster(url: str, n_workers: int | None = None, preload: Sequence[str] = ()) -> Iterator[str]:
     """Start a cluster of ``n_workers`` (default: the CPU count) single-threaded worker
-    processes on this machine, yield its scheduler's address, stop it afterwards. No
-    dashboard: a second run would clash on its port."""
+    processes on this machine, each importing the modules named in ``preload`` as it starts
+    (Dask's worker preload), yield its scheduler's address, stop it afterwards. No dashboard:
+    a second run would clash on its port."""
     distributed = import_distributed()
     n = n_workers or max(1, os.cpu_count() or 1)
     with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=worker_env(url),
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+                                  preload=list(preload), dashboard_address=None,
+                                  silence_logs=logging.ERROR) as cluster:
         log.info("started a local Dask cluster of %d workers at %s", n, cluster.scheduler_address)
         yield cluster.scheduler_address
 

@@ -52,6 +52,18 @@ TERMINAL_IMPORTS: tuple[str, ...] = ("rich.logging", "rich.progress")
 DASK_IMPORTS: tuple[str, ...] = ("distributed", "ta_lab2.cluster.client", "ta_lab2.cluster.units")
 
 
+#: What a Dask worker imports when it starts (``--preload``, one module per flag), so that its
+#: first task does not: the COPY encoder, each family's command and, through it, its units'
+#: code, and the EMA kernel compiled (docs/scale.md). A Dask run's children compute nothing.
+WORKER_IMPORTS: dict[str, tuple[str, ...]] = {"bars": ("pyarrow", "pgpq", "ta_lab2.bars.cli"),
+                                               "emas": ("pyarrow", "pgpq", "ta_lab2.emas.cli", *KERNEL_IMPORTS)}
+
+
+def worker_preload(roles: Sequence[str]) -> tuple[str, ...]:
+    """What the workers of a cluster started for a run of the ``roles`` families preload."""
+    return tuple(dict.fromkeys(m for r in roles for m in WORKER_IMPORTS.get(r, ())))
+
+
 def preload(roles: Sequence[str], *, kernel: bool, verbose: bool, dask: bool = False) -> tuple[str, ...]:
     """What the fork server of a run of the ``roles`` families imports before its first child
     (a child of a Dask run computes nothing itself: no kernel)."""

@@ -25,7 +25,7 @@ from ta_lab2.launch.process import Launcher
 from ta_lab2.launch.results import RunSummary
 from ta_lab2.launch.schedule import ChildSpec, default_parallel, run_children
 from ta_lab2.runners.plan import (BUILDER_ORDER, REFRESHER_ORDER, RunOptions, bar_specs, ema_specs, preload,
-                                  within_run)
+                                  within_run, worker_preload)
 from ta_lab2.work.command import ParentRun
 from ta_lab2.work.units import resolve_ids
 
@@ -57,7 +57,7 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
     # a full refresh recomputes every EMA series with the kernel; an incremental one mostly
     # resumes them without it
     imports = preload(roles, kernel=options.full and "emas" in roles, verbose=options.verbose, dask=dask)
-    with Launcher(imports) as launcher, _cluster(target, options) as address, \
+    with Launcher(imports) as launcher, _cluster(target, options, roles) as address, \
             connect(target, autocommit=True) as conn:
         if address is not None:
             specs = [replace(s, args=(*s.args, "--scheduler", address)) for s in specs]
@@ -75,9 +75,10 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
 
 
 @contextlib.contextmanager
-def _cluster(target: Target, options: RunOptions) -> Iterator[str | None]:
+def _cluster(target: Target, options: RunOptions, roles: Sequence[str]) -> Iterator[str | None]:
     """For a Dask run without a scheduler: a cluster of this machine for the whole run (its
-    workers get the URL in their environment), yielding its address; else None. A Dask run
+    workers get the URL in their environment and preload the ``roles``' code), yielding its
+    address; else None. A Dask run
     without ``distributed`` fails here, before any child starts."""
     if options.executor != "dask":
         yield None
@@ -89,7 +90,7 @@ def _cluster(target: Target, options: RunOptions) -> Iterator[str | None]:
         yield None
         return
 
-    with local_cluster(target.url) as address:
+    with local_cluster(target.url, preload=worker_preload(roles)) as address:
         yield address
 
 
