@@ -16,6 +16,9 @@ once, by the assemble, and never need to reach the disk (a logged table is flush
 fsynced at its unit's commit: ~1 s of a two-worker full refresh of the six EMA tables). They
 are safe because a server crash, which empties unlogged tables, also ends every session —
 the one that would assemble them among them — so that run fails and nothing is swapped in.
+Autovacuum is off for them: a vacuum of a unit's table, freshly filled, holds up the
+assemble's drop of it until PostgreSQL cancels the vacuum (``deadlock_timeout``, a second
+per table; 5 s of a bar table's rebuild in one bench run).
 
 **Then one transaction assembles and swaps** (:func:`shadow_rebuild` on success): it creates
 the new table and state table in ``ta_lab2_shadow_<hex>`` from the project's own DDL
@@ -103,7 +106,8 @@ def fill_unit(shadow: Shadow, fn: UnitFn, conn: psycopg.Connection, options: Any
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(unit)))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(unit)))
         for name in shadow.outputs:
-            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS) WITH ("
+                                 "autovacuum_enabled = false, toast.autovacuum_enabled = false)").format(
                 ident(unit, name), ident(shadow.schema, name)))
         for name in dict.fromkeys((BARS_1D, BARS_1D_DELETIONS, *shadow.reads)):
             conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
