@@ -233,6 +233,24 @@ def test_the_password_never_reaches_the_scheduler(expected: Target, cluster: tup
             assert not _leaks(path.read_text(errors="replace")), path
 
 
+def test_workers_of_a_run_cluster_start_with_the_units_code_loaded(secured: Target) -> None:
+    """A cluster started for a run preloads, in each worker, the code its units run — the
+    compiled EMA kernel only for a run that recomputes series."""
+    from ta_lab2.runners.plan import worker_preload
+
+    assert "ta_lab2.emas.kernel_preload" not in worker_preload(("bars", "emas"), kernel=False)
+    assert worker_preload(("bars",), kernel=False) == ("pyarrow", "pgpq", "ta_lab2.bars.cli")
+
+    def loaded() -> list[str]:
+        return sorted(m for m in ("ta_lab2.bars.cli", "ta_lab2.emas.cli", "ta_lab2.emas.kernel_preload", "pgpq")
+                      if m in sys.modules)
+
+    with local_cluster(secured.url, 1, preload=worker_preload(("bars", "emas"), kernel=True)) as address, \
+            distributed.Client(address, set_as_default=False) as client:
+        assert list(client.run(loaded).values()) == [
+            ["pgpq", "ta_lab2.bars.cli", "ta_lab2.emas.cli", "ta_lab2.emas.kernel_preload"]]
+
+
 def test_executor_comes_from_option_or_environment() -> None:
     from ta_lab2.errors import UsageError
     from ta_lab2.flags import resolve_executor

@@ -159,7 +159,7 @@ def run_scenario(scenario: Scenario, output_dir: Path, executor: str = "local",
         from ta_lab2.runners.plan import worker_preload
 
         with local_cluster(server.url(f"ta_lab2_bench_{scenario.name}"), 2,
-                           preload=worker_preload(("bars", "emas"))) as address:
+                           preload=worker_preload(("bars", "emas"), kernel=True)) as address:
             return run_scenario(scenario, output_dir, executor, address)
     runs_on = {"executor": executor, "scheduler": scheduler}
     from ta_lab2.baseline.capture import CaptureOptions, run_capture

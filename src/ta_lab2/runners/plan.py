@@ -53,15 +53,18 @@ DASK_IMPORTS: tuple[str, ...] = ("distributed", "ta_lab2.cluster.client", "ta_la
 
 
 #: What a Dask worker imports when it starts (``--preload``, one module per flag), so that its
-#: first task does not: the COPY encoder, each family's command and, through it, its units'
-#: code, and the EMA kernel compiled (docs/scale.md). A Dask run's children compute nothing.
+#: first task does not: the COPY encoder and each family's command (through it, its units'
+#: code); the EMA kernel, compiled, where series are recomputed (docs/scale.md). A Dask run's
+#: children compute nothing.
 WORKER_IMPORTS: dict[str, tuple[str, ...]] = {"bars": ("pyarrow", "pgpq", "ta_lab2.bars.cli"),
-                                               "emas": ("pyarrow", "pgpq", "ta_lab2.emas.cli", *KERNEL_IMPORTS)}
+                                               "emas": ("pyarrow", "pgpq", "ta_lab2.emas.cli")}
 
 
-def worker_preload(roles: Sequence[str]) -> tuple[str, ...]:
-    """What the workers of a cluster started for a run of the ``roles`` families preload."""
-    return tuple(dict.fromkeys(m for r in roles for m in WORKER_IMPORTS.get(r, ())))
+def worker_preload(roles: Sequence[str], *, kernel: bool) -> tuple[str, ...]:
+    """What the workers of a cluster started for a run of the ``roles`` families preload
+    (``kernel``: the run recomputes EMA series)."""
+    return tuple(dict.fromkeys([*(m for r in roles for m in WORKER_IMPORTS.get(r, ())),
+                                *(KERNEL_IMPORTS if kernel else ())]))
 
 
 def preload(roles: Sequence[str], *, kernel: bool, verbose: bool, dask: bool = False) -> tuple[str, ...]:

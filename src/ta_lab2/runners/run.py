@@ -90,7 +90,8 @@ def _cluster(target: Target, options: RunOptions, roles: Sequence[str]) -> Itera
         yield None
         return
 
-    with local_cluster(target.url, preload=worker_preload(roles)) as address:
+    preload = worker_preload(roles, kernel=options.full and "emas" in roles)
+    with local_cluster(target.url, preload=preload) as address:
         yield address
 
 
