@@ -47,12 +47,15 @@ def worker_env(url: str) -> dict[str, str]:
 def local_cluster(url: str, n_workers: int | None = None, preload: Sequence[str] = ()) -> Iterator[str]:
     """Start a cluster of ``n_workers`` (default: the CPU count) single-threaded worker
     processes on this machine, each importing the modules named in ``preload`` as it starts
-    (Dask's worker preload), yield its scheduler's address, stop it afterwards. No dashboard:
-    a second run would clash on its port."""
+    (Dask's worker preload), yield its scheduler's address, stop it afterwards. No dashboard;
+    the scheduler's HTTP endpoints (health, metrics), which Dask starts regardless, listen on a
+    free port of the loopback interface rather than on 8787, where two runs at once would
+    clash."""
     distributed = import_distributed()
     n = n_workers or max(1, os.cpu_count() or 1)
     with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=worker_env(url),
                                   preload=list(preload), dashboard_address=None,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                   silence_logs=logging.ERROR) as cluster:
         log.info("started a local Dask cluster of %d workers at %s", n, cluster.scheduler_address)
         yield cluster.scheduler_address
