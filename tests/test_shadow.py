@@ -1,7 +1,8 @@
 """The shadow rebuild behind a Dask full rebuild (:mod:`ta_lab2.db.shadow`), its units run in
 this process: the swapped-in table equals the local executor's bulk rebuild, a failed run
 leaves no schema behind and the old table as it was, and a unit of an abandoned run creates
-nothing. (tests/test_dask.py runs the same path on a real cluster.)"""
+nothing, and what a killed run left is dropped by the next one. (tests/test_dask.py runs the
+same path on a real cluster.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ta_lab2.bars.build import BuildOptions, build_batch
 from ta_lab2.bars.registry import BUILDERS, load_timeframes
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.schema import ensure_schema
-from ta_lab2.db.shadow import SHADOW_PREFIX, Shadow, fill_unit, shadow_rebuild
+from ta_lab2.db.shadow import SHADOW_PREFIX, Shadow, fill_unit, shadow_rebuild, sweep_abandoned
 from ta_lab2.load.synthetic import SyntheticConfig
 
 pytestmark = pytest.mark.db
@@ -101,3 +102,34 @@ def test_a_unit_of_an_abandoned_run_creates_nothing(pipeline: Target) -> None:
         with pytest.raises(RuntimeError, match="abandoned"):
             fill_unit(gone, build_batch, conn, _options(conn), [9_000_001])
         assert _shadows(conn) == []
+
+
+def test_what_a_killed_run_left_is_dropped_by_the_next_and_a_live_run_is_left_alone(
+        pipeline: Target, caplog: pytest.LogCaptureFixture) -> None:
+    ids = [9_000_001]
+    late_unit = f"{SHADOW_PREFIX}0123456789ab_u1"
+    with connect(pipeline, autocommit=True) as conn, connect(pipeline, autocommit=True) as alive_conn:
+        before = _content(conn, TABLE)
+        # a run still alive, between two of its units
+        with shadow_rebuild(alive_conn, "public", TABLE) as alive:
+            alive.units(build_batch)(alive_conn, _options(alive_conn), ids)
+            # a run whose process dies after a unit has written: its connection ends, its
+            # schemas stay
+            killed = connect(pipeline, autocommit=True)
+            dead_run = shadow_rebuild(killed, "public", TABLE)  # kept: closing it would clean up
+            dead = dead_run.__enter__()
+            dead.units(build_batch)(killed, _options(killed), ids)
+            killed.close()
+            # a unit of an ended run, committed late by a worker thought dead: its mark is gone
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(late_unit)))
+            assert set(_shadows(conn)) == {dead.name, dead.unit_schema(ids), alive.name, alive.unit_schema(ids),
+                                           late_unit}
+            with caplog.at_level("WARNING", logger="ta_lab2.db.shadow"):
+                assert sweep_abandoned(conn) == [dead.name]
+            assert set(_shadows(conn)) == {alive.name, alive.unit_schema(ids)}
+            assert dead.name in caplog.text and late_unit in caplog.text
+        # the live run went on to its end: its table, of its one id, swapped in
+        assert _shadows(conn) == [] and sweep_abandoned(conn) == []
+        assert {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT id FROM {}").format(sql.Identifier(TABLE)))} == set(ids)
+        build_all(conn, full=True)
+        assert _content(conn, TABLE) == before

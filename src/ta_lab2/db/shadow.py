@@ -35,7 +35,12 @@ again on the new one.
 run's mark: a unit takes a shared advisory lock on it and checks that it still exists before
 creating anything; an abandoned rebuild takes the lock exclusively (waiting for units still
 writing), then drops it and every unit schema, so a unit that starts later finds no mark and
-creates nothing.
+creates nothing. The session running the rebuild holds that lock (shared) from before the mark
+exists until it is gone. A rebuild whose process was killed or lost its connection leaves
+its schemas but no session holding the lock: the next shadow rebuild (:func:`sweep_abandoned`)
+takes it exclusively, drops them and says so; a run still alive keeps its lock and its
+schemas. Unit schemas whose mark is gone (a unit of a finished run that a presumed-dead worker
+committed late) go with them.
 """
 
 from __future__ import annotations
@@ -121,15 +126,48 @@ def shadow_rebuild(conn: psycopg.Connection, schema: str, table: str, reads: Seq
     :meth:`Shadow.units`), then assemble and swap the new table in — or, on any exception,
     drop everything the units made and leave ``table`` untouched. ``conn`` must be
     autocommit."""
+    sweep_abandoned(conn)
     shadow = Shadow(f"{SHADOW_PREFIX}{uuid.uuid4().hex[:12]}", schema, table, tuple(r for r in reads if r))
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(shadow.name)))
-    log.debug("shadow rebuild of %s.%s in schema %s", schema, table, shadow.name)
+    # held until the schemas are gone: what tells a later sweep that this run is alive
+    conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({})").format(_mark_key(shadow.name)))
     try:
-        yield shadow
-        _assemble_and_swap(conn, shadow)
-    except BaseException:
-        drop_shadow(conn, shadow.name)
-        raise
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(shadow.name)))
+        log.debug("shadow rebuild of %s.%s in schema %s", schema, table, shadow.name)
+        try:
+            yield shadow
+            _assemble_and_swap(conn, shadow)
+        except BaseException:
+            drop_shadow(conn, shadow.name)
+            raise
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute(sql.SQL("SELECT pg_advisory_unlock_shared({})").format(_mark_key(shadow.name)))
+
+
+def sweep_abandoned(conn: psycopg.Connection) -> list[str]:
+    """Drop what shadow rebuilds whose session has ended left behind (see the module
+    docstring), logging each; return their marks. ``conn`` must be autocommit."""
+    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (SHADOW_PREFIX,)).fetchall()
+    names = {r[0] for r in rows}
+    marks = sorted(n for n in names if "_u" not in n.removeprefix(SHADOW_PREFIX))
+    swept = []
+    for mark in marks:
+        key = _mark_key(mark)
+        if not conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(key)).fetchone()[0]:
+            continue  # its run is alive
+        try:
+            drop_shadow(conn, mark)
+        finally:
+            conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(key))
+        swept.append(mark)
+        log.warning("dropped the schemas an interrupted rebuild left behind (%s and its units)", mark)
+    orphans = sorted(n for n in names if "_u" in n.removeprefix(SHADOW_PREFIX) and n.rsplit("_u", 1)[0] not in marks)
+    for unit in orphans:
+        with conn.transaction():
+            conn.execute("SET LOCAL client_min_messages = warning")
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unit)))
+        log.warning("dropped the schema %s, a unit of a rebuild that had already ended", unit)
+    return swept
 
 
 def _unit_schemas(conn: psycopg.Connection, name: str) -> list[str]:
