@@ -156,6 +156,9 @@ def sweep_abandoned(conn: psycopg.Connection) -> list[str]:
         if not conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(key)).fetchone()[0]:
             continue  # its run is alive
         try:
+            # a run that ended since the listing took its schemas with it
+            if conn.execute("SELECT to_regnamespace(%s)", (mark,)).fetchone()[0] is None:
+                continue
             drop_shadow(conn, mark)
         finally:
             conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(key))
