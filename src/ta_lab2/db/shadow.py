@@ -39,8 +39,8 @@ creates nothing. The session running the rebuild holds that lock (shared) from b
 exists until it is gone. A rebuild whose process was killed or lost its connection leaves
 its schemas but no session holding the lock: the next shadow rebuild (:func:`sweep_abandoned`)
 takes it exclusively, drops them and says so; a run still alive keeps its lock and its
-schemas. Unit schemas whose mark is gone (a unit of a finished run that a presumed-dead worker
-committed late) go with them.
+schemas. So do unit schemas whose mark is gone (a unit of a finished run that a presumed-dead
+worker committed late).
 """
 
 from __future__ import annotations
@@ -140,43 +140,49 @@ def shadow_rebuild(conn: psycopg.Connection, schema: str, table: str, reads: Seq
             drop_shadow(conn, shadow.name)
             raise
     finally:
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if _idle(conn):
             conn.execute(sql.SQL("SELECT pg_advisory_unlock_shared({})").format(_mark_key(shadow.name)))
 
 
 def sweep_abandoned(conn: psycopg.Connection) -> list[str]:
     """Drop what shadow rebuilds whose session has ended left behind (see the module
-    docstring), logging each; return their marks. ``conn`` must be autocommit."""
-    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (SHADOW_PREFIX,)).fetchall()
-    names = {r[0] for r in rows}
-    marks = sorted(n for n in names if "_u" not in n.removeprefix(SHADOW_PREFIX))
+    docstring) with :func:`drop_shadow`, logging each; return their marks. ``conn`` must be
+    autocommit."""
     swept = []
-    for mark in marks:
+    for mark in sorted({_mark_of(n) for n in _schemas(conn, SHADOW_PREFIX)}):
         key = _mark_key(mark)
         if not conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(key)).fetchone()[0]:
             continue  # its run is alive
         try:
-            # a run that ended since the listing took its schemas with it
-            if conn.execute("SELECT to_regnamespace(%s)", (mark,)).fetchone()[0] is None:
-                continue
-            drop_shadow(conn, mark)
+            left = _schemas(conn, mark)  # none when its run ended since the listing
+            if left:
+                drop_shadow(conn, mark)
         finally:
             conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(key))
-        swept.append(mark)
-        log.warning("dropped the schemas an interrupted rebuild left behind (%s and its units)", mark)
-    orphans = sorted(n for n in names if "_u" in n.removeprefix(SHADOW_PREFIX) and n.rsplit("_u", 1)[0] not in marks)
-    for unit in orphans:
-        with conn.transaction():
-            conn.execute("SET LOCAL client_min_messages = warning")
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unit)))
-        log.warning("dropped the schema %s, a unit of a rebuild that had already ended", unit)
+        if left:
+            swept.append(mark)
+            log.warning("dropped what an interrupted rebuild left behind: %s", ", ".join(sorted(left)))
     return swept
+
+
+def _schemas(conn: psycopg.Connection, prefix: str) -> list[str]:
+    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def _mark_of(schema: str) -> str:
+    """The run's mark of a shadow schema: itself, or the mark a unit schema is named after."""
+    return schema.rsplit("_u", 1)[0] if "_u" in schema.removeprefix(SHADOW_PREFIX) else schema
+
+
+def _idle(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` can still run statements of its own (open, outside a transaction)."""
+    return not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def _unit_schemas(conn: psycopg.Connection, name: str) -> list[str]:
     """The unit schemas of the shadow rebuild ``name``, in id order."""
-    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (f"{name}_u",)).fetchall()
-    return sorted((r[0] for r in rows), key=lambda n: int(n.rsplit("_u", 1)[1]))
+    return sorted(_schemas(conn, f"{name}_u"), key=lambda n: int(n.rsplit("_u", 1)[1]))
 
 
 def _assemble_and_swap(conn: psycopg.Connection, shadow: Shadow) -> None:
@@ -255,7 +261,7 @@ def _fill_as_select(conn: psycopg.Connection, table: TableRef, units: Sequence[s
 def drop_shadow(conn: psycopg.Connection, name: str) -> None:
     """Drop a shadow rebuild's schema and its units' (their tables and views only), once no
     unit is writing; a unit that starts afterwards finds the mark gone and creates nothing."""
-    if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    if not _idle(conn):
         return
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")

@@ -25,6 +25,8 @@ BUILDER_ORDER: tuple[str, ...] = tuple(BUILDERS)  # "1d" first: the others read 
 #: large as ``multi_tf`` (docs/performance.md); the tables' order is kept in every listing.
 REFRESHER_ORDER: tuple[str, ...] = ("multi_tf", "cal_us", "cal_iso", "v2", "cal_anchor_us", "cal_anchor_iso")
 
+#: The binary COPY encoder (db.binary imports it where rows are written; pyarrow ~85 ms).
+ENCODER_IMPORTS: tuple[str, ...] = ("pyarrow", "pgpq")
 #: What every child imports, so that the fork server imports it once for all of them: the
 #: libraries, the plumbing, and what children import lazily at run time (polars' first numpy
 #: conversion imports ``numpy.ma``, ~70 ms in every child otherwise). A module that fails to
@@ -34,8 +36,7 @@ CHILD_IMPORTS: tuple[str, ...] = (
     "multiprocessing.context", "concurrent.futures.process",
     "ta_lab2.logs", "ta_lab2.db.connect", "ta_lab2.db.bulk", "ta_lab2.work.command", "ta_lab2.work.progress",
     "ta_lab2.work.units",
-    # the binary COPY encoder (db.binary imports it where rows are written; pyarrow ~85 ms)
-    "pyarrow", "pgpq",
+    *ENCODER_IMPORTS,
     # what every child imports before its entry runs: the launch code it starts in, and the
     # ta-lab2 script's one import (multiprocessing re-runs the runner's main script in it)
     "ta_lab2.launch.process", "ta_lab2.cli",
@@ -52,19 +53,13 @@ TERMINAL_IMPORTS: tuple[str, ...] = ("rich.logging", "rich.progress")
 DASK_IMPORTS: tuple[str, ...] = ("distributed", "ta_lab2.cluster.client", "ta_lab2.cluster.units")
 
 
-#: What a Dask worker imports when it starts (``--preload``, one module per flag), so that its
-#: first task does not: the COPY encoder and each family's command (through it, its units'
-#: code); the EMA kernel, compiled, where series are recomputed (docs/scale.md). A Dask run's
-#: children compute nothing.
-WORKER_IMPORTS: dict[str, tuple[str, ...]] = {"bars": ("pyarrow", "pgpq", "ta_lab2.bars.cli"),
-                                               "emas": ("pyarrow", "pgpq", "ta_lab2.emas.cli")}
-
-
 def worker_preload(roles: Sequence[str], *, kernel: bool) -> tuple[str, ...]:
-    """What the workers of a cluster started for a run of the ``roles`` families preload
-    (``kernel``: the run recomputes EMA series)."""
-    return tuple(dict.fromkeys([*(m for r in roles for m in WORKER_IMPORTS.get(r, ())),
-                                *(KERNEL_IMPORTS if kernel else ())]))
+    """What a Dask worker of a run of the ``roles`` families imports as it starts (Dask's
+    ``--preload``, docs/scale.md), so that its first task does not: the COPY encoder, each
+    family's command (through it, its units' code) and, where series are recomputed
+    (``kernel``), the compiled EMA kernel."""
+    return (*ENCODER_IMPORTS, *(m for r in roles for m in FAMILY_IMPORTS.get(r, ())),
+            *(KERNEL_IMPORTS if kernel else ()))
 
 
 def preload(roles: Sequence[str], *, kernel: bool, verbose: bool, dask: bool = False) -> tuple[str, ...]:

@@ -56,8 +56,9 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
     parallel = options.max_parallel or default_parallel()
     # a full refresh recomputes every EMA series with the kernel; an incremental one mostly
     # resumes them without it
-    imports = preload(roles, kernel=options.full and "emas" in roles, verbose=options.verbose, dask=dask)
-    with Launcher(imports) as launcher, _cluster(target, options, roles) as address, \
+    kernel = options.full and "emas" in roles
+    imports = preload(roles, kernel=kernel, verbose=options.verbose, dask=dask)
+    with Launcher(imports) as launcher, _cluster(target, options, worker_preload(roles, kernel=kernel)) as address, \
             connect(target, autocommit=True) as conn:
         if address is not None:
             specs = [replace(s, args=(*s.args, "--scheduler", address)) for s in specs]
@@ -75,11 +76,11 @@ def run_family(runner: str, target: Target, options: RunOptions, specs: list[Chi
 
 
 @contextlib.contextmanager
-def _cluster(target: Target, options: RunOptions, roles: Sequence[str]) -> Iterator[str | None]:
+def _cluster(target: Target, options: RunOptions, preload: Sequence[str]) -> Iterator[str | None]:
     """For a Dask run without a scheduler: a cluster of this machine for the whole run (its
-    workers get the URL in their environment and preload the ``roles``' code), yielding its
-    address; else None. A Dask run
-    without ``distributed`` fails here, before any child starts."""
+    workers get the URL in their environment and import ``preload`` as they start), yielding
+    its address; else None. A Dask run without ``distributed`` fails here, before any child
+    starts."""
     if options.executor != "dask":
         yield None
         return
@@ -90,7 +91,6 @@ def _cluster(target: Target, options: RunOptions, roles: Sequence[str]) -> Itera
         yield None
         return
 
-    preload = worker_preload(roles, kernel=options.full and "emas" in roles)
     with local_cluster(target.url, preload=preload) as address:
         yield address
 
