@@ -27,6 +27,7 @@ from psycopg import sql
 
 CRITICAL, WARNING, INFO = "CRITICAL", "WARNING", "INFO"
 SEVERITIES = (CRITICAL, WARNING, INFO)
+_RANKS = {name.lower(): sql.Literal(i) for i, name in enumerate(SEVERITIES)}
 CRITICAL_REL = 0.01  # relative difference above which a float difference is CRITICAL
 #: audit columns that record when a row was written, not what it holds: never compared
 VOLATILE_COLUMNS = frozenset({"ingested_at", "rejected_at", "updated_at"})
@@ -141,9 +142,17 @@ class CellRule(NamedTuple):
     """SQL expressions for one column of a row pair ``s`` (snapshot) / ``r`` (rebuilt)."""
 
     differs: sql.Composable  # boolean: not bit-identical
-    severity: sql.Composable  # text, meaningful where ``differs``
+    #: the severity as its index in :data:`SEVERITIES` (CRITICAL 0, WARNING 1, INFO 2: the
+    #: report's order), meaningful where ``differs``. An integer, not text: a capture
+    #: classifies millions of cells and compares their severities several times each
+    rank: sql.Composable
     abs_diff: sql.Composable  # float8 or NULL
     rel_diff: sql.Composable  # float8 or NULL ('Infinity' when one side is 0)
+
+    @property
+    def severity(self) -> sql.Composable:
+        """The severity as text."""
+        return sql.SQL("({names}::text[])[{rank} + 1]").format(names=sql.Literal(list(SEVERITIES)), rank=self.rank)
 
 
 def zero_sign_differs(a: sql.Composable, b: sql.Composable) -> sql.Composable:
@@ -171,22 +180,23 @@ def cell_rule(a: sql.Composable, b: sql.Composable, kind: str, tol: Tolerance | 
         # Non-finite values first: PostgreSQL orders NaN above every number and counts NaN = NaN,
         # and inf - x is inf <= rtol * inf, so the arithmetic below would call them close.
         # Infinities are close only to themselves (PEP 485), and those are not "different".
-        severity: sql.Composable = sql.SQL(
-            "CASE WHEN {a} IS NULL OR {b} IS NULL THEN 'CRITICAL' "
-            "WHEN {a} IN ('NaN', 'Infinity', '-Infinity') OR {b} IN ('NaN', 'Infinity', '-Infinity') THEN 'CRITICAL' "
-            "WHEN {d} <= greatest({rt} * {sc}, {at}) THEN 'INFO' "
-            "WHEN {rel} <= {crit} THEN 'WARNING' ELSE 'CRITICAL' END"
+        # (a scale that is not below infinity: a NaN or an infinity on either side)
+        rank: sql.Composable = sql.SQL(
+            "CASE WHEN {a} IS NULL OR {b} IS NULL THEN {critical} "
+            "WHEN NOT {sc} < 'Infinity' THEN {critical} "
+            "WHEN {d} <= greatest({rt} * {sc}, {at}) THEN {info} "
+            "WHEN {rel} <= {crit} THEN {warning} ELSE {critical} END"
         ).format(a=a, b=b, d=absd, sc=scale, rel=rel, rt=sql.Literal(tol.rtol), at=sql.Literal(tol.atol),
-                 crit=sql.Literal(CRITICAL_REL))
+                 crit=sql.Literal(CRITICAL_REL), **_RANKS)
         rel_v: sql.Composable = sql.SQL("coalesce({rel}, CASE WHEN {d} > 0 THEN 'Infinity'::float8 END)").format(
             rel=rel, d=absd)
         abs_v: sql.Composable = absd
     else:
-        severity = sql.SQL("'CRITICAL'")
+        rank = _RANKS["critical"]
         abs_v = rel_v = sql.SQL("NULL::float8")
     if allowed is not None:
-        severity = sql.SQL("CASE WHEN {m} THEN 'INFO' ELSE {sev} END").format(m=allowed, sev=severity)
-    return CellRule(differs, severity, abs_v, rel_v)
+        rank = sql.SQL("CASE WHEN {m} THEN {info} ELSE {rank} END").format(m=allowed, rank=rank, info=_RANKS["info"])
+    return CellRule(differs, rank, abs_v, rel_v)
 
 
 def allow_list_match(hits: Sequence[ExpectedDiff], alias: str = "s") -> sql.Composable | None:

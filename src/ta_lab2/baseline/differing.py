@@ -39,11 +39,6 @@ def cell_rules(spec: TableSpec, tolerances: Tolerances,
     return out
 
 
-def _rank(severity: sql.Composable) -> sql.Composable:
-    """A severity's place in the report: CRITICAL 0, WARNING 1, INFO 2."""
-    return sql.SQL("CASE {} WHEN 'CRITICAL' THEN 0 WHEN 'WARNING' THEN 1 ELSE 2 END").format(severity)
-
-
 #: PostgreSQL raises an error where a float product or sum leaves the float8 range. Sums of
 #: absolute differences and of their squares are therefore kept in three bands, scaled by
 #: exact powers of two: differences up to 2**480 as they are (a square ≤ 2**960; 2**60
@@ -53,22 +48,25 @@ BIG, SMALL, SCALE = 2 ** 480, 2 ** -480, 600
 _BANDS = {"big": repr(float(BIG)), "small": repr(float(SMALL)), "down": repr(2.0 ** -SCALE), "up": repr(2.0 ** SCALE)}
 
 #: ``_cmp_agg``'s per-column aggregates over the differing cells of column j of one series
-#: (``rank{j}``: the cell's severity rank, NULL where its values are bit-identical), and how
-#: the series' values add up to the table's
+#: (``rank{j}``: the cell's severity rank, NULL where its values are bit-identical): name, SQL
+#: for a float column, SQL for an exact one (None: NULL, a float statistic), and how the
+#: series' values add up to the table's. A float cell with one side NULL is the one whose
+#: ``abs{j}`` is NULL; the cells of a column number ``crit + warn + info``. Every aggregate
+#: costs ~15 ns a row: a changed price makes hundreds of thousands of rows differ per table
 COLUMN_AGGREGATES = (
-    ("n", "count(rank{j})", "sum"),
-    ("nulls", "count(*) FILTER (WHERE nullmis{j})", "sum"),
-    ("crit", "count(*) FILTER (WHERE rank{j} = 0)", "sum"),
-    ("warn", "count(*) FILTER (WHERE rank{j} = 1)", "sum"),
-    ("info", "count(*) FILTER (WHERE rank{j} = 2)", "sum"),
-    ("max_abs", "max(abs{j}) FILTER (WHERE abs{j} < 'Infinity')", "max"),
-    ("max_rel", "max(rel{j}) FILTER (WHERE rel{j} < 'Infinity')", "max"),
-    ("sum_abs", "sum(abs{j}) FILTER (WHERE abs{j} <= {big})", "sum"),
-    ("sum_abs_big", "sum(abs{j} * {down}) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')", "sum"),
-    ("sum_sq", "sum(abs{j} * abs{j}) FILTER (WHERE abs{j} BETWEEN {small} AND {big})", "sum"),
+    ("nulls", "count(rank{j}) FILTER (WHERE abs{j} IS NULL)", "count(*) FILTER (WHERE nullmis{j})", "sum"),
+    ("crit", "count(*) FILTER (WHERE rank{j} = 0)", "count(*) FILTER (WHERE rank{j} = 0)", "sum"),
+    ("warn", "count(*) FILTER (WHERE rank{j} = 1)", "count(*) FILTER (WHERE rank{j} = 1)", "sum"),
+    ("info", "count(*) FILTER (WHERE rank{j} = 2)", "count(*) FILTER (WHERE rank{j} = 2)", "sum"),
+    ("max_abs", "max(abs{j}) FILTER (WHERE abs{j} < 'Infinity')", None, "max"),
+    ("max_rel", "max(rel{j}) FILTER (WHERE rel{j} < 'Infinity')", None, "max"),
+    ("sum_abs", "sum(abs{j}) FILTER (WHERE abs{j} <= {big})", None, "sum"),
+    ("sum_abs_big", "sum(abs{j} * {down}) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')", None, "sum"),
+    ("sum_sq", "sum(abs{j} * abs{j}) FILTER (WHERE abs{j} BETWEEN {small} AND {big})", None, "sum"),
     ("sum_sq_big", "sum((abs{j} * {down}) * (abs{j} * {down})) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')",
+     None, "sum"),
+    ("sum_sq_small", "sum((abs{j} * {up}) * (abs{j} * {up})) FILTER (WHERE abs{j} > 0 AND abs{j} < {small})", None,
      "sum"),
-    ("sum_sq_small", "sum((abs{j} * {up}) * (abs{j} * {up})) FILTER (WHERE abs{j} > 0 AND abs{j} < {small})", "sum"),
 )
 
 
@@ -86,16 +84,23 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
       than k rows hold a cell ranked above the k-th cell);
     * ``_cmp_failing`` (with ``failing_keys``, else empty): the key of every failing row.
 
-    Severities are ranks (small integers) from here on: comparing their text a few dozen times
-    a row cost more than the join."""
+    Severities are ranks (:attr:`CellRule.rank`): comparing their text a few dozen times a row
+    cost more than the join. Only the rows whose best rank is at most the ``top_n``-th row's are
+    ordered by the full key of :func:`top_differences` (its expressions, over every row of a
+    changed price's series, took a tenth of the pass)."""
     main = next((j for j, (col, *_rest) in enumerate(rules) if col in MAIN_VALUES), None)
     keys = cols(spec.key)
     n = range(len(rules))
+    floats = [spec.columns[col] == "float" for col, *_rest in rules]
     cells = [sql.SQL(
         "CASE WHEN {d} THEN {rank} END AS rank{j}, CASE WHEN {d} THEN {absd} END AS abs{j}, "
-        "CASE WHEN {d} THEN {rel} END AS rel{j}, CASE WHEN {d} THEN ({a} IS NULL) <> ({b} IS NULL) END AS nullmis{j}"
-    ).format(d=rule.differs, rank=_rank(rule.severity), absd=rule.abs_diff, rel=rule.rel_diff, j=sql.SQL(str(j)),
-             a=sql.Identifier("s", col), b=sql.Identifier("r", col)) for j, (col, rule, _why) in enumerate(rules)]
+        "CASE WHEN {d} THEN {rel} END AS rel{j}"
+        if is_float else
+        "CASE WHEN {d} THEN {rank} END AS rank{j}, NULL::float8 AS abs{j}, NULL::float8 AS rel{j}, "
+        "CASE WHEN {d} THEN ({a} IS NULL) <> ({b} IS NULL) END AS nullmis{j}"
+    ).format(d=rule.differs, rank=rule.rank, absd=rule.abs_diff, rel=rule.rel_diff, j=sql.SQL(str(j)),
+             a=sql.Identifier("s", col), b=sql.Identifier("r", col))
+        for j, ((col, rule, _why), is_float) in enumerate(zip(rules, floats))]
     per_series = sql.SQL(
         """
         SELECT *, least({ranks}) AS best FROM (
@@ -112,8 +117,9 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
     best_rel = sql.SQL(", ").join(sql.SQL(f"CASE WHEN rank{j} = best THEN rel{j} END") for j in n)
     rel_main = sql.SQL("NULL::float8") if main is None else sql.SQL(
         f"max(rel{main}) FILTER (WHERE rank{main} < 2 AND rel{main} < 'Infinity')")
-    aggregates = sql.SQL(", ").join(sql.SQL(f"{expr.format(j=j, **_BANDS)} AS c{j}_{name}")
-                                    for j in n for name, expr, _total in COLUMN_AGGREGATES)
+    aggregates = sql.SQL(", ").join(
+        sql.SQL(f"{(float_expr if floats[j] else exact_expr or 'NULL::float8').format(j=j, **_BANDS)} AS c{j}_{name}")
+        for j in n for name, float_expr, exact_expr, _total in COLUMN_AGGREGATES)
     for table in ("_cmp_top", "_cmp_failing"):
         conn.execute(sql.SQL("CREATE TEMP TABLE {t} AS SELECT {k} FROM {s} WITH NO DATA").format(
             t=sql.Identifier(table), k=keys, s=spec.snapshot))
@@ -122,6 +128,7 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
         CREATE TEMP TABLE _cmp_agg AS
         WITH x AS MATERIALIZED (SELECT c.* FROM {flagged}), top AS (
             INSERT INTO _cmp_top SELECT {k} FROM x
+            WHERE best <= (SELECT max(best) FROM (SELECT best FROM x ORDER BY best LIMIT {n}) b)
             ORDER BY best, ({no_rel}) DESC, greatest({best_rel}) DESC NULLS FIRST, {k} LIMIT {n}
         ), failing AS (
             INSERT INTO _cmp_failing SELECT {k} FROM x WHERE {keep} AND best < 2
@@ -139,12 +146,13 @@ def column_stats(conn: psycopg.Connection, spec: TableSpec, tolerances: Toleranc
                  stats_rows: int) -> tuple[ColumnStats, ...]:
     """Per column, its counts and differences over every series (``_cmp_agg``'s rows)."""
     totals = sql.SQL(", ").join(
-        sql.SQL(f"{total}(c{j}_{name})") for j in range(len(spec.columns)) for name, _expr, total in COLUMN_AGGREGATES)
+        sql.SQL(f"{total}(c{j}_{name})") for j in range(len(spec.columns)) for name, *_exprs, total in COLUMN_AGGREGATES)
     row = conn.execute(sql.SQL("SELECT {} FROM _cmp_agg").format(totals)).fetchone()
     width = len(COLUMN_AGGREGATES)
     out = []
     for j, (col, kind) in enumerate(spec.columns.items()):
-        n, nulls, crit, warn, info, mx, mrel, *sums = row[j * width:(j + 1) * width]
+        nulls, crit, warn, info, mx, mrel, *sums = row[j * width:(j + 1) * width]
+        n = (crit or 0) + (warn or 0) + (info or 0)
         tol = tolerances.for_column(spec.table, col) if kind == "float" else None
         mean, std = _mean_std(stats_rows, *(v or 0.0 for v in sums)) if kind == "float" and stats_rows else (None, None)
         out.append(ColumnStats(col, kind, tol.rtol if tol else None, tol.atol if tol else None, rows, int(n or 0),
