@@ -80,9 +80,16 @@ def test_bench_universe_scenario_against_its_reference(universe_run) -> None:  #
     assert "bench: universe (5 assets" in result.stdout and "cost per output row over tiny's" in result.stdout
     assert data["assets"] == 5 and data["source_days"] == sum(listing_lengths(5, 60)) <= 5 * 60
     per_row = data["per_row_over_reference"]
-    assert set(per_row) == {"full_rebuild", "raw_copy", "capture"}
+    assert set(per_row) == {"full_rebuild", "raw_copy", "capture", "full_rebuild_same_tables"}
     expected = (data["full_rebuild_s"] / data["rows"]) / (ref["full_rebuild_s"] / ref["rows"])
     assert per_row["full_rebuild"] == pytest.approx(expected)
+    # the universe's table times over its rows priced at the reference's seconds per row, table by table
+    ref_rate = {t["name"]: t["seconds"] / t["rows"] for t in ref["tables"] if t["rows"]}
+    shared = [t for t in data["tables"] if t["rows"] and t["name"] in ref_rate]
+    assert len(shared) == 12
+    assert per_row["full_rebuild_same_tables"] == pytest.approx(
+        sum(t["seconds"] for t in shared) / sum(t["rows"] * ref_rate[t["name"]] for t in shared))
+    assert "the mix of rows aside" in result.stdout
     bars = {b["description"]: b for b in data["bars"]}
     for description in ("full rebuild cost per output row (over tiny's)", "full rebuild", "incremental refresh",
                         "database with one capture's snapshot", "capture_baseline --ids all", "peak RSS",

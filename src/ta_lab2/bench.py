@@ -18,6 +18,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ class ScenarioResult:
     peak_rss_self_mb: float = 0.0  # this process, the runners included (they run in it)
     peak_rss_children_mb: float = 0.0  # the largest waited-for descendant (runner children, capture's scripts)
     reference: str | None = None  # the scenario per_row_over_reference compares with
-    #: seconds per output row over the reference's, per phase (full_rebuild, raw_copy, capture)
+    #: seconds per output row over the reference's, per phase (full_rebuild, raw_copy, capture),
+    #: and ``full_rebuild_same_tables``: see :func:`same_tables_ratio`
     per_row_over_reference: dict[str, float] | None = None
 
     @property
@@ -346,6 +348,18 @@ DISK_LIMIT_GB = 20
 FULL_REBUILD_LIMIT_S = 20 * 60
 
 
+def same_tables_ratio(phases: Sequence[Phase], reference: Sequence[Phase]) -> float | None:
+    """The seconds of ``phases`` (one per table) over what the same rows would have cost at
+    ``reference``'s seconds per row of each table: whether cost grows linearly, whatever the
+    mix of rows. A bar row costs several EMA rows, and a universe of young assets holds far more
+    bar rows per EMA row than one of long histories (its EMA series seldom start), so the
+    plain cost per output row also measures that mix. None when no table has rows in both."""
+    rate = {p.name: p.seconds / p.rows for p in reference if p.rows}
+    mine = [p for p in phases if p.name in rate and p.rows]
+    predicted = sum(p.rows * rate[p.name] for p in mine)
+    return sum(p.seconds for p in mine) / predicted if predicted > 0 else None
+
+
 def _with_bars(r: ScenarioResult, reference: ScenarioResult | None = None) -> ScenarioResult:
     """``r`` with its speed bars (and its per-row costs over ``reference``'s, when given)."""
     ratios = r.ratios()
@@ -360,6 +374,9 @@ def _with_bars(r: ScenarioResult, reference: ScenarioResult | None = None) -> Sc
     if reference is not None:
         mine, theirs = r.seconds_per_row(), reference.seconds_per_row()
         per_row = {k: mine[k] / theirs[k] for k in mine if theirs[k] > 0}
+        same = same_tables_ratio(r.tables, reference.tables)
+        if same is not None:
+            per_row["full_rebuild_same_tables"] = same
         bars += [
             Bar(f"full rebuild cost per output row (over {reference.scenario}'s)", f"≤ {PER_ROW_LIMIT} ×",
                 f"{per_row.get('full_rebuild', 99):.2f} ×", per_row.get("full_rebuild", 99) <= PER_ROW_LIMIT),
