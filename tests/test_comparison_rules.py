@@ -19,7 +19,7 @@ from psycopg import sql
 
 from ta_lab2.baseline.compare import compare_table
 from ta_lab2.baseline.table_sql import TableSpec
-from ta_lab2.baseline.comparison_utils import Sampling, Tolerance, Tolerances, cell_rule
+from ta_lab2.baseline.comparison_utils import SEVERITIES, Sampling, Tolerance, Tolerances, cell_rule
 from ta_lab2.db.connect import Target
 
 pytestmark = [pytest.mark.db]
@@ -65,9 +65,9 @@ def test_float_rule_matches_math_isclose_at_every_edge(conn: psycopg.Connection)
     rule = cell_rule(sql.Identifier("v", "a"), sql.Identifier("v", "b"), "float", Tolerance(RTOL, ATOL))
     rows = conn.execute(
         sql.SQL("SELECT {d}, CASE WHEN {d} THEN {s} END FROM unnest(%s::float8[], %s::float8[]) "
-                "WITH ORDINALITY AS v(a, b, n) ORDER BY n").format(d=rule.differs, s=rule.severity),
+                "WITH ORDINALITY AS v(a, b, n) ORDER BY n").format(d=rule.differs, s=rule.rank),
         ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
-    got = [severity if differs else None for differs, severity in rows]
+    got = [SEVERITIES[rank] if differs else None for differs, rank in rows]
     expected = [oracle(a, b) for a, b in pairs]
     wrong = [(a, b, g, e) for (a, b), g, e in zip(pairs, got, expected) if g != e]
     assert not wrong, wrong
@@ -80,8 +80,8 @@ def test_float_rule_matches_math_isclose_at_every_edge(conn: psycopg.Connection)
 ])
 def test_exact_columns_differ_at_any_change_and_are_critical(conn: psycopg.Connection, a: Any, b: Any, differs: bool) -> None:
     rule = cell_rule(sql.Literal(a), sql.Literal(b), "exact", None)
-    got = conn.execute(sql.SQL("SELECT {d}, {s}").format(d=rule.differs, s=rule.severity)).fetchone()
-    assert got == (differs, "CRITICAL")
+    got = conn.execute(sql.SQL("SELECT {d}, {s}").format(d=rule.differs, s=rule.rank)).fetchone()
+    assert (got[0], SEVERITIES[got[1]]) == (differs, "CRITICAL")
 
 
 # ----------------------------------------------------------------------------- a whole table

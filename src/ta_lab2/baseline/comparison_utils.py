@@ -149,11 +149,6 @@ class CellRule(NamedTuple):
     abs_diff: sql.Composable  # float8 or NULL
     rel_diff: sql.Composable  # float8 or NULL ('Infinity' when one side is 0)
 
-    @property
-    def severity(self) -> sql.Composable:
-        """The severity as text."""
-        return sql.SQL("({names}::text[])[{rank} + 1]").format(names=sql.Literal(list(SEVERITIES)), rank=self.rank)
-
 
 def zero_sign_differs(a: sql.Composable, b: sql.Composable) -> sql.Composable:
     """True when ``a`` and ``b`` are zeros of different signs (equal as numbers, not as bits)."""

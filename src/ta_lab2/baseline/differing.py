@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.baseline.comparison_utils import (
-    CellRule, ExpectedDiff, Tolerances, allow_list_match, allowed_for, cell_rule,
+    CRITICAL, SEVERITIES, CellRule, ExpectedDiff, Tolerances, allow_list_match, allowed_for, cell_rule,
 )
 from ta_lab2.baseline.results import ColumnStats, Difference
 from ta_lab2.baseline.table_sql import (
@@ -188,31 +188,31 @@ def top_differences(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int
     for col, rule, why in rules:
         # floats as float8 prints them (the shortest text that reads back the same number)
         cast = sql.SQL("::float8::text" if spec.columns[col] == "float" else "::text")
-        cells.append(sql.SQL("({col}, {d}, {a}{cast}, {b}{cast}, {absd}, {rel}, {sev}, {why})").format(
+        cells.append(sql.SQL("({col}, {d}, {a}{cast}, {b}{cast}, {absd}, {rel}, {rank}, {why})").format(
             col=sql.Literal(col), d=rule.differs, a=sql.Identifier("s", col), b=sql.Identifier("r", col), cast=cast,
-            absd=rule.abs_diff, rel=rule.rel_diff, sev=rule.severity,
-            why=why))
+            absd=rule.abs_diff, rel=rule.rel_diff, rank=rule.rank, why=why))
     k = cols(spec.key)
     rows = conn.execute(sql.SQL(
         """
-        SELECT {k}, col, s_val, r_val, abs_diff, rel_diff, severity, reason FROM (
-            SELECT {ks}, v.col, v.s_val, v.r_val, v.abs_diff, v.rel_diff, v.severity, v.reason
+        SELECT {k}, col, s_val, r_val, abs_diff, rel_diff, rank, reason FROM (
+            SELECT {ks}, v.col, v.s_val, v.r_val, v.abs_diff, v.rel_diff, v.rank, v.reason
             FROM _cmp_top t JOIN {s} s USING ({k}) JOIN (SELECT * FROM {r} WHERE {ids}) r USING ({k})
-            CROSS JOIN LATERAL (VALUES {cells}) AS v(col, differs, s_val, r_val, abs_diff, rel_diff, severity, reason)
+            CROSS JOIN LATERAL (VALUES {cells}) AS v(col, differs, s_val, r_val, abs_diff, rel_diff, rank, reason)
             WHERE v.differs
             UNION ALL
             SELECT {k}, '(row)', CASE WHEN in_snapshot THEN 'present' END, CASE WHEN NOT in_snapshot THEN 'present' END,
-                   NULL, NULL, 'CRITICAL',
+                   NULL, NULL, {critical},
                    CASE WHEN in_snapshot THEN 'only in the snapshot' ELSE 'only in the rebuilt table' END
             FROM _cmp_onesided
         ) x
-        ORDER BY CASE severity WHEN 'CRITICAL' THEN 0 WHEN 'WARNING' THEN 1 ELSE 2 END, rel_diff DESC NULLS FIRST, {k}, col
+        ORDER BY rank, rel_diff DESC NULLS FIRST, {k}, col
         LIMIT {n}
         """).format(k=k, ks=cols(spec.key, "t"), s=spec.snapshot, r=spec.rebuilt, ids=ids_filter(None, ids),
-                    cells=sql.SQL(", ").join(cells), n=sql.Literal(top_n))).fetchall()
+                    cells=sql.SQL(", ").join(cells), n=sql.Literal(top_n),
+                    critical=sql.Literal(SEVERITIES.index(CRITICAL)))).fetchall()
     n = len(spec.key)
     return tuple(
         Difference({c: jsonable(v) for c, v in zip(spec.key, r[:n])}, r[n], r[n + 1], r[n + 2], r[n + 3], r[n + 4],
-                   r[n + 5], r[n + 6])
+                   SEVERITIES[r[n + 5]], r[n + 6])
         for r in rows
     )
