@@ -119,6 +119,9 @@ def test_what_a_killed_run_left_is_dropped_by_the_next_and_a_live_run_is_left_al
             dead_run = shadow_rebuild(killed, "public", TABLE)  # kept: closing it would clean up
             dead = dead_run.__enter__()
             dead.units(build_batch)(killed, _options(killed), ids)
+            # its backend ended by the server, which waits until it has (a client's close
+            # returns before the backend exits and lets go of the run's lock)
+            assert conn.execute("SELECT pg_terminate_backend(%s, 60000)", (killed.info.backend_pid,)).fetchone()[0]
             killed.close()
             # a unit of an ended run, committed late by a worker thought dead: its mark is gone
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(late_unit)))
