@@ -48,26 +48,35 @@ BIG, SMALL, SCALE = 2 ** 480, 2 ** -480, 600
 _BANDS = {"big": repr(float(BIG)), "small": repr(float(SMALL)), "down": repr(2.0 ** -SCALE), "up": repr(2.0 ** SCALE)}
 
 #: ``_cmp_agg``'s per-column aggregates over the differing cells of column j of one series
-#: (``rank{j}``: the cell's severity rank, NULL where its values are bit-identical): name, SQL
-#: for a float column, SQL for an exact one (None: NULL, a float statistic), and how the
-#: series' values add up to the table's. A float cell with one side NULL is the one whose
-#: ``abs{j}`` is NULL; the cells of a column number ``crit + warn + info``. Every aggregate
-#: costs ~15 ns a row: a changed price makes hundreds of thousands of rows differ per table
+#: (``rank{j}``: the cell's severity rank, NULL where its values are bit-identical): name, SQL,
+#: how the series' values add up to the table's, and whether it is a float statistic (NULL for
+#: an exact column). ``{null_side}`` is a cell with one side NULL: for a float column, one whose
+#: ``abs{j}`` is NULL (no column of its own). The cells of a column number
+#: ``crit + warn + info``. Every aggregate costs ~15 ns a row, and a changed price makes
+#: hundreds of thousands of rows differ per table
 COLUMN_AGGREGATES = (
-    ("nulls", "count(rank{j}) FILTER (WHERE abs{j} IS NULL)", "count(*) FILTER (WHERE nullmis{j})", "sum"),
-    ("crit", "count(*) FILTER (WHERE rank{j} = 0)", "count(*) FILTER (WHERE rank{j} = 0)", "sum"),
-    ("warn", "count(*) FILTER (WHERE rank{j} = 1)", "count(*) FILTER (WHERE rank{j} = 1)", "sum"),
-    ("info", "count(*) FILTER (WHERE rank{j} = 2)", "count(*) FILTER (WHERE rank{j} = 2)", "sum"),
-    ("max_abs", "max(abs{j}) FILTER (WHERE abs{j} < 'Infinity')", None, "max"),
-    ("max_rel", "max(rel{j}) FILTER (WHERE rel{j} < 'Infinity')", None, "max"),
-    ("sum_abs", "sum(abs{j}) FILTER (WHERE abs{j} <= {big})", None, "sum"),
-    ("sum_abs_big", "sum(abs{j} * {down}) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')", None, "sum"),
-    ("sum_sq", "sum(abs{j} * abs{j}) FILTER (WHERE abs{j} BETWEEN {small} AND {big})", None, "sum"),
+    ("nulls", "count(rank{j}) FILTER (WHERE {null_side})", "sum", False),
+    ("crit", "count(*) FILTER (WHERE rank{j} = 0)", "sum", False),
+    ("warn", "count(*) FILTER (WHERE rank{j} = 1)", "sum", False),
+    ("info", "count(*) FILTER (WHERE rank{j} = 2)", "sum", False),
+    ("max_abs", "max(abs{j}) FILTER (WHERE abs{j} < 'Infinity')", "max", True),
+    ("max_rel", "max(rel{j}) FILTER (WHERE rel{j} < 'Infinity')", "max", True),
+    ("sum_abs", "sum(abs{j}) FILTER (WHERE abs{j} <= {big})", "sum", True),
+    ("sum_abs_big", "sum(abs{j} * {down}) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')", "sum", True),
+    ("sum_sq", "sum(abs{j} * abs{j}) FILTER (WHERE abs{j} BETWEEN {small} AND {big})", "sum", True),
     ("sum_sq_big", "sum((abs{j} * {down}) * (abs{j} * {down})) FILTER (WHERE abs{j} > {big} AND abs{j} < 'Infinity')",
-     None, "sum"),
-    ("sum_sq_small", "sum((abs{j} * {up}) * (abs{j} * {up})) FILTER (WHERE abs{j} > 0 AND abs{j} < {small})", None,
-     "sum"),
+     "sum", True),
+    ("sum_sq_small", "sum((abs{j} * {up}) * (abs{j} * {up})) FILTER (WHERE abs{j} > 0 AND abs{j} < {small})", "sum",
+     True),
 )
+
+
+def _aggregate(expr: str, float_stat: bool, j: int, is_float: bool) -> str:
+    """One of :data:`COLUMN_AGGREGATES` for column j."""
+    if float_stat and not is_float:
+        return "NULL::float8"
+    null_side = f"abs{j} IS NULL" if is_float else f"nullmis{j}"
+    return expr.format(j=j, null_side=null_side, **_BANDS)
 
 
 def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int] | None,
@@ -117,9 +126,8 @@ def differing_rows(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int]
     best_rel = sql.SQL(", ").join(sql.SQL(f"CASE WHEN rank{j} = best THEN rel{j} END") for j in n)
     rel_main = sql.SQL("NULL::float8") if main is None else sql.SQL(
         f"max(rel{main}) FILTER (WHERE rank{main} < 2 AND rel{main} < 'Infinity')")
-    aggregates = sql.SQL(", ").join(
-        sql.SQL(f"{(float_expr if floats[j] else exact_expr or 'NULL::float8').format(j=j, **_BANDS)} AS c{j}_{name}")
-        for j in n for name, float_expr, exact_expr, _total in COLUMN_AGGREGATES)
+    aggregates = sql.SQL(", ").join(sql.SQL(f"{_aggregate(expr, float_stat, j, floats[j])} AS c{j}_{name}")
+                                    for j in n for name, expr, _total, float_stat in COLUMN_AGGREGATES)
     for table in ("_cmp_top", "_cmp_failing"):
         conn.execute(sql.SQL("CREATE TEMP TABLE {t} AS SELECT {k} FROM {s} WITH NO DATA").format(
             t=sql.Identifier(table), k=keys, s=spec.snapshot))
@@ -146,7 +154,7 @@ def column_stats(conn: psycopg.Connection, spec: TableSpec, tolerances: Toleranc
                  stats_rows: int) -> tuple[ColumnStats, ...]:
     """Per column, its counts and differences over every series (``_cmp_agg``'s rows)."""
     totals = sql.SQL(", ").join(
-        sql.SQL(f"{total}(c{j}_{name})") for j in range(len(spec.columns)) for name, *_exprs, total in COLUMN_AGGREGATES)
+        sql.SQL(f"{total}(c{j}_{name})") for j in range(len(spec.columns)) for name, _expr, total, _float in COLUMN_AGGREGATES)
     row = conn.execute(sql.SQL("SELECT {} FROM _cmp_agg").format(totals)).fetchone()
     width = len(COLUMN_AGGREGATES)
     out = []

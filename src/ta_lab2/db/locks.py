@@ -15,6 +15,7 @@ from typing import Iterator
 
 import psycopg
 
+from ta_lab2.db.connect import is_idle
 from ta_lab2.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def advisory_lock(conn: psycopg.Connection, name: str, wait_s: float = 0.0, *, s
     try:
         yield
     finally:
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if is_idle(conn):
             conn.execute("SELECT pg_advisory_unlock_shared(%s)" if shared else "SELECT pg_advisory_unlock(%s)", (key,))
 
 

@@ -57,6 +57,8 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.db.bulk import TableRef, column_types, deferred_indexes, index_statements
+from ta_lab2.db.connect import is_idle
+from ta_lab2.db.locks import advisory_lock, lock_key
 from ta_lab2.db.schema import family_ddl
 from ta_lab2.db.tables import BARS_1D, BARS_1D_DELETIONS, state_table
 
@@ -93,7 +95,7 @@ class Shadow:
 
 
 def _mark_key(name: str) -> sql.Composable:
-    return sql.SQL("hashtext({})::bigint").format(sql.Literal(name))
+    return sql.Literal(lock_key(name))
 
 
 def fill_unit(shadow: Shadow, fn: UnitFn, conn: psycopg.Connection, options: Any, ids: Sequence[int]) -> list[Any]:
@@ -129,8 +131,7 @@ def shadow_rebuild(conn: psycopg.Connection, schema: str, table: str, reads: Seq
     sweep_abandoned(conn)
     shadow = Shadow(f"{SHADOW_PREFIX}{uuid.uuid4().hex[:12]}", schema, table, tuple(r for r in reads if r))
     # held until the schemas are gone: what tells a later sweep that this run is alive
-    conn.execute(sql.SQL("SELECT pg_advisory_lock_shared({})").format(_mark_key(shadow.name)))
-    try:
+    with advisory_lock(conn, shadow.name, shared=True):
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(shadow.name)))
         log.debug("shadow rebuild of %s.%s in schema %s", schema, table, shadow.name)
         try:
@@ -139,9 +140,6 @@ def shadow_rebuild(conn: psycopg.Connection, schema: str, table: str, reads: Seq
         except BaseException:
             drop_shadow(conn, shadow.name)
             raise
-    finally:
-        if _idle(conn):
-            conn.execute(sql.SQL("SELECT pg_advisory_unlock_shared({})").format(_mark_key(shadow.name)))
 
 
 def sweep_abandoned(conn: psycopg.Connection) -> list[str]:
@@ -173,11 +171,6 @@ def _schemas(conn: psycopg.Connection, prefix: str) -> list[str]:
 def _mark_of(schema: str) -> str:
     """The run's mark of a shadow schema: itself, or the mark a unit schema is named after."""
     return schema.rsplit("_u", 1)[0] if "_u" in schema.removeprefix(SHADOW_PREFIX) else schema
-
-
-def _idle(conn: psycopg.Connection) -> bool:
-    """Whether ``conn`` can still run statements of its own (open, outside a transaction)."""
-    return not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def _unit_schemas(conn: psycopg.Connection, name: str) -> list[str]:
@@ -261,7 +254,7 @@ def _fill_as_select(conn: psycopg.Connection, table: TableRef, units: Sequence[s
 def drop_shadow(conn: psycopg.Connection, name: str) -> None:
     """Drop a shadow rebuild's schema and its units' (their tables and views only), once no
     unit is writing; a unit that starts afterwards finds the mark gone and creates nothing."""
-    if not _idle(conn):
+    if not is_idle(conn):
         return
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")
