@@ -396,3 +396,29 @@ def test_an_id_without_ema_rows_starts_its_first_series_without_a_recomputation(
         assert not problems, f"after {day}: " + "\n".join(problems[:20])
     assert conn.execute("SELECT count(*) FROM cmc_ema_multi_tf WHERE id = %s", (young,)).fetchone()[0]
     assert young not in recomputed
+
+
+def test_a_period_added_later_is_built_by_the_incremental_refresh(empty_db: psycopg.Connection) -> None:
+    """Series of a period that was not refreshed before have no state row: an incremental
+    refresh with that period added builds them whole, with no new input and with one new day,
+    and the tables equal a full rebuild's with the longer list of periods."""
+    conn = empty_db
+    pool = _universe(47, n=2, days=90)
+    days = pool["timestamp"].unique().sort()
+    held = pool.filter(pl.col("timestamp") == days[-1])
+    upsert_assets(conn, pool)
+    upsert_source(conn, pool.join(held, on=["id", "timestamp"], how="anti").drop("symbol"))
+    build_all(conn, full=True)
+    refresh_all(conn, full=True, periods=(3, 5))
+    for step, periods in (("no new input", (3, 5, 8)), ("one new day", (3, 5, 8, 13))):
+        if step == "one new day":
+            upsert_source(conn, held.drop("symbol"))
+            build_all(conn, full=False)
+        refresh_all(conn, full=False, periods=periods)
+        clone_source(conn, "public", "full_ref")
+        build_all(conn, full=True, schema="full_ref")
+        refresh_all(conn, full=True, schema="full_ref", periods=periods)
+        problems = diff_schemas(conn, "public", "full_ref", EMA_TABLES) + _ends_problems(conn)
+        assert not problems, f"{step}:\n" + "\n".join(problems[:20])
+        assert conn.execute("SELECT count(*) FROM cmc_ema_multi_tf WHERE period = %s",
+                            (periods[-1],)).fetchone()[0]

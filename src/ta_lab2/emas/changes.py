@@ -1,12 +1,14 @@
-"""What an EMA work unit reads before deciding how to refresh each id: the ids' state rows
-and, through index probes, the earliest input change since each id's watermark (1D or bar rows
-with a newer ``ingested_at``, or 1D rows removed); per id, the series to replace and from
-where (:class:`Changes`), and whether they can all be resumed from their stored ends."""
+"""What an EMA work unit reads before deciding how to refresh each id: the state rows of the
+ids' series with rows (and per id, whether every series of the refreshed grid has one) and,
+through index probes, the earliest input change since each id's watermark (1D or bar rows with
+a newer ``ingested_at``, or 1D rows removed); then, per id, whether it is unchanged, resumed
+from its series' stored ends or recomputed (:func:`plan_changes`), and the series to replace and
+from where (:class:`Changes`)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import polars as pl
@@ -19,7 +21,7 @@ from ta_lab2.db.reads import read_frame
 from ta_lab2.db.schema import DUAL_EMA_ENDS, EMA_ENDS
 from ta_lab2.db.tables import state_table
 from ta_lab2.emas.registry import REFRESHERS
-from ta_lab2.frames import instants
+from ta_lab2.frames import instants, tuples_frame
 from ta_lab2.load.source_schema import UTC_US
 
 
@@ -57,44 +59,62 @@ def state_schema(kind: str) -> dict[str, pl.DataType]:
 
 @dataclass
 class Inputs:
-    """What a batch read once for all its ids before deciding how to refresh each."""
+    """What a batch read once for all its ids before deciding how to refresh each.
 
-    state: pl.DataFrame  # the ids' state rows, ends included (_state_schema)
-    states: dict[int, dict[tuple[str, int], dt.datetime | None]]
-    last_ts: dict[tuple[int, str, int], dt.datetime | None]  # the state's newest row per series
-    resumable: set[tuple[int, str, int]]  # series whose state holds usable ends
-    with_rows: set[tuple[int, str, int]]  # series with rows, as their state says (written with them)
+    Only the state rows of series with rows are read whole at first: in a young universe
+    most series have none yet (95 % of a calendar EMA table's), and what the decision needs of
+    those is per id — whether every series of the refreshed grid has a state row, and the
+    oldest watermark. An id that is recomputed has all its state rows read
+    (:func:`read_whole_state`)."""
+
+    state: pl.DataFrame  # state rows (ends included, state_schema): series with rows, and all of the ids read whole
+    state_ids: set[int]  # ids with a state row
+    complete: set[int]  # ids with a state row for every series of the refreshed grid
+    last_ts: dict[tuple[int, str, int], dt.datetime]  # series with rows (as their state says): their newest row
     grid_writes: dict[int, DailyWrites]
     since: dict[int, dt.datetime | None]  # None: no usable watermark, recompute every series whole
     newest_bar: dict[int, dt.datetime | None]
     bar_changes: dict[int, dict[str, dt.datetime]]
     removals: dict[int, tuple[dt.datetime | None, dt.datetime | None]]
+    whole: dict[int, dict[tuple[str, int], dt.datetime | None]] = field(default_factory=dict)  # ids read whole: watermark per series
 
     def has_rows(self, key: tuple[int, str, int]) -> bool:
         """Whether the series has rows, as its state says (written with them; no state: no)."""
-        return key in self.with_rows
+        return key in self.last_ts
+
+    def has_state(self, key: tuple[int, str, int]) -> bool:
+        """Whether the series (of the refreshed grid) has a state row."""
+        if key[0] in self.whole:
+            return key[1:] in self.whole[key[0]]
+        return key in self.last_ts or key[0] in self.complete
 
 
 def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int]) -> Inputs:
     refresher = REFRESHERS[options.refresher]
     s = options.schema
     id_list = list(ids)
-    state = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(sql.Identifier(s, state_table(refresher.table))),
+    states = sql.Identifier(s, state_table(refresher.table))
+    state = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s) AND last_ts IS NOT NULL").format(states),
                        state_schema(refresher.kind), (id_list,), small=True, order_by=("id", "tf", "period"))
-    states: dict[int, dict[tuple[str, int], dt.datetime | None]] = {i: {} for i in ids}
-    last_ts: dict[tuple[int, str, int], dt.datetime | None] = {}
-    with_rows: set[tuple[int, str, int]] = set()
-    for ident, tf, period, wm, last in zip(state["id"].to_list(), state["tf"].to_list(), state["period"].to_list(),
-                                           instants(state["watermark_ingested_at"]), instants(state["last_ts"])):
-        states[ident][(tf, period)] = wm
-        last_ts[(ident, tf, period)] = last
-        if last is not None:
-            with_rows.add((ident, tf, period))
-    ema_cols = [c for c in ends_columns(refresher.kind) if c in ("last_ema", "canon_ema", "last_ema_bar", "canon_ema_bar")]
-    resumable = set(state.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in ("last_ts", "canon_ts", *ema_cols))
-                                 & (pl.col("canon_ts") <= pl.col("last_ts")))
-                    .select(list(SERIES_SCHEMA)).iter_rows())
-    since = {i: None if options.full else _since(i, states[i], last_ts) for i in ids}
+    # per id: its state rows in the refreshed grid, and its oldest watermark (of any series)
+    grid_tfs = sorted({t.tf for t in options.timeframes})
+    grid_periods = sorted(set(options.periods))
+    summary = conn.execute(
+        sql.SQL("SELECT id, count(*) FILTER (WHERE tf = ANY(%s) AND period = ANY(%s)), min(watermark_ingested_at) "
+                "FROM {} WHERE id = ANY(%s) GROUP BY id").format(states),
+        (grid_tfs, grid_periods, id_list)).fetchall()
+    grid_size = len(grid_tfs) * len(grid_periods)
+    complete = {i for i, n, _ in summary if n == grid_size}
+    oldest = {i: wm for i, _, wm in summary}
+    keys = state.select(list(SERIES_SCHEMA)).iter_rows()
+    last_ts = dict(zip(keys, instants(state["last_ts"])))
+    # Where an id's changes are read from: the oldest watermark of its series that have rows
+    # (of all its series when none has). A series that stayed without rows keeps its state row
+    # as it was (:func:`ta_lab2.emas.writes.write_state`), so its watermark may be older than
+    # the inputs its id has seen; they were seen, and left it without rows.
+    with_rows = state.group_by("id").agg(pl.col("watermark_ingested_at").min())
+    since_rows = dict(zip(with_rows["id"].to_list(), instants(with_rows["watermark_ingested_at"])))
+    since = {i: None if options.full else (since_rows.get(i) or oldest.get(i)) for i in ids}
     # the grid's newest write and first instant written since the watermark: index probes, not
     # a column of the whole grid
     grid_writes = daily_writes(conn, s, {i: [since[i]] if since[i] is not None else [] for i in ids})
@@ -119,17 +139,7 @@ def read_inputs(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence
             elif since[r[0]] is not None:
                 changes[r[0]][r[1]] = r[2]
     removals = deletions_since(conn, s, since)
-    return Inputs(state, states, last_ts, resumable, with_rows, grid_writes, since, newest, changes, removals)
-
-
-def _since(ident: int, states: dict[tuple[str, int], dt.datetime | None],
-           last_ts: dict[tuple[int, str, int], dt.datetime | None]) -> dt.datetime | None:
-    """Where an id's changes are read from: the oldest watermark of its series that have rows
-    (of all its series when none has). A series that stayed without rows keeps its state row
-    as it was (:func:`ta_lab2.emas.writes.write_state`), so its watermark may be older than
-    the inputs its id has seen; they were seen, and left it without rows."""
-    with_rows = [w for (tf, p), w in states.items() if w is not None and last_ts.get((ident, tf, p)) is not None]
-    return min(with_rows or (w for w in states.values() if w is not None), default=None)
+    return Inputs(state, set(oldest), complete, last_ts, grid_writes, since, newest, changes, removals)
 
 
 @dataclass(frozen=True)
@@ -147,9 +157,22 @@ class Changes:
         return [(tf, p, at) for (tf, p), at in self.cuts.items()]
 
 
-def find_changes(options: RefreshOptions, ident: int, inputs: Inputs) -> Changes:
-    """The series of ``ident`` whose inputs changed since its watermark, and from where."""
-    states = inputs.states[ident]
+@dataclass(frozen=True)
+class Plan:
+    """How a batch refreshes each id: ``unchanged`` ids; ``resumed`` ones, each with its changed
+    series that have rows, and ``dormant``, their changed series without rows (id, tf, period,
+    cut) — most series of a young universe, kept in a frame; and the ids ``recomputed``."""
+
+    unchanged: list[int]
+    resumed: list[Changes]
+    dormant: pl.DataFrame
+    recomputed: list[int]
+
+
+def _cut_instants(options: RefreshOptions, ident: int,
+                  inputs: Inputs) -> tuple[dt.datetime | None, dict[str, dt.datetime | None]]:
+    """The id's new watermark and, per timeframe, the first instant its inputs changed since
+    its watermark (None: unchanged)."""
     since = inputs.since[ident]
     writes = inputs.grid_writes[ident]
     watermark = writes.newest
@@ -165,29 +188,79 @@ def find_changes(options: RefreshOptions, ident: int, inputs: Inputs) -> Changes
         grid_change = writes.after.get(since)
     else:
         deleted = None
+    return watermark, {tf.tf: min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None),
+                                  default=None) for tf in options.timeframes}
+
+
+def plan_changes(options: RefreshOptions, ids: Sequence[int], inputs: Inputs) -> Plan:
+    """Per id: unchanged, resumed — every changed series continues after its stored rows (its
+    first change is after its newest row, and its state holds its ends) or has no row yet —
+    or recomputed (anything else: no usable watermark, a series without a state row, a change
+    at or before a stored row). Per series only through frames: a batch holds hundreds of
+    thousands of series, most without rows."""
+    kind = REFRESHERS[options.refresher].kind
+    watermarks: dict[int, dt.datetime | None] = {}
+    recomputed: set[int] = set()
+    unchanged: list[int] = []
+    changed: list[tuple[int, str, dt.datetime]] = []
+    for ident in ids:
+        watermarks[ident], firsts = _cut_instants(options, ident, inputs)
+        if inputs.since[ident] is None or ident not in inputs.complete:
+            recomputed.add(ident)  # a series is replaced whole
+            continue
+        cuts = [(ident, tf, at) for tf, at in firsts.items() if at is not None]
+        if not cuts:
+            unchanged.append(ident)
+        changed += cuts
+    periods = sorted(set(options.periods))
+    tf_cuts = tuples_frame(changed, {"id": pl.Int32(), "tf": pl.String(), "cut": UTC_US})
+    ema_cols = [c for c in ends_columns(kind) if c in ("last_ema", "canon_ema", "last_ema_bar", "canon_ema_bar")]
+    usable = (pl.all_horizontal(pl.col(c).is_not_null() for c in ("last_ts", "canon_ts", *ema_cols))
+              & (pl.col("canon_ts") <= pl.col("last_ts")))
+    with_rows = (tf_cuts.join(inputs.state.filter(pl.col("period").is_in(periods))
+                              .select(*SERIES_SCHEMA, "last_ts", usable=usable), on=["id", "tf"])
+                 .sort("id", "tf", "period"))
+    blocked = set(with_rows.filter(~((pl.col("last_ts") < pl.col("cut")) & pl.col("usable")))["id"].to_list())
+    recomputed |= blocked
+    tf_cuts = tf_cuts.filter(~pl.col("id").is_in(list(blocked)))
+    series = with_rows.filter(~pl.col("id").is_in(list(blocked)))
+    by_series: dict[int, dict[tuple[str, int], dt.datetime | None]] = {}
+    for ident, tf, period, cut in zip(series["id"].to_list(), series["tf"].to_list(), series["period"].to_list(),
+                                      instants(series["cut"])):
+        by_series.setdefault(ident, {})[(tf, period)] = cut
+    resumed = [Changes(i, watermarks[i], by_series.get(i, {})) for i in dict.fromkeys(tf_cuts["id"].to_list())]
+    dormant = (tf_cuts.join(pl.DataFrame({"period": periods}, schema={"period": pl.Int32()}), how="cross")
+               .join(series, on=list(SERIES_SCHEMA), how="anti")
+               .select(*SERIES_SCHEMA, "cut").sort("id", "tf", "period"))
+    return Plan(unchanged, resumed, dormant, [i for i in ids if i in recomputed])
+
+
+def read_whole_state(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int], inputs: Inputs) -> None:
+    """Read every state row of ``ids`` (to recompute) into ``inputs``."""
+    refresher = REFRESHERS[options.refresher]
+    whole = read_frame(conn, sql.SQL("{} WHERE id = ANY(%s)").format(
+        sql.Identifier(options.schema, state_table(refresher.table))),
+                       state_schema(refresher.kind), (list(ids),), small=True, order_by=("id", "tf", "period"))
+    inputs.state = pl.concat([inputs.state.filter(~pl.col("id").is_in(list(ids))), whole])
+    inputs.whole.update({i: {} for i in ids})
+    for ident, tf, period, wm in zip(whole["id"].to_list(), whole["tf"].to_list(), whole["period"].to_list(),
+                                     instants(whole["watermark_ingested_at"])):
+        inputs.whole[ident][(tf, period)] = wm
+
+
+def find_changes(options: RefreshOptions, ident: int, inputs: Inputs) -> Changes:
+    """The series of ``ident`` (read whole: :func:`read_whole_state`) whose inputs changed
+    since its watermark, and from where (None: the whole series)."""
+    states = inputs.whole[ident]
+    since = inputs.since[ident]
+    watermark, firsts = _cut_instants(options, ident, inputs)
     cuts: dict[tuple[str, int], dt.datetime | None] = {}
     # Rows go out in primary-key order (tf byte order, period, ts): a bulk rebuild's index
     # build then sorts presorted input, several times faster.
-    for tf in sorted(options.timeframes, key=lambda t: t.tf):
-        first = min((t for t in (grid_change, deleted, bar_changes.get(tf.tf)) if t is not None), default=None)
-        for p in sorted(options.periods):
-            if since is None or (tf.tf, p) not in states:
-                cuts[(tf.tf, p)] = None
-            elif first is not None:
-                cuts[(tf.tf, p)] = first
+    for tf in sorted(firsts):
+        for p in sorted(set(options.periods)):
+            if since is None or (tf, p) not in states:
+                cuts[(tf, p)] = None
+            elif firsts[tf] is not None:
+                cuts[(tf, p)] = firsts[tf]
     return Changes(ident, watermark, cuts)
-
-
-def resumes(changes: Changes, inputs: Inputs) -> bool:
-    """Whether every changed series of the id either continues after its stored rows (its
-    first change is after its newest row, and its state holds its ends) or has no row yet."""
-    for (tf, p), cut in changes.cuts.items():
-        key = (changes.id, tf, p)
-        if cut is None:
-            return False
-        last = inputs.last_ts.get(key)
-        if last is None:
-            continue  # no row yet (the state is written with the rows): seeded later, if at all
-        if not (last < cut and key in inputs.resumable):
-            return False
-    return True

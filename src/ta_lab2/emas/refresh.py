@@ -28,7 +28,7 @@ from typing import Sequence
 import psycopg
 
 from ta_lab2.db.tables import state_table
-from ta_lab2.emas.changes import Changes, RefreshOptions, find_changes, read_inputs, resumes
+from ta_lab2.emas.changes import Changes, RefreshOptions, find_changes, plan_changes, read_inputs, read_whole_state
 from ta_lab2.emas.recomputed import recompute
 from ta_lab2.emas.registry import REFRESHERS, load_ema_timeframes, load_periods
 from ta_lab2.emas.resumed import resumed_rows
@@ -86,24 +86,20 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
     case: no grid read beyond the new rows, no kernel) or recompute them over the id's whole
     grid with the kernel and replace their rows from the first change on."""
     inputs = read_inputs(conn, options, ids)
-    results: dict[int, IdResult] = {}
-    resumed: list[Changes] = []
-    recomputed: list[Changes] = []
-    for ident in ids:
-        changes = find_changes(options, ident, inputs)
-        if not changes.cuts:
-            results[ident] = IdResult(ident, "unchanged")
-        elif resumes(changes, inputs):
-            resumed.append(changes)
-        else:
-            recomputed.append(changes)
-    log.debug("%s: %d ids resumed, %d recomputed, %d unchanged", options.refresher, len(resumed), len(recomputed),
-              len(ids) - len(resumed) - len(recomputed))
-    if resumed:
-        frame, stepped, again = resumed_rows(conn, options, resumed, inputs)
-        recomputed += again
+    plan = plan_changes(options, ids, inputs)
+    results = {i: IdResult(i, "unchanged") for i in plan.unchanged}
+    log.debug("%s: %d ids resumed, %d recomputed, %d unchanged", options.refresher, len(plan.resumed),
+              len(plan.recomputed), len(plan.unchanged))
+    again: list[Changes] = []
+    if plan.resumed:
+        frame, stepped, again = resumed_rows(conn, options, plan.resumed, plan.dormant, inputs)
         if stepped:
             results.update(write_rows(conn, options, stepped, frame, inputs, {c.id: True for c in stepped}))
+    recomputed = [*plan.recomputed, *(c.id for c in again)]
     if recomputed:
-        results.update(recompute(conn, options, recomputed, inputs))
+        read_whole_state(conn, options, recomputed, inputs)
+        changes = [find_changes(options, i, inputs) for i in recomputed]
+        results.update((c.id, IdResult(c.id, "unchanged")) for c in changes if not c.cuts)
+        if any(c.cuts for c in changes):
+            results.update(recompute(conn, options, [c for c in changes if c.cuts], inputs))
     return [results[i] for i in ids]

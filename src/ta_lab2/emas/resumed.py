@@ -23,7 +23,7 @@ from ta_lab2.emas.changes import (CANON_SCHEMA, END_OF_TIME, GRID_SCHEMA, SERIES
 from ta_lab2.emas.registry import REFRESHERS
 from ta_lab2.emas.resume import Ends, resume_rows, seed_value
 from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, Grid, canonical_closes, canonical_mask, frame_of_rows
-from ta_lab2.frames import epoch_us, tuples_frame
+from ta_lab2.frames import epoch_us, instants, tuples_frame
 from ta_lab2.load.source_schema import UTC_US
 from ta_lab2.work.units import by_id
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[Changes],
-            inputs: Inputs) -> tuple[pl.DataFrame, list[Changes], list[Changes]]:
+                 dormant: pl.DataFrame, inputs: Inputs) -> tuple[pl.DataFrame, list[Changes], list[Changes]]:
     """The new rows of the ``resumed`` ids' series — stepped from their ends over the grid rows
     after them, or, for a series without rows whose seed's closes are now all there, from its
     seed on its first row —, those ids' changes narrowed to these series, and the ids to
@@ -51,13 +51,15 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     # each id's grid rows after the oldest of its series' newest rows, and how many precede them
     starts: dict[int, dt.datetime] = {}
     for c in resumed:
-        lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts if (c.id, tf, p) in inputs.with_rows]
+        lasts = [inputs.last_ts[(c.id, tf, p)] for tf, p in c.cuts]
         starts[c.id] = min(lasts) + dt.timedelta(microseconds=1) if lasts else END_OF_TIME
-    bar_tfs = sorted({tf for c in resumed for tf, _ in c.cuts if tf != "1D"}) if kind != "v2" else []
+    changed_tfs = {tf for c in resumed for tf, _ in c.cuts} | set(dormant["tf"].unique().to_list())
+    bar_tfs = sorted(tf for tf in changed_tfs if tf != "1D") if kind != "v2" else []
     tails, before, canon_of = _read_tails(conn, options, starts, bar_tfs)
     n_grid = {i: before.get(i, 0) + (tails[i].height if i in tails else 0) for i in ids}
-    new_closes = {(i, tf) for i, part in canon_of.items() for tf in part["tf"].unique().to_list()}
-    seeds = _seeds(conn, options, _seeding(conn, options, resumed, inputs, n_grid, new_closes))
+    new_closes = [(i, tf) for i, part in canon_of.items() for tf in part["tf"].unique().to_list()]
+    starting = _seeding(conn, options, resumed, dormant, n_grid, new_closes)
+    seeds = _seeds(conn, options, list(starting.select(list(SERIES_SCHEMA)).iter_rows()))
     # A seed's first row may precede the rows read (an id none of whose series had rows reads
     # none): those ids' rows are read again from their earliest seed, so they step like the
     # others instead of being recomputed whole (which would load the kernel for one id).
@@ -90,11 +92,17 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
               len(again))
     stepped: list[Changes] = []
     series: list[tuple[int, str, int]] = []
-    with_rows = inputs.with_rows
+    # the cut of each series that starts from its seed (its id's cut for its timeframe)
+    seeded_cuts: dict[int, dict[tuple[str, int], dt.datetime | None]] = {}
+    for ident, tf, period, cut in zip(starting["id"].to_list(), starting["tf"].to_list(),
+                                      starting["period"].to_list(), instants(starting["cut"])):
+        if (ident, tf, period) in placed:
+            seeded_cuts.setdefault(ident, {})[(tf, period)] = cut
     for c in resumed:
         if c.id in fallback:
             continue
-        cuts = {(tf, p): at for (tf, p), at in c.cuts.items() if (c.id, tf, p) in with_rows or (c.id, tf, p) in placed}
+        more = seeded_cuts.get(c.id)
+        cuts = dict(sorted({**c.cuts, **more}.items())) if more else c.cuts
         stepped.append(Changes(c.id, c.watermark, cuts))
         series.extend((c.id, tf, p) for tf, p in cuts)
     if not series:
@@ -177,42 +185,46 @@ def _read_tails(conn: psycopg.Connection, options: RefreshOptions, starts: Mappi
     return by_id(tail), before, by_id(canon)
 
 
-def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[Changes], inputs: Inputs,
-             n_grid: Mapping[int, int], new_closes: set[tuple[int, str]]) -> list[tuple[int, str, int]]:
-    """The series of ``resumed`` that have no row yet but now have the closes their seed needs
-    (spec 03: ``p`` canonical closes; v2: ``n_days·p`` grid rows). Canonical closes are counted
-    in the bar table (index-only, at most ``p``) — unless the (id, tf) has a resumed series and
-    no canonical close among the rows read (``new_closes``): its count is then the last
-    refresh's, which was short (a close added earlier would have cut that series before its
-    newest row, and its id would not be resumed)."""
+def _seeding(conn: psycopg.Connection, options: RefreshOptions, resumed: Sequence[Changes], dormant: pl.DataFrame,
+             n_grid: Mapping[int, int], new_closes: Sequence[tuple[int, str]]) -> pl.DataFrame:
+    """The ``dormant`` series (id, tf, period, cut: changed, no row yet) that now have the
+    closes their seed needs (spec 03: ``p`` canonical closes; v2: ``n_days·p`` grid rows), in
+    ``dormant``'s order. Canonical closes are counted in the bar table (index-only, at most
+    ``p``) — unless the (id, tf) has a resumed series with rows and no canonical close among
+    the rows read (``new_closes``): its count is then the last refresh's, which was short (a
+    close added earlier would have cut that series before its newest row, and its id would not
+    be resumed)."""
     refresher = REFRESHERS[options.refresher]
-    tf_days = options.tf_days
-    out: list[tuple[int, str, int]] = []
-    counted: list[tuple[int, str, int]] = []
-    with_rows = inputs.with_rows
-    for c in resumed:
-        ident = c.id
-        seeded = {tf for tf, p in c.cuts if (ident, tf, p) in with_rows}
-        for tf, p in c.cuts:
-            if (ident, tf, p) in with_rows:
-                continue
-            if refresher.kind == "v2" or tf == "1D":
-                if n_grid[c.id] >= (tf_days[tf] * p if refresher.kind == "v2" else p):
-                    out.append((c.id, tf, p))
-            elif tf not in seeded or (c.id, tf) in new_closes:
-                counted.append((c.id, tf, p))
-    if counted:
-        cap: dict[tuple[int, str], int] = {}  # per (id, tf): its largest period without rows
-        for i, tf, p in counted:
-            cap[(i, tf)] = max(p, cap.get((i, tf), p))
-        n_closes = {(i, tf): n for i, tf, n in conn.execute(
+    if dormant.is_empty():
+        return dormant
+    tf_days = pl.DataFrame({"tf": list(options.tf_days), "n_days": list(options.tf_days.values())},
+                           schema={"tf": pl.String(), "n_days": pl.Int64()})
+    grid = pl.DataFrame({"id": list(n_grid), "n_grid": list(n_grid.values())},
+                        schema={"id": pl.Int32(), "n_grid": pl.Int64()})
+    pair = {"id": pl.Int32(), "tf": pl.String()}
+    seeded = tuples_frame(list(dict.fromkeys((c.id, tf) for c in resumed for tf, _ in c.cuts)), pair)
+    fresh = tuples_frame(new_closes, pair)
+    frame = dormant.with_row_index("_at").join(tf_days, on="tf", how="left").join(grid, on="id", how="left")
+    by_grid = (pl.col("tf") == "1D") | (refresher.kind == "v2")
+    need = pl.col("n_days") * pl.col("period") if refresher.kind == "v2" else pl.col("period").cast(pl.Int64)
+    direct = frame.filter(by_grid & (pl.col("n_grid").fill_null(0) >= need))
+    # a timeframe none of whose series has rows, or with canonical closes among the rows read
+    counted = (frame.filter(~by_grid)
+               .join(seeded.with_columns(_seeded=pl.lit(True)), on=["id", "tf"], how="left")
+               .join(fresh.with_columns(_fresh=pl.lit(True)), on=["id", "tf"], how="left")
+               .filter(pl.col("_seeded").is_null() | pl.col("_fresh").fill_null(False)))
+    if counted.height:
+        # per (id, tf): its largest period without rows
+        caps = counted.group_by("id", "tf", maintain_order=True).agg(cap=pl.col("period").max())
+        n_closes = tuples_frame(conn.execute(
             sql.SQL("SELECT u.id, u.tf, (SELECT count(*) FROM (SELECT 1 FROM {b} WHERE id = u.id AND tf = u.tf "
                     "AND NOT is_partial_end LIMIT u.cap) x) FROM unnest(%s::int[], %s::text[], %s::int[]) "
                     "AS u(id, tf, cap)").format(b=sql.Identifier(options.schema, refresher.bar_table)),
-            ([k[0] for k in cap], [k[1] for k in cap], list(cap.values())),
-        ).fetchall()}
-        out += [(i, tf, p) for i, tf, p in counted if n_closes[(i, tf)] >= p]
-    return out
+            (caps["id"].to_list(), caps["tf"].to_list(), caps["cap"].to_list()),
+        ).fetchall(), {**pair, "n_closes": pl.Int64()})
+        counted = counted.join(n_closes, on=["id", "tf"], how="left").filter(pl.col("n_closes") >= pl.col("period"))
+    return pl.concat([direct.select(dormant.columns + ["_at"]), counted.select(dormant.columns + ["_at"])]
+                     ).sort("_at").drop("_at")
 
 
 def _seeds(conn: psycopg.Connection, options: RefreshOptions,

@@ -35,7 +35,7 @@ def write_rows(conn: psycopg.Connection, options: RefreshOptions, changed: Seque
     # its rows) is before its cut — a new day usually adds a row to every series — or whose
     # state says it has no row.
     probed = [r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])
-              and not (r[:3] in inputs.last_ts and not inputs.has_rows(r[:3]))]
+              and (inputs.has_rows(r[:3]) or not inputs.has_state(r[:3]))]
     deleted: dict[int, int] = {}
     if probed and not options.bulk:
         deleted = dict(conn.execute(
@@ -56,7 +56,7 @@ def write_rows(conn: psycopg.Connection, options: RefreshOptions, changed: Seque
     counts = dict(rows.group_by("id").len().iter_rows()) if rows.height else {}
     out = {}
     for c in changed:
-        mode = "full" if options.full or not inputs.states[c.id] else "incremental"
+        mode = "full" if options.full or c.id not in inputs.state_ids else "incremental"
         out[c.id] = IdResult(c.id, mode if has_grid.get(c.id, True) else "empty", counts.get(c.id, 0),
                              deleted.get(c.id, 0))
     return out
@@ -146,7 +146,7 @@ def write_state(conn: psycopg.Connection, refresher: EmaRefresher, schema: str,
     # A series that had no row and still has none keeps its state row as it is: in a young
     # universe most series are such (95 % of a calendar EMA table's on 100 assets of ~190
     # days), and rewriting them every day was most of the state's cost. Its watermark stays
-    # behind; its id's changes are read from its other series' (changes._since).
+    # behind; its id's changes are read from its other series' (changes.read_inputs).
     frame = frame.filter(~(pl.col("old_present").fill_null(False) & pl.col("old_last_ts").is_null()
                            & pl.col("last_ts").is_null()))
     # Existing state rows are updated in place (cheaper than INSERT … ON CONFLICT, whose
