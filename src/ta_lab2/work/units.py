@@ -169,9 +169,10 @@ IDS_PER_BATCH = 16
 UNIT_DAYS = 2_000
 #: Ids an incremental run's unit handles together. A day's refresh is a few rows per id, so a
 #: unit's fixed costs are most of it: 100 ids of the universe refreshed in 3.1 s in units of
-#: 100 against 5.0 s in units of 16 (docs/performance.md). Memory stays bounded: the
-#: builders write a unit in chunks (``CHUNK_ROWS``) when its ids need whole histories rebuilt.
-INCREMENTAL_IDS = 128
+#: 100 against 5.0 s in units of 16; 500 ids in ~5.5 s in units of 512 against ~6.4 s in units
+#: of 128 (docs/performance.md). Memory stays bounded: the builders write a unit in chunks
+#: (``CHUNK_ROWS``) when its ids need whole histories rebuilt.
+INCREMENTAL_IDS = 512
 
 
 def work_units(conn: psycopg.Connection, ids: Sequence[int], schema: str, *, full: bool,
