@@ -136,21 +136,25 @@ def resumed_rows(conn: psycopg.Connection, options: RefreshOptions, resumed: Seq
     last_us = frame["last_ts"].dt.epoch("us").to_numpy()
     sid = frame["id"].to_numpy()
     stf = frame["tf"].to_list()
-    first = np.empty(len(series), dtype=np.int64)
-    count = np.empty(len(series), dtype=np.int64)
-    canon_first = np.empty(len(series), dtype=np.int64)
+    ids_of = sid.tolist()
+    lo = np.array([offset[i] for i in ids_of], dtype=np.int64)
+    n = np.array([tail_ts[i].size if i in tail_ts else 0 for i in ids_of], dtype=np.int64)
+    # each series steps from the row after its newest stored row: one search per id (an id's
+    # series are consecutive), or from its seed's row
+    skip = np.zeros(len(series), dtype=np.int64)
+    cuts_at = np.flatnonzero(np.diff(sid)) + 1
+    for a, b in zip((0, *cuts_at.tolist()), (*cuts_at.tolist(), len(series))):
+        rows = ts_all[lo[a]:lo[a] + n[a]]
+        skip[a:b] = np.searchsorted(rows, last_us[a:b], side="right")
     seed = np.full(len(series), np.nan)
-    for j, key in enumerate(series):
-        ident, tf, _ = key
-        lo = offset[ident]
-        n = tail_ts[ident].size if ident in tail_ts else 0
-        if key in placed:
-            skip, seed[j] = placed[key]
-        else:
-            skip = int(np.searchsorted(ts_all[lo:lo + n], last_us[j], side="right"))
-        first[j] = lo + skip
-        count[j] = n - skip
-        canon_first[j] = pair_at[(ident, tf)] + skip
+    if placed:
+        position = {key: j for j, key in enumerate(series)}
+        for key, (at, value) in placed.items():
+            if key in position:
+                skip[position[key]], seed[position[key]] = at, value
+    first = lo + skip
+    count = n - skip
+    canon_first = np.array([pair_at[pair] for pair in zip(ids_of, stf)], dtype=np.int64) + skip
     periods = frame["period"].to_numpy().astype(np.int64)
     n_days = np.array([tf_days[t] for t in stf], dtype=np.int64)
     ends = Ends(n_days, periods, *(frame[c].to_numpy().astype(np.float64) for c in ends_columns(kind) if c != "canon_ts"))
