@@ -1,16 +1,18 @@
 """The six EMA refreshers: full and incremental refresh, one transaction per batch of ids
 (spec 03).
 
-Per batch (:func:`refresh_batch`): read the ids' state rows and, through index probes, the
-earliest input change since each id's last refresh (1D or bar rows with a newer
-``ingested_at``, or 1D rows removed; :mod:`.changes`). Then per id, one of two ways
-(docs/decisions.md, "EMA series continue from their stored ends"), and the rows and state written (:mod:`.writes`):
+Per batch (:func:`refresh_batch`): read the state of the ids' series and, through index
+probes, the earliest input change since each id's last refresh (1D or bar rows with a newer
+``ingested_at``, or 1D rows removed), and decide per id over frames (:mod:`.changes`). Then per
+id, one of two ways (docs/decisions.md, "EMA series continue from their stored ends"), and the
+rows and state written (:mod:`.writes`):
 
 * **resume** — every changed series continues after its newest stored row (a new day, the
   daily case): read only the grid rows after it and the canonical closes among them, and step
   each series from the ends its state row keeps (:mod:`.resumed`; no kernel, no numba). A
   series with no row yet stays empty unless the new rows complete its seed's
-  closes; then its id is recomputed.
+  closes; then it starts from its seed (its id is recomputed when the stepper cannot place
+  the seed: a close missing in its window).
 * **recompute** — anything else (a revision, a removal, a new series, ``--full-refresh``):
   read the id's whole grid, recompute the changed series over it with the kernel and replace
   only their rows from the first change on (:mod:`.recomputed`).
