@@ -31,13 +31,14 @@ def write_rows(conn: psycopg.Connection, options: RefreshOptions, changed: Seque
     s = options.schema
     table = sql.Identifier(s, refresher.table)
     series = [(c.id, tf, period, at) for c in changed for tf, period, at in c.replaced]
-    # Nothing to delete for a series whose newest stored row (its state's last_ts, written with
-    # its rows) is before its cut — a new day usually adds a row to every series — or whose
-    # state says it has no row.
-    probed = [r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])
-              and (inputs.has_rows(r[:3]) or not inputs.has_state(r[:3]))]
+    # Nothing to delete in a bulk rebuild's empty table, nor for a series whose newest stored
+    # row (its state's last_ts, written with its rows) is before its cut — a new day usually
+    # adds a row to every series — or whose state says it has no row.
+    probed = [] if options.bulk else [
+        r for r in series if not stored_before(inputs.last_ts.get(r[:3]), r[3])
+        and (inputs.has_rows(r[:3]) or not inputs.has_state(r[:3]))]
     deleted: dict[int, int] = {}
-    if probed and not options.bulk:
+    if probed:
         deleted = dict(conn.execute(
             sql.SQL(
                 "WITH d AS (DELETE FROM {t} e WHERE e.ctid = ANY(ARRAY("
