@@ -76,7 +76,7 @@ class Inputs:
     newest_bar: dict[int, dt.datetime | None]
     bar_changes: dict[int, dict[str, dt.datetime]]
     removals: dict[int, tuple[dt.datetime | None, dt.datetime | None]]
-    whole: dict[int, dict[tuple[str, int], dt.datetime | None]] = field(default_factory=dict)  # ids read whole: watermark per series
+    whole: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # ids read whole: their series with a state row
 
     def has_rows(self, key: tuple[int, str, int]) -> bool:
         """Whether the series has rows, as its state says (written with them; no state: no)."""
@@ -161,12 +161,15 @@ class Changes:
 class Plan:
     """How a batch refreshes each id: ``unchanged`` ids; ``resumed`` ones, each with its changed
     series that have rows, and ``dormant``, their changed series without rows (id, tf, period,
-    cut) — most series of a young universe, kept in a frame; and the ids ``recomputed``."""
+    cut) — most series of a young universe, kept in a frame; and the ids ``recomputed``.
+    ``cut_instants``: every id's new watermark and first change per timeframe
+    (:func:`_cut_instants`), which :func:`find_changes` turns into cuts per series."""
 
     unchanged: list[int]
     resumed: list[Changes]
     dormant: pl.DataFrame
     recomputed: list[int]
+    cut_instants: dict[int, tuple[dt.datetime | None, dict[str, dt.datetime | None]]]
 
 
 def _cut_instants(options: RefreshOptions, ident: int,
@@ -199,12 +202,11 @@ def plan_changes(options: RefreshOptions, ids: Sequence[int], inputs: Inputs) ->
     at or before a stored row). Per series only through frames: a batch holds hundreds of
     thousands of series, most without rows."""
     kind = REFRESHERS[options.refresher].kind
-    watermarks: dict[int, dt.datetime | None] = {}
+    cut_instants = {ident: _cut_instants(options, ident, inputs) for ident in ids}
     recomputed: set[int] = set()
     unchanged: list[int] = []
     changed: list[tuple[int, str, dt.datetime]] = []
-    for ident in ids:
-        watermarks[ident], firsts = _cut_instants(options, ident, inputs)
+    for ident, (_, firsts) in cut_instants.items():
         if inputs.since[ident] is None or ident not in inputs.complete:
             recomputed.add(ident)  # a series is replaced whole
             continue
@@ -228,11 +230,11 @@ def plan_changes(options: RefreshOptions, ids: Sequence[int], inputs: Inputs) ->
     for ident, tf, period, cut in zip(series["id"].to_list(), series["tf"].to_list(), series["period"].to_list(),
                                       instants(series["cut"])):
         by_series.setdefault(ident, {})[(tf, period)] = cut
-    resumed = [Changes(i, watermarks[i], by_series.get(i, {})) for i in dict.fromkeys(tf_cuts["id"].to_list())]
+    resumed = [Changes(i, cut_instants[i][0], by_series.get(i, {})) for i in dict.fromkeys(tf_cuts["id"].to_list())]
     dormant = (tf_cuts.join(pl.DataFrame({"period": periods}, schema={"period": pl.Int32()}), how="cross")
                .join(series, on=list(SERIES_SCHEMA), how="anti")
                .select(*SERIES_SCHEMA, "cut").sort("id", "tf", "period"))
-    return Plan(unchanged, resumed, dormant, [i for i in ids if i in recomputed])
+    return Plan(unchanged, resumed, dormant, [i for i in ids if i in recomputed], cut_instants)
 
 
 def read_whole_state(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[int], inputs: Inputs) -> None:
@@ -242,18 +244,17 @@ def read_whole_state(conn: psycopg.Connection, options: RefreshOptions, ids: Seq
         sql.Identifier(options.schema, state_table(refresher.table))),
                        state_schema(refresher.kind), (list(ids),), small=True, order_by=("id", "tf", "period"))
     inputs.state = pl.concat([inputs.state.filter(~pl.col("id").is_in(list(ids))), whole])
-    inputs.whole.update({i: {} for i in ids})
-    for ident, tf, period, wm in zip(whole["id"].to_list(), whole["tf"].to_list(), whole["period"].to_list(),
-                                     instants(whole["watermark_ingested_at"])):
-        inputs.whole[ident][(tf, period)] = wm
+    inputs.whole.update({i: set() for i in ids})
+    for ident, tf, period in zip(whole["id"].to_list(), whole["tf"].to_list(), whole["period"].to_list()):
+        inputs.whole[ident].add((tf, period))
 
 
-def find_changes(options: RefreshOptions, ident: int, inputs: Inputs) -> Changes:
+def find_changes(options: RefreshOptions, ident: int, inputs: Inputs, plan: Plan) -> Changes:
     """The series of ``ident`` (read whole: :func:`read_whole_state`) whose inputs changed
     since its watermark, and from where (None: the whole series)."""
     states = inputs.whole[ident]
     since = inputs.since[ident]
-    watermark, firsts = _cut_instants(options, ident, inputs)
+    watermark, firsts = plan.cut_instants[ident]
     cuts: dict[tuple[str, int], dt.datetime | None] = {}
     # Rows go out in primary-key order (tf byte order, period, ts): a bulk rebuild's index
     # build then sorts presorted input, several times faster.

@@ -100,7 +100,7 @@ def _refresh(conn: psycopg.Connection, options: RefreshOptions, ids: Sequence[in
     recomputed = [*plan.recomputed, *(c.id for c in again)]
     if recomputed:
         read_whole_state(conn, options, recomputed, inputs)
-        changes = [find_changes(options, i, inputs) for i in recomputed]
+        changes = [find_changes(options, i, inputs, plan) for i in recomputed]
         results.update((c.id, IdResult(c.id, "unchanged")) for c in changes if not c.cuts)
         if any(c.cuts for c in changes):
             results.update(recompute(conn, options, [c for c in changes if c.cuts], inputs))
