@@ -27,11 +27,19 @@ from psycopg import sql
 
 CRITICAL, WARNING, INFO = "CRITICAL", "WARNING", "INFO"
 SEVERITIES = (CRITICAL, WARNING, INFO)
-_RANKS = {name.lower(): sql.Literal(i) for i, name in enumerate(SEVERITIES)}
 CRITICAL_REL = 0.01  # relative difference above which a float difference is CRITICAL
 #: audit columns that record when a row was written, not what it holds: never compared
 VOLATILE_COLUMNS = frozenset({"ingested_at", "rejected_at", "updated_at"})
 FLOAT_TYPES = frozenset({"float8", "float4", "numeric"})
+
+
+def severity_rank(severity: str) -> sql.Composable:
+    """A severity as the SQL integer a :class:`CellRule` ranks it by: its index in
+    :data:`SEVERITIES`."""
+    return sql.Literal(SEVERITIES.index(severity))
+
+
+_RANKS = {name.lower(): severity_rank(name) for name in SEVERITIES}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from ta_lab2.baseline.comparison_utils import (
     CRITICAL, SEVERITIES, CellRule, ExpectedDiff, Tolerances, allow_list_match, allowed_for, cell_rule,
+    severity_rank,
 )
 from ta_lab2.baseline.results import ColumnStats, Difference
 from ta_lab2.baseline.table_sql import (
@@ -217,7 +218,7 @@ def top_differences(conn: psycopg.Connection, spec: TableSpec, ids: Sequence[int
         LIMIT {n}
         """).format(k=k, ks=cols(spec.key, "t"), s=spec.snapshot, r=spec.rebuilt, ids=ids_filter(None, ids),
                     cells=sql.SQL(", ").join(cells), n=sql.Literal(top_n),
-                    critical=sql.Literal(SEVERITIES.index(CRITICAL)))).fetchall()
+                    critical=severity_rank(CRITICAL))).fetchall()
     n = len(spec.key)
     return tuple(
         Difference({c: jsonable(v) for c, v in zip(spec.key, r[:n])}, r[n], r[n + 1], r[n + 2], r[n + 3], r[n + 4],

@@ -92,13 +92,28 @@ def _take(conn: psycopg.Connection, try_fn: str, name: str, wait_s: float) -> No
         time.sleep(0.2)
 
 
-def xact_lock(conn: psycopg.Connection, name: str, wait_s: float | None = None) -> None:
-    """Lock ``name`` exclusively until the caller's transaction ends: waiting without limit
-    (``None``) or up to ``wait_s`` seconds (then a DatabaseError, see :func:`advisory_lock`)."""
+def xact_lock(conn: psycopg.Connection, name: str, wait_s: float | None = None, *, shared: bool = False) -> None:
+    """Lock ``name`` (exclusively, or ``shared``) until the caller's transaction ends: waiting
+    without limit (``None``) or up to ``wait_s`` seconds (then a DatabaseError, see
+    :func:`advisory_lock`)."""
+    mode = "_shared" if shared else ""
     if wait_s is None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+        conn.execute(f"SELECT pg_advisory_xact_lock{mode}(%s)", (lock_key(name),))
     else:
-        _take(conn, "pg_try_advisory_xact_lock", name, wait_s)
+        _take(conn, f"pg_try_advisory_xact_lock{mode}", name, wait_s)
+
+
+@contextmanager
+def lock_if_free(conn: psycopg.Connection, name: str) -> Iterator[bool]:
+    """Take session-level lock ``name`` exclusively if nobody holds it, without waiting; yield
+    whether it was taken, and release it on exit if so (``conn`` autocommit)."""
+    key = lock_key(name)
+    taken = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+    try:
+        yield taken
+    finally:
+        if taken and is_idle(conn):
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 @contextmanager

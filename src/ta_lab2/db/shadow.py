@@ -58,7 +58,7 @@ from psycopg import sql
 
 from ta_lab2.db.bulk import TableRef, column_types, deferred_indexes, index_statements
 from ta_lab2.db.connect import is_idle
-from ta_lab2.db.locks import advisory_lock, lock_key
+from ta_lab2.db.locks import advisory_lock, lock_if_free, xact_lock
 from ta_lab2.db.schema import family_ddl
 from ta_lab2.db.tables import BARS_1D, BARS_1D_DELETIONS, state_table
 
@@ -94,10 +94,6 @@ class Shadow:
         return functools.partial(fill_unit, self, fn)
 
 
-def _mark_key(name: str) -> sql.Composable:
-    return sql.Literal(lock_key(name))
-
-
 def fill_unit(shadow: Shadow, fn: UnitFn, conn: psycopg.Connection, options: Any, ids: Sequence[int]) -> list[Any]:
     """Run ``fn`` for ``ids`` into a schema of this unit's own, in one transaction (see the
     module docstring). ``conn`` must be autocommit."""
@@ -105,11 +101,11 @@ def fill_unit(shadow: Shadow, fn: UnitFn, conn: psycopg.Connection, options: Any
     ident = sql.Identifier
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")
-        conn.execute(sql.SQL("SELECT pg_advisory_xact_lock_shared({})").format(_mark_key(shadow.name)))
+        xact_lock(conn, shadow.name, shared=True)
         if conn.execute("SELECT to_regnamespace(%s)", (shadow.name,)).fetchone()[0] is None:
             raise RuntimeError(f"the shadow rebuild {shadow.name} of {shadow.table} was abandoned; unit not run")
         # the same unit run twice at once (a worker thought dead): one after the other
-        conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_mark_key(unit)))
+        xact_lock(conn, unit)
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident(unit)))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident(unit)))
         for name in shadow.outputs:
@@ -148,15 +144,12 @@ def sweep_abandoned(conn: psycopg.Connection) -> list[str]:
     autocommit."""
     swept = []
     for mark in sorted({_mark_of(n) for n in _schemas(conn, SHADOW_PREFIX)}):
-        key = _mark_key(mark)
-        if not conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(key)).fetchone()[0]:
-            continue  # its run is alive
-        try:
+        with lock_if_free(conn, mark) as free:
+            if not free:
+                continue  # its run is alive
             left = _schemas(conn, mark)  # none when its run ended since the listing
             if left:
                 drop_shadow(conn, mark)
-        finally:
-            conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(key))
         if left:
             swept.append(mark)
             log.warning("dropped what an interrupted rebuild left behind: %s", ", ".join(sorted(left)))
@@ -258,6 +251,6 @@ def drop_shadow(conn: psycopg.Connection, name: str) -> None:
         return
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")
-        conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_mark_key(name)))
+        xact_lock(conn, name)
         for schema in (name, *_unit_schemas(conn, name)):
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
