@@ -74,17 +74,17 @@ def main(argv: list[str]) -> None:
     elif action == "raise":
         raise RuntimeError("child raised on purpose")
     elif action == "sleep":  # sleep SECONDS STAMP_FILE: record when it ran
-        started = time.time()
+        started = time.monotonic()  # one clock for every process on Linux: comparable across children
         time.sleep(float(rest[0]))
         with open(rest[1], "w") as fh:
-            json.dump([started, time.time()], fh)
+            json.dump([started, time.monotonic()], fh)
     elif action == "meet":  # meet MINE PEER STAMP: say I run, wait until the peer runs too
-        arrived = time.time()
+        arrived = time.monotonic()
         with open(rest[0], "w") as fh:
             fh.write(str(os.getpid()))
         _until(lambda: os.path.exists(rest[1]))
         with open(rest[2], "w") as fh:
-            json.dump([arrived, time.time()], fh)
+            json.dump([arrived, time.monotonic()], fh)
     elif action == "outlive":  # outlive PID_FILE STAMP: end only after the process in PID_FILE has
         _until(lambda: os.path.exists(rest[0]) and os.path.getsize(rest[0]) > 0)
         with open(rest[0]) as fh:

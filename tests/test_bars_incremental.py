@@ -396,6 +396,14 @@ def test_an_id_without_ema_rows_starts_its_first_series_without_a_recomputation(
         assert not problems, f"after {day}: " + "\n".join(problems[:20])
     assert conn.execute("SELECT count(*) FROM cmc_ema_multi_tf WHERE id = %s", (young,)).fetchone()[0]
     assert young not in recomputed
+    # the control: a revised close mid-history of the other asset is recomputed, through the spy
+    (old,) = set(pool["id"].to_list()) - {young}
+    revised = pool.filter(pl.col("id") == old).sort("timestamp")[30].with_columns(
+        close=(pl.col("close") + pl.col("low")) / 2)
+    upsert_source(conn, revised.drop("symbol"))
+    build_all(conn, full=False)
+    refresh_all(conn, full=False, periods=periods)
+    assert old in recomputed
 
 
 def test_a_period_added_later_is_built_by_the_incremental_refresh(empty_db: psycopg.Connection) -> None:

@@ -83,7 +83,10 @@ def test_a_scratch_schema_never_drops_what_it_did_not_create(pipeline: Target, t
             assert "--scratch-schema" in result.stderr and "Traceback" not in result.stderr
         with psycopg.connect(pipeline.url) as conn:
             assert conn.execute("SELECT answer FROM mydata.precious").fetchone() == (42,)
-            assert conn.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0] > 0
+            # the system schemas, the default one and the user's are all still there
+            assert conn.execute("SELECT to_regnamespace('information_schema') IS NOT NULL AND to_regnamespace("
+                                "'pg_catalog') IS NOT NULL AND to_regnamespace('public') IS NOT NULL AND "
+                                "to_regclass('information_schema.tables') IS NOT NULL").fetchone()[0]
         assert _captures(pipeline) == before  # refused in preflight: no capture began
         # a schema of its own is created, marked, and reused by the next capture
         for _ in range(2):
@@ -138,8 +141,9 @@ def test_a_busy_pipeline_refuses_a_capture_and_a_load_at_once(pipeline: Target, 
     capture and a load are refused at once with a hint; --wait-lock waits, saying for what."""
     before = _captures(pipeline)
     with connect(pipeline, autocommit=True) as holder:
+        # each command is refused at once: one waiting for the lock would wait past its
+        # subprocess timeout, the lock being held until the end of the block
         with advisory_lock(holder, SOURCE_LOCK):
-            started = time.monotonic()
             refused = _capture(pipeline, tmp_path, "--ids", "all", "--output-dir", "out", timeout=120)
             assert refused.returncode == 2 and "--wait-lock" in refused.stderr, refused.stderr
             load = _ta_lab2(pipeline, tmp_path, "load", "--synthetic", "1", "--days", "40", timeout=120)
@@ -147,7 +151,6 @@ def test_a_busy_pipeline_refuses_a_capture_and_a_load_at_once(pipeline: Target, 
             waited = _ta_lab2(pipeline, tmp_path, "load", "--synthetic", "1", "--days", "40", "--wait-lock", "1",
                               "--log-level", "WARNING", timeout=120)
             assert waited.returncode == 2 and "waiting up to 1 s" in waited.stderr, waited.stderr
-            assert time.monotonic() - started < 100  # nobody waited for the lock to be released
     assert _captures(pipeline) == before
 
 

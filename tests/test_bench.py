@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ta_lab2.bench_scenarios import listing_lengths
@@ -72,13 +73,18 @@ def test_bench_tiny_scenario_structure(universe_run) -> None:  # noqa: ANN001 - 
 
 @pytest.mark.db
 @pytest.mark.slow
-def test_bench_universe_scenario_against_its_reference(universe_run) -> None:  # noqa: ANN001 - fixture
+def test_bench_universe_scenario_against_its_reference(universe_run, pg_server) -> None:  # noqa: ANN001 - fixtures
     """The reference runs first in the same invocation, and the universe reports its costs per
     output row relative to it, with the universe's bars."""
     result, (ref, data) = universe_run
     assert ref["scenario"] == "tiny" and data["scenario"] == "universe" and data["reference"] == "tiny"
     assert "bench: universe (5 assets" in result.stdout and "cost per output row over tiny's" in result.stdout
-    assert data["assets"] == 5 and data["source_days"] == sum(listing_lengths(5, 60)) <= 5 * 60
+    # the source days it reports are the calendar days its assets span in its database (gaps
+    # included), less the three new days each asset got after the full rebuild
+    with psycopg.connect(pg_server.url("ta_lab2_bench_universe")) as conn:
+        spans = conn.execute("SELECT count(*), sum(span) FROM (SELECT max(\"timestamp\")::date - min(\"timestamp\")::date + 1 "
+                             "AS span FROM cmc_price_histories7 GROUP BY id) s").fetchone()
+    assert data["assets"] == spans[0] == 5 and data["source_days"] == spans[1] - 3 * 5 <= 5 * 60
     per_row = data["per_row_over_reference"]
     assert set(per_row) == {"full_rebuild", "raw_copy", "capture", "full_rebuild_same_tables"}
     expected = (data["full_rebuild_s"] / data["rows"]) / (ref["full_rebuild_s"] / ref["rows"])

@@ -1,8 +1,9 @@
 """``tf_rows`` against a frozen copy of its pre-refactor implementation (one Python loop per
 period over whole-grid numpy arrays). The copy is the behaviour to preserve, bit for bit:
-same rows in the same order, same dtypes, same NULLs and the same float64 bit patterns.
-Correctness against independent oracles (TA-Lib, pandas) lives in the other EMA tests.
-Pure: no database."""
+same rows in the same order, same dtypes, same NULLs and the same float64 bit patterns. Its
+EMAs come from the test oracle (``oracles.ema_oracle``), not the compiled kernel the code under
+test calls, so a change to the kernel is seen here too. Correctness against independent
+oracles (TA-Lib, pandas) lives in the other EMA tests. Pure: no database."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from oracles.ema_oracle import chained
+from oracles.ema_oracle import sema as oracle_sema
 
-from ta_lab2.emas.kernel import sema
 from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, KINDS, Grid, rows_frame, tf_arrays
 from ta_lab2.timeframes import DEFAULT_PERIODS, V2_DEFAULT_PERIODS
 
@@ -28,6 +29,14 @@ def tf_rows(kind: str, grid: Grid, *args) -> pl.DataFrame:
     return rows_frame(kind, grid, [tf_arrays(kind, grid, *args)])
 
 DAY_US = 86_400_000_000
+
+
+def sema(close: np.ndarray, p: int) -> np.ndarray:
+    """The SMA-seeded EMA the pre-refactor code took from the compiled kernel, here from the
+    oracle (one Python float operation at a time, the same order of operations): NaN in and
+    out where the oracle says ``None``."""
+    out = oracle_sema([None if x != x else float(x) for x in close], p)
+    return np.array([np.nan if v is None else v for v in out], dtype=np.float64)
 
 
 # --- the pre-refactor implementation, verbatim but for the names --------------------------------

@@ -79,10 +79,9 @@ def forked_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSummary, Pa
         _child("polars", "polars"),
     ]
     env = _env(TA_LAB2_DB_URL=SECRET_URL, LAUNCH_MARK="from-the-request")
-    started = time.monotonic()
-    # the hanging child's timeout; the others end in well under a second on a quiet machine
-    summary = _run(specs, env, continue_on_error=True, max_parallel=2, timeout_s=8)
-    assert time.monotonic() - started < 60
+    # the hanging child's timeout, which every child gets: the others end in well under a
+    # second on a quiet machine, and a busy one still leaves them ample time
+    summary = _run(specs, env, continue_on_error=True, max_parallel=2, timeout_s=15)
     return summary, tmp
 
 
@@ -177,12 +176,11 @@ def test_every_exit_is_seen_under_a_slow_runner_loop(parallel: int) -> None:
     """Regression: the home-made fork server dropped an exit report that arrived before the
     child's pid was registered, and the run waited for its 6-hour timeout."""
     specs = [_child(f"c{i}", "quick") for i in range(40)]
-    started = time.monotonic()
     with _SlowLauncher() as launcher:
         summary = run_children("t", specs, env=_env(), launcher=launcher, max_parallel=parallel, timeout_s=30)
+    # a dropped exit report leaves its child waiting for the timeout: status "timeout"
     assert [c.status for c in summary.children] == ["ok"] * 40
     assert all(c.exit_code == 0 for c in summary.children)
-    assert time.monotonic() - started < 30
 
 
 # The scheduling below is the same code whichever way children start; new interpreters
@@ -226,10 +224,8 @@ def test_a_running_child_finishes_when_another_fails(tmp_path: Path) -> None:
 
 def test_a_dead_fork_server_fails_its_child_and_the_next_one_starts_from_a_new_one() -> None:
     specs = [_child("killer", "kill-parent"), _child("next", "ok")]
-    started = time.monotonic()
     summary = _run(specs, continue_on_error=True, timeout_s=30)
-    assert time.monotonic() - started < 25
-    killer, after = summary.children
+    killer, after = summary.children  # an unseen death would end in status "timeout"
     assert killer.status == "failed" and killer.exit_code not in (0, None)
     assert after.status == "ok" and after.summary["ppid"] != os.getpid()
 

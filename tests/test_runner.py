@@ -151,7 +151,7 @@ def test_usage_errors_exit_2(loaded: Target, tmp_path: Path, args: tuple[str, ..
 )
 def test_child_command_usage_errors_exit_2(loaded: Target, tmp_path: Path, module: str, args: tuple[str, ...],
                                            needle: str) -> None:
-    """The runners' child commands parse their options without Typer (pipeline/child.py) but
+    """The runners' child commands parse their options without Typer (work/command.py) but
     keep the exit-code contract: 2 and a message naming the option for a usage error."""
     env = {**os.environ, "TA_LAB2_DB_URL": loaded.url}
     result = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=tmp_path, capture_output=True,
