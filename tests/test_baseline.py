@@ -69,8 +69,6 @@ def _report(tmp_path: Path) -> dict:
 def _skip_rebuild_capture(target: Target, tmp_path: Path, ids: list[int] | None = None) -> str:
     result = run_capture(target, CaptureOptions(ids=ids, skip_rebuild=True, output_dir=tmp_path))
     assert result.verdict == "PASS", result.summary
-    while make_suffix(dt.datetime.now(dt.timezone.utc)) <= result.suffix:  # one-second resolution:
-        time.sleep(0.01)  # the next capture's suffix must be a later one
     return result.suffix
 
 
@@ -245,28 +243,50 @@ def test_snapshot_failure_on_either_transaction_creates_nothing(pipeline: Target
 
 def test_snapshot_failure_truncates_nothing(pipeline: Target, tmp_path: Path) -> None:
     before = _checksums(pipeline, ALL_TABLES)
-    now = dt.datetime.now(dt.timezone.utc)
-    # Occupy the snapshot names of the next seconds: the capture's CREATE TABLE must fail.
-    names = [snapshot_name("cmc_ema_multi_tf_v2", (now + dt.timedelta(seconds=k)).strftime("%Y%m%d_%H%M%S")) for k in range(0, 40)]
+    # An event trigger fails the snapshot transaction once it has copied cmc_ema_multi_tf_v2
+    # (other tables' copies are made in the same transaction, before and after it).
     with psycopg.connect(pipeline.url, autocommit=True) as conn:
-        for n in names:
-            conn.execute(f"CREATE TABLE {n} (x int)")
+        conn.execute("CREATE FUNCTION test_refuse_snapshot() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF EXISTS (SELECT FROM pg_event_trigger_ddl_commands() WHERE object_identity LIKE "
+                     "'public.cmc_ema_multi_tf_v2\\_snapshot\\_%') THEN RAISE EXCEPTION 'snapshot refused by the test'; "
+                     "END IF; END $$")
+        conn.execute("CREATE EVENT TRIGGER test_refuse_snapshot ON ddl_command_end WHEN TAG IN ('CREATE TABLE AS') "
+                     "EXECUTE FUNCTION test_refuse_snapshot()")
     try:
         result = _cli(pipeline, tmp_path, "--ids", "all")
         assert result.returncode == 2, result.stdout + result.stderr
-        assert "already exists" in result.stderr
+        assert "snapshot refused by the test" in result.stderr
         assert _checksums(pipeline, ALL_TABLES) == before
         with psycopg.connect(pipeline.url) as conn:
-            status = conn.execute("SELECT status FROM baseline_snapshots ORDER BY suffix DESC LIMIT 1").fetchone()[0]
+            suffix, status = conn.execute(
+                "SELECT suffix, status FROM baseline_snapshots ORDER BY suffix DESC LIMIT 1").fetchone()
             assert status == "snapshot_failed"
-            # the failed snapshot transaction left no copies behind
-            assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'cmc_price_bars_1d_snapshot_%'").fetchone()[0] == 0
+            # the failed snapshot transaction left no copies behind, of that table or any other
+            assert _copies_of(conn, suffix) == 0
+            assert conn.execute("SELECT to_regnamespace(%s)", (f"baseline_{suffix}",)).fetchone()[0] is None
     finally:
         with psycopg.connect(pipeline.url, autocommit=True) as conn:
-            for n in names:
-                conn.execute(f"DROP TABLE IF EXISTS {n}")
+            conn.execute("DROP EVENT TRIGGER IF EXISTS test_refuse_snapshot")
+            conn.execute("DROP FUNCTION IF EXISTS test_refuse_snapshot()")
             for (suffix,) in conn.execute("SELECT suffix FROM baseline_snapshots WHERE status = 'snapshot_failed'").fetchall():
                 conn.execute("DELETE FROM baseline_snapshots WHERE suffix = %s", (suffix,))
+
+
+def test_captures_within_one_second_get_later_suffixes(pipeline: Target) -> None:
+    """Suffixes have one-second resolution: a capture starting in the second of the latest one
+    (or before it: a clock set back) is named one second after it."""
+    from ta_lab2.baseline.snapshots import capture_instant
+
+    now = dt.datetime(2031, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    with connect(pipeline) as conn:  # rolled back: the registry rows are the test's own
+        insert = ("INSERT INTO baseline_snapshots (suffix, captured_at, status, aux_schema) "
+                  "VALUES (%s, now(), 'snapshot_failed', 'x')")
+        conn.execute(insert, (make_suffix(now),))
+        assert capture_instant(conn, now) == now + dt.timedelta(seconds=1)
+        assert capture_instant(conn, now + dt.timedelta(seconds=1)) == now + dt.timedelta(seconds=1)
+        conn.execute(insert, (make_suffix(now + dt.timedelta(hours=1)),))
+        assert capture_instant(conn, now) == now + dt.timedelta(hours=1, seconds=1)
+        conn.rollback()
 
 
 def test_killed_capture_is_restored_exactly(pipeline: Target, tmp_path: Path) -> None:
@@ -409,7 +429,17 @@ def test_damaged_rebuild_never_passes(pipeline: Target, tmp_path: Path, damage: 
         t = _by_table(result)[table]
         assert result.verdict == "FAIL" and not t.passed
         assert t.severity_counts["CRITICAL"] > 0
-        assert 0.0 <= t.match_rate <= 1.0
+        # the share of the keys of either side whose rows are equal, counted in SQL here
+        snap = snapshot_name(table, suffix)
+        with psycopg.connect(pipeline.url) as conn:
+            key = ", ".join(r[0] for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary", (table,)))
+            equal, both, n_snap, n_live = conn.execute(
+                f"SELECT (SELECT count(*) FROM (SELECT * FROM {snap} INTERSECT ALL SELECT * FROM {table}) x), "
+                f"(SELECT count(*) FROM {snap} JOIN {table} USING ({key})), "
+                f"(SELECT count(*) FROM {snap}), (SELECT count(*) FROM {table})").fetchone()
+        assert t.match_rate == pytest.approx(equal / (n_snap + n_live - both)) and t.match_rate < 1.0
         others = [x for x in result.comparisons if x.table != table]
         assert all(x.passed for x in others)
 

@@ -27,7 +27,8 @@ from ta_lab2.baseline.rebuild import ChildRun, RebuildSettings, planned_commands
 from ta_lab2.baseline.results import RootCause, TableComparison, summarize_comparison
 from ta_lab2.baseline.scratch import check_scratch, prepare_scratch
 from ta_lab2.baseline.snapshots import (
-    SnapshotInfo, capture_lock, check_tables, registry_insert, registry_update, settle, take_snapshots, truncate,
+    SnapshotInfo, capture_instant, capture_lock, check_tables, registry_insert, registry_update, settle, take_snapshots,
+    truncate,
 )
 from ta_lab2.baseline.tables import CompareSettings, RootChart, compare_all
 from ta_lab2.db.connect import Target, connect
@@ -149,7 +150,7 @@ def run_capture(target: Target, options: CaptureOptions, argv: Sequence[str] = (
             id_list = resolve_ids(conn, options.ids)
             check_tables(conn, options.tables)
             # the one clock read, once the capture may work: the suffix and every metadata instant
-            now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            now = capture_instant(conn, dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
             suffix = make_suffix(now)
             # held while it runs: `baseline list` tells running from interrupted, drop waits
             with advisory_lock(conn, capture_lock(suffix)):

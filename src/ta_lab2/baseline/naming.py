@@ -20,8 +20,12 @@ MAX_IDENT = 63
 SUFFIX_RE = re.compile(r"^\d{8}_\d{6}$")
 
 
+SUFFIX_FORMAT = "%Y%m%d_%H%M%S"
+
+
 def make_suffix(now: dt.datetime) -> str:
-    return now.astimezone(dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
+    """A capture's suffix: its instant in UTC, to the second."""
+    return now.astimezone(dt.timezone.utc).strftime(SUFFIX_FORMAT)
 
 
 def check_suffix(suffix: str) -> str:

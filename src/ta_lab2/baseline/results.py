@@ -122,10 +122,15 @@ class TableComparison:
 
     @property
     def match_rate(self) -> float:
-        """``1 − mismatching rows / rows compared``, in [0, 1]."""
-        if self.rows_compared == 0:
-            return 1.0 if self.rows_snapshot == self.rows_rebuilt == 0 else 0.0
-        return max(0.0, min(1.0, 1.0 - self.mismatching_rows / self.rows_compared))
+        """The share of the table's keys whose rows match, in [0, 1]: ``1 − (mismatching rows +
+        one-sided rows) / (rows compared + one-sided rows)`` — a row only one side has is a
+        CRITICAL difference, so a rebuild that lost rows never shows 100 % (docs/decisions.md).
+        1 for two empty tables."""
+        one_sided = self.only_in_snapshot + self.only_in_rebuilt
+        keys = self.rows_compared + one_sided
+        if keys == 0:
+            return 1.0
+        return max(0.0, min(1.0, 1.0 - (self.mismatching_rows + one_sided) / keys))
 
     @property
     def passed(self) -> bool:

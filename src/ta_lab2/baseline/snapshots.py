@@ -19,9 +19,9 @@ import psycopg
 from psycopg import sql
 
 from ta_lab2.baseline.table_sql import primary_key
-from ta_lab2.baseline.naming import aux_schema, aux_tables, constraint_name, snapshot_name
-from ta_lab2.db.connect import is_idle
-from ta_lab2.db.locks import lock_key
+from ta_lab2.baseline.naming import (SUFFIX_FORMAT, aux_schema, aux_tables, constraint_name, make_suffix,
+                                     snapshot_name)
+from ta_lab2.db.locks import lock_if_free
 from ta_lab2.db.tables import BAR_TABLES, EMA_TABLES, PIPELINE_TABLES
 from ta_lab2.errors import DatabaseError, UsageError
 from ta_lab2.work.units import clear_ids
@@ -39,11 +39,24 @@ def capture_lock(suffix: str) -> str:
 
 def is_running(conn: psycopg.Connection, suffix: str) -> bool:
     """Whether another session holds ``suffix``'s capture lock, i.e. the capture is running."""
-    key = lock_key(capture_lock(suffix))
-    if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        return False
-    return True
+    with lock_if_free(conn, capture_lock(suffix)) as free:
+        return not free
+
+
+def capture_instant(conn: psycopg.Connection, now: dt.datetime, schema: str = "public") -> dt.datetime:
+    """The instant a capture starting at ``now`` is named after (its suffix, one-second
+    resolution): ``now``, or one second after the latest capture of the registry when ``now``
+    is not later — two captures within one second (or after the clock went back) would
+    otherwise share a suffix, and the second's snapshot would fail. Call it under the writer
+    locks, which make captures take their instants one after another."""
+    latest = conn.execute(sql.SQL("SELECT max(suffix) FROM {}").format(sql.Identifier(schema, REGISTRY))).fetchone()[0]
+    if latest is None or make_suffix(now) > latest:
+        return now
+    later = dt.datetime.strptime(latest, SUFFIX_FORMAT).replace(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=1)
+    if later - now > dt.timedelta(seconds=2):
+        log.warning("the clock (%s) is behind the latest capture %s: this capture is named %s", make_suffix(now),
+                    latest, make_suffix(later))
+    return later
 
 
 def capture_state(row: dict[str, Any], running: bool) -> tuple[str, str | None]:
@@ -307,14 +320,10 @@ def _replace(conn: psycopg.Connection, live: sql.Composable, snap: sql.Composabl
 def _not_running(conn: psycopg.Connection, suffix: str) -> Iterator[None]:
     """Hold ``suffix``'s capture lock for the block (``conn`` in autocommit); a running
     capture holds it, so drop and restore are refused while it runs."""
-    key = lock_key(capture_lock(suffix))
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-        raise UsageError(f"capture {suffix} is running; wait for it to finish (`ta-lab2 baseline list` shows it)")
-    try:
+    with lock_if_free(conn, capture_lock(suffix)) as free:
+        if not free:
+            raise UsageError(f"capture {suffix} is running; wait for it to finish (`ta-lab2 baseline list` shows it)")
         yield
-    finally:
-        if is_idle(conn):
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def drop(conn: psycopg.Connection, suffix: str, schema: str = "public", *, force: bool = False) -> int:
