@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ta_lab2.bars.daily import validate_days
 from ta_lab2.bars.families import Timeframe
-from ta_lab2.bars.snapshot import prepare_days, snapshot_rows
+from ta_lab2.bars.snapshot import SnapshotInput, prepare_days, snapshot_batch
 from ta_lab2.load.synthetic import SyntheticConfig, generate_universe
 
 UTC = dt.timezone.utc
@@ -46,7 +46,7 @@ def _daily(seed: int, days: int, gap_rate: float, defect_rate: float, end: dt.da
 )
 def test_invariants(family: str, seed: int, days: int, gap_rate: float, end: dt.date) -> None:
     daily = _daily(seed, days, gap_rate, 0.05, end)
-    rows = snapshot_rows(prepare_days(daily, "UTC"), FAMILIES[family], family)
+    rows = snapshot_batch([SnapshotInput(prepare_days(daily, "UTC"), FAMILIES[family])], family)
     # one row per day and timeframe; the cal family starts at the first full period instead
     if family == "cal":
         assert rows.height <= daily.height * len(FAMILIES[family])
@@ -118,7 +118,7 @@ def test_worked_example_rolling_3d() -> None:
             time_low=dt.datetime(d.year, d.month, d.day, 3, tzinfo=UTC),
         ))
     daily = pl.DataFrame(rows, schema_overrides={"market_cap": pl.Float64})
-    out = snapshot_rows(prepare_days(daily, "UTC"), [Timeframe("3D", "rolling", "D", 3, 3)], "rolling")
+    out = snapshot_batch([SnapshotInput(prepare_days(daily, "UTC"), [Timeframe("3D", "rolling", "D", 3, 3)])], "rolling")
     got = out.select(
         "bar_seq", pl.col("time_close").dt.strftime("%m-%d").alias("day"), "open", "high", "low", "close", "volume",
         "pos_in_bar", "count_days_remaining", "is_partial_end", "count_missing_days",

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from oracles.ema_oracle import chained
 
 from ta_lab2.emas.kernel import _chained_pair, sema
-from ta_lab2.emas.series import Grid, rows_frame, tf_arrays
+from ta_lab2.emas.series import Grid, ids_rows_frame, tf_arrays
 
 
 def tf_rows(kind: str, grid: Grid, *args) -> pl.DataFrame:
     """The rows of one (id, tf) as a frame: ``tf_arrays(kind, grid, *args)`` through
-    ``rows_frame``, as the refreshers assemble them."""
-    return rows_frame(kind, grid, [tf_arrays(kind, grid, *args)])
+    ``ids_rows_frame``, as the refreshers assemble them."""
+    return ids_rows_frame(kind, [(grid, [tf_arrays(kind, grid, *args)])])
 
 CLOSES = [10, 12, 11, 13, 15, 14, 16, 18, 17, 19, 21, 20]
 DAY_US = 86_400_000_000

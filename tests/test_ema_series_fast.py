@@ -19,14 +19,14 @@ from polars.testing import assert_frame_equal
 from oracles.ema_oracle import chained
 from oracles.ema_oracle import sema as oracle_sema
 
-from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, KINDS, Grid, rows_frame, tf_arrays
+from ta_lab2.emas.series import DUAL_SCHEMA, EMA_SCHEMA, KINDS, Grid, ids_rows_frame, tf_arrays
 from ta_lab2.timeframes import DEFAULT_PERIODS, V2_DEFAULT_PERIODS
 
 
 def tf_rows(kind: str, grid: Grid, *args) -> pl.DataFrame:
     """The rows of one (id, tf) as a frame: ``tf_arrays(kind, grid, *args)`` through
-    ``rows_frame``, as the refreshers assemble them."""
-    return rows_frame(kind, grid, [tf_arrays(kind, grid, *args)])
+    ``ids_rows_frame``, as the refreshers assemble them."""
+    return ids_rows_frame(kind, [(grid, [tf_arrays(kind, grid, *args)])])
 
 DAY_US = 86_400_000_000
 

@@ -130,17 +130,6 @@ SEED_SCHEMA: dict[str, pl.DataType] = {
 SEEDED_FAMILIES = ("cal", "cal_anchor")
 
 
-def snapshot_rows(
-    days: pl.DataFrame,
-    timeframes: Sequence[Timeframe],
-    family: str,
-    since: Mapping[str, dt.datetime | None] | None = None,
-    starts: Sequence[int] | None = None,
-) -> pl.DataFrame:
-    """Snapshot rows of one id (:func:`snapshot_batch` of one :class:`SnapshotInput`)."""
-    return snapshot_batch([SnapshotInput(days, timeframes, since, starts)], family)
-
-
 def snapshot_batch(inputs: Sequence[SnapshotInput], family: str) -> pl.DataFrame:
     """Snapshot rows for ``family`` of every id of ``inputs``, in primary-key order.
 
@@ -242,7 +231,7 @@ def first_rows(
     days: pl.DataFrame, timeframes: Sequence[Timeframe], family: str, since: Mapping[str, dt.datetime | None] | None,
     seeded: Collection[str] = (),
 ) -> list[int]:
-    """Per timeframe, the first row (its ``k``) of ``days`` that :func:`snapshot_rows` needs:
+    """Per timeframe, the first row (its ``k``) of ``days`` that :func:`snapshot_batch` needs:
     the start of the bar holding that timeframe's ``since`` instant (the first row when it is
     built whole), or, for the timeframes in ``seeded`` (a seed stands for the bar's days before
     the cut), the first row the cut touches. A suffix of the history must reach back to that

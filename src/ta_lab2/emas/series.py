@@ -118,11 +118,6 @@ def tf_arrays(
     return TfRows(tf, int(n_days), out[0], out[1], out[2], floats)
 
 
-def rows_frame(kind: str, grid: Grid, parts: Sequence[TfRows]) -> pl.DataFrame:
-    """One frame of the rows of ``parts`` of one id (:func:`ids_rows_frame`)."""
-    return ids_rows_frame(kind, [(grid, parts)])
-
-
 def ids_rows_frame(kind: str, items: Sequence[tuple[Grid, Sequence[TfRows]]]) -> pl.DataFrame:
     """One frame of the rows of every (grid, parts) of ``items`` (in that order) with the
     columns of :data:`EMA_SCHEMA` (:data:`DUAL_SCHEMA` for ``dual``); an undefined value is
