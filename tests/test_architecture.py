@@ -85,3 +85,27 @@ def test_the_checker_sees_relative_and_function_level_imports(tmp_path: Path) ->
     source.write_text("def f():\n    from ..cli import app\n    import ta_lab2.runners.run\nfrom . import units\n")
     assert sorted(_imports(source, "ta_lab2.work.x")) == [(2, "ta_lab2.cli"), (3, "ta_lab2.runners.run"),
                                                           (4, "ta_lab2.work")]
+
+
+def test_the_imports_table_is_the_code() -> None:
+    """The table of docs/architecture.md says, for every package, exactly which others it imports
+    (the core, the block's last line, aside)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("What each package imports today"):].split("\n\n")[1]
+    documented = {}
+    for row in table.splitlines()[2:]:
+        name, imports = (cell.strip() for cell in row.strip("|").split("|"))
+        documented[name.strip("`")] = set() if imports == "—" else {i.strip() for i in imports.split(",")}
+    layers = _layers()
+    core = {name for name, (depth, _) in layers.items() if depth == 0}
+    found: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        module = ".".join(relative.parts)
+        module = module.removesuffix(".__init__") if path.name == "__init__.py" else module
+        own = _name(module) if module != "ta_lab2" else "__init__"
+        if own in core or own in ("scripts", "__main__"):
+            continue
+        found.setdefault(own, set()).update(_name(t) for _, t in _imports(path, module))
+    found = {name: targets - core - {name} for name, targets in found.items()}
+    assert documented == found
