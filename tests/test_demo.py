@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -49,16 +50,36 @@ def test_the_demo_never_runs_on_a_database_holding_prices(demo, pg_server, tmp_p
 
 
 def test_the_demo_says_what_to_run_next_and_those_commands_work(demo, tmp_path: Path) -> None:  # noqa: ANN001
-    """The demo ends by printing the next commands; they run on its data (`--database
-    ta_lab2_demo`), where a plain command would look at the default database."""
+    """The demo ends by printing the next commands, spelled the way it was run (here ``python
+    -m ta_lab2``, by the interpreter's path); run exactly as printed, they work on its data
+    (`--database ta_lab2_demo`), where a plain command would look at the default database."""
     result, _ = demo
-    nexts = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("ta-lab2 ")]
-    assert "ta-lab2 status --database ta_lab2_demo" in nexts, result.stdout
+    lines = result.stdout.splitlines()
+    nexts = [line.strip() for line in lines[lines.index("next, on the demo's data:") + 1:] if line.strip()]
+    assert f"{sys.executable} -m ta_lab2 status --database ta_lab2_demo" in nexts, result.stdout
+    assert len(nexts) == 3
     for line in nexts:
         extra = ["--output-dir", str(tmp_path / "next")] if "capture" in line else []
-        ran = _ta_lab2(tmp_path, *line.split()[1:], *extra)
+        ran = subprocess.run([*shlex.split(line), *extra], env={**os.environ}, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
         assert ran.returncode == 0, (line, ran.stdout + ran.stderr)
-        if line.startswith("ta-lab2 status"):
+        if " status " in line:
             assert "cmc_ema_multi_tf" in ran.stdout and "not initialised" not in ran.stdout
     both = _ta_lab2(tmp_path, "status", "--database", "ta_lab2_demo", "--db-url", "embedded", timeout=60)
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_the_next_commands_are_spelled_as_the_program_was_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ta-lab2`` when that name on PATH is this program; else the path it was run by (a
+    virtual environment that is not activated)."""
+    from ta_lab2.cli.render import command_name
+
+    program = tmp_path / "venv" / "bin" / "ta-lab2"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(program), "demo"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert command_name() == str(program)
+    monkeypatch.setenv("PATH", f"{program.parent}:/usr/bin:/bin")
+    assert command_name() == "ta-lab2"

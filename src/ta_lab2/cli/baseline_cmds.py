@@ -270,7 +270,7 @@ def demo(
     from contextlib import contextmanager
 
     from ta_lab2.baseline.report import write_reports
-    from ta_lab2.cli.render import capture_summary, console
+    from ta_lab2.cli.render import capture_summary, command_name, console
     from ta_lab2.demo import DEMO_DATABASE, DemoOptions, run_demo
     from ta_lab2.logs import setup_logging
 
@@ -294,8 +294,9 @@ def demo(
     console.print(f"[bold]total {timings.total:.1f} s[/] — the report: {paths['html']}", highlight=False)
     where = f"--database {DEMO_DATABASE}" if db_url is None else "--db-url …   (the URL you gave)"
     console.print("next, on the demo's data:", highlight=False)
-    for line in (f"ta-lab2 status {where}", f"ta-lab2 baseline list {where}",
-                 f"ta-lab2 baseline capture --ids all {where}"):
+    program = command_name()
+    for line in (f"{program} status {where}", f"{program} baseline list {where}",
+                 f"{program} baseline capture --ids all {where}"):
         console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     if result.exit_code:
         raise WorkFailed(f"demo capture {result.suffix}: {result.verdict}")

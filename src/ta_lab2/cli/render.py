@@ -6,7 +6,10 @@ import dataclasses
 import decimal
 import datetime as dt
 import json
+import os
+import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -15,8 +18,6 @@ from rich.table import Table
 from ta_lab2.db.status import DatabaseStatus
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from ta_lab2.launch.results import RunSummary
     from ta_lab2.load.service import LoadReport
 
@@ -40,6 +41,23 @@ def _age(ts: dt.datetime | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.0f}h ago"
     return f"{seconds / 86400:.0f}d ago"
+
+
+def command_name() -> str:
+    """How to run ``ta-lab2`` again, for the commands a message suggests: ``ta-lab2`` when that
+    name on ``PATH`` is the program running, else the path it was run by (``.venv/bin/ta-lab2``
+    from a virtual environment that is not activated), or ``… -m ta_lab2``."""
+    program = Path(sys.argv[0])
+    if program.name == "ta-lab2":
+        on_path = shutil.which("ta-lab2")
+        if on_path is not None and Path(on_path).resolve() == program.resolve():
+            return "ta-lab2"
+        return str(program)
+    if program.name == "__main__.py":
+        python = Path(sys.executable)
+        shown = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else str(python)
+        return f"{shown} -m ta_lab2"
+    return "ta-lab2"
 
 
 def status_table(status: DatabaseStatus) -> None:
