@@ -22,7 +22,8 @@ HELP: dict[str, str] = {
     "--log-level": "What the console shows: DEBUG, INFO, WARNING or ERROR (the log file under the output "
                    "folder keeps INFO and above, DEBUG too with DEBUG).",
     "--tz": "Time zone whose calendar dates are bar boundaries.",
-    "--num-processes": "Ids processed at once (default: CPU count).",
+    "--num-processes": ("Processes building ids at once (default: the CPU count, shared among a runner's "
+                        "children running at once; at most one process per 8 ids)."),
     "--wait-lock": "Seconds to wait for another writer of the same tables.",
     "--periods": "EMA periods: a comma list, or 'lut' for every dim_period row. "
                  "Default: dim_period (v2: 9,10,21,50,100,200).",
