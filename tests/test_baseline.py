@@ -540,3 +540,39 @@ def test_split_compare_equals_single_pass(pipeline: Target, tmp_path: Path) -> N
                         assert asdict(compare_table(conn, merged, None, sampling, Tolerances(), helper=helped)) == asdict(single)
                 assert not single.passed and single.only_in_snapshot == 2 and single.only_in_rebuilt == 2
                 assert {d.series["id"] for d in single.divergences} == set(ids)
+
+
+def test_a_capture_of_some_tables_rebuilds_those_tables_only(pipeline: Target, tmp_path: Path) -> None:
+    """--tables: the runners are told to rebuild the chosen tables (--builders / --only), so
+    the tables it neither snapshots nor compares keep their rows as they were — not rewritten
+    behind the capture's back."""
+    chosen = ["cmc_price_bars_multi_tf_cal_iso", "cmc_ema_multi_tf_v2"]
+
+    def written() -> dict[str, object]:  # when each table's rows were last written
+        with psycopg.connect(pipeline.url) as conn:
+            return {t: conn.execute(f"SELECT max(ingested_at) FROM {t}").fetchone()[0] for t in ALL_TABLES}
+
+    before = written()
+    plan = _cli(pipeline, tmp_path, "--ids", "all", "--tables", ",".join(chosen), "--dry-run")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "--builders cal_iso" in plan.stdout and "--only v2" in plan.stdout
+    result = _cli(pipeline, tmp_path, "--ids", "all", "--tables", ",".join(chosen))
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = written()
+    assert {t for t in ALL_TABLES if after[t] != before[t]} == set(chosen)
+    _drop(pipeline, _report(tmp_path)["suffix"])
+
+
+def test_the_helpers_rows_take_their_types_from_every_row(pipeline: Target) -> None:
+    """A table compared in two halves reads the helper's per-series rows into a frame; the
+    identical series come first with no first difference (NULL): a value after the first
+    hundred rows must still be read, not fail the table's comparison."""
+    from psycopg import sql as psql
+
+    from ta_lab2.baseline.compare import _fetch_frame
+
+    with psycopg.connect(pipeline.url, autocommit=True) as conn:
+        rows = _fetch_frame(conn, psql.SQL("SELECT i, CASE WHEN i > 150 THEN timestamptz '2024-01-02' END AS first "
+                                           "FROM generate_series(1, 151) i"), {})
+    assert rows.height == 151 and rows["first"].null_count() == 150
+    assert rows["first"][150] == dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)

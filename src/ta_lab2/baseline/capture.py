@@ -125,7 +125,7 @@ def plan_lines(target: Target, suffix: str, ids: list[int] | None, options: Capt
     else:
         lines.append("truncate: " + ("TRUNCATE" if ids is None else "DELETE … WHERE id = ANY(ids)") + " of the tables and their state, bars first")
     if not options.skip_rebuild:
-        lines += [f"rebuild: {command}" for command in planned_commands(ids, options.rebuild)]
+        lines += [f"rebuild: {command}" for command in planned_commands(ids, options.rebuild, options.tables)]
     lines.append("compare: " + options.sampling.describe())
     return lines
 
@@ -226,7 +226,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
             extra, warnings = rebuild_config(conn, suffix, options.tables)
             problems += warnings
             metadata["rebuild_arguments"] = extra
-            runs = rebuild(target, ids, options.rebuild, extra)
+            runs = rebuild(target, ids, options.rebuild, options.tables, extra)
             lap("rebuild")
             phase = "rebuilt"
             registry_update(conn, suffix, status="rebuilt" if all(r.ok for r in runs) else "rebuild_failed")

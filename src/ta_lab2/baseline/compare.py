@@ -62,7 +62,9 @@ def _fetch_frame(conn: psycopg.Connection, query: sql.Composable, settings: Mapp
     with planner_settings(conn, enable_sort="off", jit="off", **settings):
         cur = conn.execute(query)
         names = [d.name for d in cur.description]
-        return pl.DataFrame(cur.fetchall(), schema=names, orient="row")
+        # every row decides a column's type: NULLs in the first hundred (identical series have
+        # no first difference) must not fix it before a later value is seen
+        return pl.DataFrame(cur.fetchall(), schema=names, orient="row", infer_schema_length=None)
 
 
 def compare_table(

@@ -19,7 +19,7 @@ from ta_lab2.baseline import metadata_tracker as meta
 from ta_lab2.baseline.naming import aux_schema
 from ta_lab2.db.connect import Target
 from ta_lab2.db.locks import WRITER_LOCKS
-from ta_lab2.db.tables import BARS_1D, EMA_TABLES
+from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES
 from ta_lab2.redaction import redact
 from ta_lab2.db.locks import ENV_LOCKS_HELD
 from ta_lab2.launch.process import die_with_parent
@@ -100,6 +100,19 @@ def rebuild_config(conn: psycopg.Connection, suffix: str, tables: Sequence[str])
     return {"bars": bars, "emas": emas}, warnings
 
 
+def selected_builders(tables: Sequence[str]) -> dict[str, list[str]]:
+    """Per runner with a table among ``tables``, the arguments that make it rebuild those
+    tables only (``--builders`` / ``--only``; none when it rebuilds all of its family). A runner absent from the
+    result has nothing to rebuild: the capture neither snapshots nor compares the tables it
+    would otherwise rewrite."""
+    selection = {}
+    for name, registry, option in (("bars", BAR_TABLES, "--builders"), ("emas", EMA_TABLES, "--only")):
+        builders = [builder for builder, table in registry.items() if table in tables]
+        if builders:
+            selection[name] = [] if len(builders) == len(registry) else [option, ",".join(builders)]
+    return selection
+
+
 def runner_argv(script: str, ids: list[int] | None, flag: str, settings: RebuildSettings,
                 extra: Sequence[str] = ()) -> list[str]:
     argv = [sys.executable, str(SCRIPTS / script), "--ids", "all" if ids is None else ",".join(map(str, ids)), flag,
@@ -113,21 +126,27 @@ def runner_argv(script: str, ids: list[int] | None, flag: str, settings: Rebuild
     return argv
 
 
-def planned_commands(ids: list[int] | None, settings: RebuildSettings) -> list[str]:
+def planned_commands(ids: list[int] | None, settings: RebuildSettings, tables: Sequence[str]) -> list[str]:
     """The runners' command lines (redacted), for a dry run."""
-    return [" ".join(meta.redacted_argv(runner_argv(script, ids, flag, settings))) for _, script, flag, _ in RUNNERS]
+    selection = selected_builders(tables)
+    return [" ".join(meta.redacted_argv(runner_argv(script, ids, flag, settings, selection[name])))
+            for name, script, flag, _ in RUNNERS if name in selection]
 
 
-def rebuild(target: Target, ids: list[int] | None, settings: RebuildSettings,
+def rebuild(target: Target, ids: list[int] | None, settings: RebuildSettings, tables: Sequence[str],
             extra: dict[str, list[str]] | None = None) -> list[ChildRun]:
-    """The two runners through ``subprocess.run`` (URL in the environment, the capture's
-    locks passed down, each child's own process group killed on its timeout). A failed bar
-    rebuild does not stop the EMA step."""
+    """The runners of ``tables`` through ``subprocess.run``, each told to rebuild those tables
+    only (:func:`selected_builders`; URL in the environment, the capture's locks passed down,
+    each child's own process group killed on its timeout). A failed bar rebuild does not stop
+    the EMA step."""
+    selection = selected_builders(tables)
     env = target.child_env()
     env[ENV_LOCKS_HELD] = ",".join(ALL_LOCKS)
     runs = []
     for name, script, flag, summary_file in RUNNERS:
-        argv = runner_argv(script, ids, flag, settings, (extra or {}).get(name, []))
+        if name not in selection:
+            continue
+        argv = runner_argv(script, ids, flag, settings, [*selection[name], *(extra or {}).get(name, [])])
         started = time.perf_counter()
         log.info("rebuild: %s", " ".join(meta.redacted_argv(argv)))
         try:
