@@ -839,3 +839,30 @@ def test_connection_usable_after_refused_file(target: Target, tmp_path: Path) ->
             load_files(conn, [bad])
         assert load_files(conn, [good]).ok
     assert counts(target)["cmc_price_histories7"] == 1
+
+
+def test_the_inputs_of_one_command_load_all_or_none(target: Target, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every input is written in one transaction: a failure while writing the second file
+    (here an error injected into its upsert) leaves nothing of the first."""
+    import ta_lab2.load.service as service
+
+    first = write(tmp_path, "btc.csv", CMC_HEADER, CMC_DAY_1)
+    second = write(tmp_path, "btc2.csv", CMC_HEADER, CMC_DAY_1.replace("2024-01-01", "2024-01-02"))
+    real, calls = service.upsert_source, []
+
+    def failing_second(conn, frame, schema="public"):  # noqa: ANN001, ANN202 - upsert_source's own signature
+        calls.append(frame.height)
+        if len(calls) == 2:
+            raise RuntimeError("the connection was lost")
+        return real(conn, frame, schema)
+
+    monkeypatch.setattr(service, "upsert_source", failing_second)
+    with pytest.raises(RuntimeError):
+        load(target, [first, second], asset_id=1)
+    assert calls == [1, 1]
+    assert query(target, "SELECT count(*) FROM cmc_price_histories7") == [(0,)]
+    assert query(target, "SELECT count(*) FROM dim_assets") == [(0,)]
+    monkeypatch.setattr(service, "upsert_source", real)
+    report = load(target, [first, second], asset_id=1)
+    assert [f.counts.inserted for f in report.files] == [1, 1]

@@ -505,3 +505,56 @@ def test_parquet_missing_column_and_empty(tmp_path: Path) -> None:
     garbage.write_bytes(b"not parquet at all")
     with pytest.raises(InputDataError, match="cannot read Parquet"):
         parse_file(garbage)
+
+
+# --------------------------------------------------------------------------- awkward text files
+def test_a_quote_inside_an_unquoted_field_is_a_reject_not_a_crash(tmp_path: Path) -> None:
+    """Balanced quotes that do not enclose a whole field: the row is rejected with its line;
+    the other rows load."""
+    result = gen(tmp_path, "1,2024-01-01T23:59:59Z,1,2,0.5,1.5,\"Bitcoin\" (BTC)",
+                 "1,2024-01-02T23:59:59Z,1,2,0.5,1.5,Bitcoin", header=GEN_HEADER + ",name")
+    assert result.frame.height == 1 and result.rows_read == 2
+    assert rejects(result) == [(2, 'a double quote inside a field: quote the whole field ("…"), doubling any quote '
+                                   'inside it')]
+
+
+def test_a_nul_byte_is_a_reject_shown_escaped(tmp_path: Path) -> None:
+    result = gen(tmp_path, "1,2024-01-01T23:59:59Z,1,2,0.5,1.5\x00", "1,2024-01-02T23:59:59Z,1,2,0.5,1.5")
+    assert result.frame.height == 1
+    assert rejects(result) == [(2, "contains a NUL byte (shown as \\0), which a text column cannot hold")]
+    assert result.rejects["raw"].to_list() == ["1,2024-01-01T23:59:59Z,1,2,0.5,1.5\\0"]
+
+
+def test_cr_only_line_endings_are_lines(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(f"{GEN_HEADER}\r1,2024-01-01T23:59:59Z,1,2,0.5,1.5\r1,2024-01-02T23:59:59Z,1,2,0.5,1.5\r".encode())
+    result = parse_generic(path)
+    assert result.frame.height == 2 and result.rejects.height == 0
+
+
+def test_a_quoted_header_name_may_hold_the_separator(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    result = gen(tmp_path, "1,2024-01-01T23:59:59Z,1,2,0.5,1.5,7", header=GEN_HEADER + ',"vol,ume"')
+    assert result.frame.height == 1 and result.rejects.height == 0
+    assert "ignoring column(s) vol,ume" in caplog.text
+
+
+def test_unknown_columns_are_named_not_dropped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    result = gen(tmp_path, "1,2024-01-01T23:59:59Z,1,2,0.5,1.5,10,20", header=GEN_HEADER + ",vol,marketCapUSD")
+    assert result.frame.height == 1 and result.frame["volume"].to_list() == [None]
+    assert "g.csv: ignoring column(s) vol, marketcapusd, which this format does not read" in caplog.text
+
+
+def test_only_one_pair_of_quotes_around_a_number_is_removed(tmp_path: Path) -> None:
+    # a quoted 1 followed by a doubled quote is the CSV value 1": not a number, since only the
+    # one pair of quotes around a value is removed
+    result = gen(tmp_path, '1,2024-01-01T23:59:59Z,"1""",2,0.5,1.5', '1,2024-01-03T23:59:59Z, "3" ,4,0.5,1.5')
+    assert rejects(result) == [(2, "open: '1\"' is not a number")]
+    assert result.frame["open"].to_list() == [3.0]  # spaces, then one quoted value
+
+
+def test_a_leap_second_is_rejected_not_moved_to_the_next_day(tmp_path: Path) -> None:
+    result = gen(tmp_path, "1,2016-12-31T23:59:60Z,1,2,0.5,1.5", "1,2016-12-30T23:59:59.5+00,1,2,0.5,1.5",
+                 "1,2016-12-29 18:59:59-0500,1,2,0.5,1.5")
+    assert rejects(result) == [(2, "timestamp: '2016-12-31T23:59:60Z' is a leap second (:60), which a timestamp "
+                                   "cannot hold; write :59.999")]
+    assert result.frame["timestamp"].to_list() == [ts("2016-12-29 23:59:59"), ts("2016-12-30 23:59:59.5")]

@@ -23,7 +23,10 @@ as UTC ISO strings) joined by ``,``.
 
 from __future__ import annotations
 
+import csv
 import io
+import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ import polars as pl
 
 from ta_lab2.errors import InputDataError, UsageError
 from ta_lab2.load.source_schema import REJECT_SCHEMA, SYMBOL_COLUMN, UTC_US, conform
+
+log = logging.getLogger(__name__)
 
 CMC_HEADER = ("timeOpen", "timeClose", "timeHigh", "timeLow", "name", "open", "high", "low")
 CMC_HEADER += ("close", "volume", "marketCap", "timestamp")
@@ -53,7 +58,7 @@ _LINE, _RAW, _REASON = "__line", "__raw", "__reason"
 _NO_REJECTS = pl.DataFrame(schema={_LINE: pl.Int64, _REASON: pl.String, _RAW: pl.String})
 _INSTANT_RE = (
     r"^(?<date>\d{4}-\d{2}-\d{2})(?:[Tt ](?<time>\d{2}:\d{2}:\d{2})(?<frac>\.\d{1,9})?"
-    r"(?<tz>[Zz]|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?)?$"
+    r"(?<tz>[Zz]|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)?)?$"
 )
 #: The UTC time of day a plain date (``2026-01-01``) stands for, per instant column: a day's
 #: close is 23:59:59.999 (as in CoinMarketCap files), its open 00:00:00.000. A plain date in
@@ -85,7 +90,16 @@ def _first_line(path: Path) -> str:
 
 
 def _header_names(header: str, sep: str) -> list[str]:
-    return [f.strip().strip('"').strip().lower() for f in header.split(sep)]
+    """The header's column names, lower case; a quoted name may hold the separator."""
+    return [f.strip().lower() for f in next(csv.reader([header], delimiter=sep, skipinitialspace=True))]
+
+
+def _well_quoted(sep: str) -> str:
+    """A regex matching a line whose every field is either unquoted (no ``"``) or one quoted
+    value (``""`` for a quote inside it) with nothing but spaces around it."""
+    quoted, plain = r'\s*"(?:[^"]|"")*"\s*', f'[^"{re.escape(sep)}]*'
+    field = f"(?:{quoted}|{plain})"
+    return f"^{field}(?:{re.escape(sep)}{field})*$"
 
 
 def _read_text_table(
@@ -100,6 +114,8 @@ def _read_text_table(
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputDataError(f"{path}: cannot read file as UTF-8 text ({exc})") from exc
+    if "\n" not in text and "\r" in text:  # old Mac line endings: CR alone
+        text = text.replace("\r", "\n")
     lines = pl.DataFrame({_RAW: text.split("\n")}, schema={_RAW: pl.String})
     lines = lines.with_row_index(_LINE, offset=1).with_columns(
         pl.col(_LINE).cast(pl.Int64), pl.col(_RAW).str.strip_suffix("\r")
@@ -114,8 +130,12 @@ def _read_text_table(
         raise InputDataError(f"{path}: no data rows (header only)")
     fields = pl.col(_RAW).str.replace_all(r'"[^"]*"', "").str.count_matches(sep, literal=True) + 1
     body = body.with_columns(
-        pl.when(pl.col(_RAW).str.count_matches('"', literal=True) % 2 == 1)
+        pl.when(pl.col(_RAW).str.contains("\x00", literal=True))
+        .then(pl.lit("contains a NUL byte (shown as \\0), which a text column cannot hold"))
+        .when(pl.col(_RAW).str.count_matches('"', literal=True) % 2 == 1)
         .then(pl.lit("unbalanced double quotes"))
+        .when(~pl.col(_RAW).str.contains(_well_quoted(sep)))
+        .then(pl.lit('a double quote inside a field: quote the whole field ("…"), doubling any quote inside it'))
         .when(fields != len(names))
         .then(pl.format(f"expected {len(names)} fields, found {{}}", fields))
         .alias(_REASON)
@@ -124,15 +144,18 @@ def _read_text_table(
     cols = {f"__c{i}": pl.String for i in range(len(names))}
     if good.height:
         buf = good.select(pl.col(_RAW).str.join("\n")).item().encode()
-        table = pl.read_csv(
-            io.BytesIO(buf), has_header=False, separator=sep, quote_char='"', schema=cols
-        )
+        try:
+            table = pl.read_csv(io.BytesIO(buf), has_header=False, separator=sep, quote_char='"', schema=cols)
+        except pl.exceptions.PolarsError as exc:  # the checks above should leave nothing it cannot split
+            raise InputDataError(f"{path}: rows could not be split into fields ({str(exc).splitlines()[0]})") from exc
         if table.height != good.height:  # cannot happen once field counts are checked
             raise InputDataError(f"{path}: rows could not be split reliably")
     else:
         table = pl.DataFrame(schema=cols)
     table = table.select(pl.col(f"__c{i}").alias(c) for c, i in picked.items())
-    return table.hstack(good.select(_LINE, _RAW)), body.filter(pl.col(_REASON).is_not_null())
+    structural = body.filter(pl.col(_REASON).is_not_null()).with_columns(
+        pl.col(_RAW).str.replace_all("\x00", "\\0", literal=True))
+    return table.hstack(good.select(_LINE, _RAW)), structural
 
 
 def _select_columns(
@@ -146,6 +169,10 @@ def _select_columns(
             if col in picked:
                 raise InputDataError(f"{path}: column {col!r} appears more than once in the header")
             picked[col] = i
+    ignored = [name for name in names if name not in known]
+    if ignored:  # said, not silent: a misspelt optional column would otherwise vanish
+        log.warning("%s: ignoring column(s) %s, which this format does not read (it reads %s)", path.name,
+                    ", ".join(ignored), ", ".join(sorted(known)))
     missing = [c for c in required if known.get(c.lower(), c.lower()) not in picked]
     if missing:
         found = ", ".join(names)
@@ -159,8 +186,8 @@ def _select_columns(
 def _clean(col: str) -> pl.Expr:
     """Strip whitespace (and, for non-text columns, surrounding quotes); empty -> null."""
     s = pl.col(col).str.strip_chars()
-    if col not in ("name", SYMBOL_COLUMN):
-        s = s.str.strip_chars('"').str.strip_chars()
+    if col not in ("name", SYMBOL_COLUMN):  # one pair around the value (a field after spaces)
+        s = s.str.replace(r'^"(.*)"$', "$1").str.strip_chars()
     return pl.when(s == "").then(None).otherwise(s).alias(col)
 
 
@@ -176,7 +203,7 @@ def _parse_number(c: str) -> tuple[pl.Expr, pl.Expr]:
 
 
 def _parse_instant(c: str) -> tuple[pl.Expr, pl.Expr]:
-    """ISO-8601 with ``Z`` or ``±HH:MM`` (fraction optional, ≤ 9 digits) -> UTC microseconds;
+    """ISO-8601 with ``Z``, ``±HH:MM``, ``±HHMM`` or ``±HH`` (fraction optional, ≤ 9 digits) -> UTC µs;
     a plain date ``YYYY-MM-DD`` -> that UTC day at :data:`PLAIN_DATE_TIME` ``[c]``."""
     s = pl.col(c)
     g = s.str.extract_groups(_INSTANT_RE)
@@ -192,6 +219,7 @@ def _parse_instant(c: str) -> tuple[pl.Expr, pl.Expr]:
     sign = pl.when(tz.str.starts_with("-")).then(-1).otherwise(1)
     digits = tz.str.replace(":", "", literal=True)
     hh, mm = (digits.str.slice(i, 2).cast(pl.Int64, strict=False) for i in (1, 3))
+    mm = mm.fill_null(0)  # an offset of whole hours: +00, -05
     minutes = pl.when(tz.str.to_uppercase() == "Z").then(0).otherwise(sign * (hh * 60 + mm))
     value = (naive - pl.duration(minutes=minutes)).dt.replace_time_zone("UTC").cast(UTC_US)
     bad = pl.format(f"{c}: '{{}}' is not an ISO-8601 instant", s)
@@ -202,6 +230,8 @@ def _parse_instant(c: str) -> tuple[pl.Expr, pl.Expr]:
         .then(pl.format(f"{c}: '{{}}' is a date without a time of day", s))
         .when(s.is_not_null() & tz.is_null())
         .then(pl.format(f"{c}: '{{}}' has no time zone", s))
+        .when(s.is_not_null() & time.str.ends_with(":60"))
+        .then(pl.format(f"{c}: '{{}}' is a leap second (:60), which a timestamp cannot hold; write :59.999", s))
         .when(s.is_not_null() & naive.is_null())
         .then(bad)
     )

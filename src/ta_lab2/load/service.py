@@ -1,7 +1,7 @@
 """Load orchestration: parse every input first (a file in the wrong format is refused before
 anything is written), check that no input puts its prices under an id ``dim_assets`` gives to
-another asset (refused unless forced), then write each input's rows in one transaction and
-return a frozen report the CLI renders."""
+another asset (refused unless forced), then write every input's rows in one transaction (all
+or none) and return a frozen report the CLI renders."""
 
 from __future__ import annotations
 
@@ -76,20 +76,26 @@ class LoadReport:
         return pl.concat(frames) if frames else pl.DataFrame(schema=REJECT_SCHEMA)
 
 
-def _write(conn: psycopg.Connection, result: ParseResult, source: str, schema: str,
-           wait_lock: float | None = None) -> FileLoad:
+def _write(conn: psycopg.Connection, inputs: Sequence[tuple[str, ParseResult]], schema: str,
+           wait_lock: float | None = None) -> LoadReport:
+    """Upsert every input, in order, in one transaction: a command loads all its inputs or,
+    when one fails (a lost connection, Ctrl-C), none."""
+    loads = []
     with conn.transaction():
         # Exclusive on the source: a bar build reading it (shared lock) never sees a load
         # commit below its load_ts watermark. Waits for a running build or capture to finish
         # (without limit when ``wait_lock`` is None).
         xact_lock(conn, SOURCE_LOCK, wait_lock)
-        new_assets = upsert_assets(conn, result.frame, schema)
-        counts = upsert_source(conn, result.frame, schema)
-        record_rejects(conn, result.rejects, schema)
-    log.info("%s: %d rows read: %d loaded, %d updated, %d unchanged, %d rejected", source, result.rows_read,
-             counts.inserted, counts.updated, counts.unchanged, result.rejects.height)
-    return FileLoad(source, result.format, result.rows_read, counts, result.rejects.height, new_assets,
-                    result.rejects, oddities(result.frame))
+        for source, result in inputs:
+            new_assets = upsert_assets(conn, result.frame, schema)
+            counts = upsert_source(conn, result.frame, schema)
+            record_rejects(conn, result.rejects, schema)
+            loads.append(FileLoad(source, result.format, result.rows_read, counts, result.rejects.height, new_assets,
+                                  result.rejects, oddities(result.frame)))
+    for load in loads:
+        log.info("%s: %d rows read: %d loaded, %d updated, %d unchanged, %d rejected", load.source, load.rows_read,
+                 load.counts.inserted, load.counts.updated, load.counts.unchanged, load.rejected)
+    return LoadReport(tuple(loads))
 
 
 def _refuse_clashes(conn: psycopg.Connection, inputs: Sequence[tuple[str, ParseResult]], schema: str, force: bool) -> None:
@@ -99,7 +105,7 @@ def _refuse_clashes(conn: psycopg.Connection, inputs: Sequence[tuple[str, ParseR
     ids = sorted({i for frame in labels.values() for i in frame.get_column("id").to_list()})
     stored = stored_labels(conn, ids, schema)
     if not conn.autocommit:
-        conn.commit()  # end the read's implicit transaction: each input's write is its own transaction
+        conn.commit()  # end the read's implicit transaction: the write is a transaction of its own
     clashes = [c for source, frame in labels.items() for c in asset_clashes(source, frame, stored)]
     if not clashes:
         return
@@ -128,13 +134,13 @@ def load_files(
 ) -> LoadReport:
     """Parse all ``paths`` (raising ``InputDataError`` before any write if one is unusable, or
     if one names an id's asset differently from ``dim_assets`` and not ``force``), then
-    upsert each file in its own transaction. ``wait_lock``: seconds to wait for a running
-    build or capture (None: as long as it takes)."""
+    upsert them all in one transaction. ``wait_lock``: seconds to wait for a running build or
+    capture (None: as long as it takes)."""
     ensure_schema(conn, schema)
     mapping = name_to_id(conn, schema)
     parsed = [(str(path), parse_file(path, asset_id=asset_id, name_to_id=mapping)) for path in paths]
     _refuse_clashes(conn, parsed, schema, force)
-    return LoadReport(tuple(_write(conn, result, source, schema, wait_lock) for source, result in parsed))
+    return _write(conn, parsed, schema, wait_lock)
 
 
 def load_synthetic(
@@ -155,4 +161,4 @@ def load_frame(
     ensure_schema(conn, schema)
     result = ParseResult(frame=frame, rejects=pl.DataFrame(schema=REJECT_SCHEMA), rows_read=frame.height, format="synthetic")
     _refuse_clashes(conn, [(source, result)], schema, force)
-    return LoadReport((_write(conn, result, source, schema, wait_lock),))
+    return _write(conn, [(source, result)], schema, wait_lock)
