@@ -28,8 +28,9 @@ RTOL, ATOL = 1e-5, 1e-6  # the price columns' default tolerance
 INF, NAN = float("inf"), float("nan")
 
 
-def oracle(a: Any, b: Any, rtol: float = RTOL, atol: float = ATOL) -> str | None:
-    """The severity of one float cell pair, or None when the two are bit-identical."""
+def oracle(a: Any, b: Any, rtol: float = RTOL, atol: float = ATOL, level: bool = True) -> str | None:
+    """The severity of one float cell pair, or None when the two are bit-identical; in a level
+    column a relative difference above 1 % is CRITICAL even inside ``atol``."""
     if a is None and b is None:
         return None
     if a is not None and b is not None and struct.pack(">d", a) == struct.pack(">d", b):
@@ -39,6 +40,8 @@ def oracle(a: Any, b: Any, rtol: float = RTOL, atol: float = ATOL) -> str | None
     if a is None or b is None:
         return "CRITICAL"
     if not (math.isfinite(a) and math.isfinite(b)):
+        return "CRITICAL"
+    if level and max(abs(a), abs(b)) > 0 and abs(a - b) / max(abs(a), abs(b)) > 0.01:
         return "CRITICAL"
     if math.isclose(a, b, rel_tol=rtol, abs_tol=atol):
         return "INFO"
@@ -50,6 +53,8 @@ def _edges() -> list[tuple[float | None, float | None]]:
         (None, None), (None, 1.0), (1.0, None), (NAN, NAN), (NAN, 1.0), (1.0, NAN), (INF, INF), (-INF, -INF),
         (INF, -INF), (INF, 1e308), (1.0, INF), (0.0, -0.0), (-0.0, 0.0), (0.0, 0.0), (0.0, 5e-7), (0.0, 1e-6),
         (0.0, math.nextafter(1e-6, 1.0)), (0.0, 2e-6), (-1.0, 1.0), (1e-300, -1e-300),
+        # micro-cap prices, far below the default atol: halved, or 8 % off
+        (2e-7, 1e-7), (1.2e-5, 1.1e-5), (5e-7, -4e-7),
     ]
     for x in (1.0, 123.456, 7e-4, 9.87654321e6, -42.5):
         at_rtol = x + RTOL * abs(x) / (1 - RTOL)  # about where |a-b| = rtol·max(|a|, |b|)
@@ -60,15 +65,16 @@ def _edges() -> list[tuple[float | None, float | None]]:
     return pairs
 
 
-def test_float_rule_matches_math_isclose_at_every_edge(conn: psycopg.Connection) -> None:
+@pytest.mark.parametrize("level", [True, False], ids=["level", "difference"])
+def test_float_rule_matches_math_isclose_at_every_edge(conn: psycopg.Connection, level: bool) -> None:
     pairs = _edges()
-    rule = cell_rule(sql.Identifier("v", "a"), sql.Identifier("v", "b"), "float", Tolerance(RTOL, ATOL))
+    rule = cell_rule(sql.Identifier("v", "a"), sql.Identifier("v", "b"), "float", Tolerance(RTOL, ATOL), level=level)
     rows = conn.execute(
         sql.SQL("SELECT {d}, CASE WHEN {d} THEN {s} END FROM unnest(%s::float8[], %s::float8[]) "
                 "WITH ORDINALITY AS v(a, b, n) ORDER BY n").format(d=rule.differs, s=rule.rank),
         ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
     got = [SEVERITIES[rank] if differs else None for differs, rank in rows]
-    expected = [oracle(a, b) for a, b in pairs]
+    expected = [oracle(a, b, level=level) for a, b in pairs]
     wrong = [(a, b, g, e) for (a, b), g, e in zip(pairs, got, expected) if g != e]
     assert not wrong, wrong
     # the edges are real: every outcome occurs
@@ -191,7 +197,8 @@ def test_table_compare_equals_a_brute_force_over_every_cell(conn: psycopg.Connec
     for key in a.keys() & b.keys():
         for j, col in enumerate(columns):
             x, y = a[key][j], b[key][j]
-            severity = oracle(x, y) if col != "note" else (None if x == y else "CRITICAL")
+            # ema is a level column, d1 a difference column (its tolerance before the 1 % rule)
+            severity = oracle(x, y, level=col == "ema") if col != "note" else (None if x == y else "CRITICAL")
             if severity is not None:
                 cells[(key, col)] = severity
     onesided = a.keys() ^ b.keys()
@@ -277,6 +284,7 @@ def _epoch(text: str) -> float:
     ("[default]\nrtol = inf\natol = 0\n", "rtol"),
     ("[tables.cmc_ema_multi_tf.ema]\nrtol = 'NaN'\natol = 0\n", "rtol"),
     ("[default]\nrtol = true\natol = 0\n", "rtol"),
+    ("[columns.d1]\nrtol = 0.011\natol = 0\n", "at most 0.01"),  # would call a > 1 % change close
 ])
 def test_tolerances_must_be_finite_and_not_negative(tmp_path: Path, text: str, key: str) -> None:
     import tomllib

@@ -10,7 +10,12 @@
   value, any non-float difference, or a relative difference ``|a − b| / max(|a|, |b|)`` above
   1 %; WARNING outside the tolerance but at most 1 %; INFO inside the tolerance (not
   bit-identical), or matched by the expected-differences allow-list. A row present on one
-  side only is CRITICAL.
+  side only is CRITICAL. In a *level* column (a price, an EMA, a volume: every float column
+  but the differences) the 1 % rule comes first: ``atol`` never excuses a change above 1 %
+  (a price of 2e-7 against 1e-7 is CRITICAL, not inside the default ``atol`` of 1e-6). In a
+  *difference* column (``d1``, ``d2`` and their ``_roll`` / ``_bar`` forms), whose values sit
+  near zero where a relative difference says nothing, the tolerance comes first
+  (:func:`is_difference_column`).
 * A table **passes** when it has no CRITICAL or WARNING difference and equal row counts.
 
 :func:`cell_rule` is the only place these rules are written; the tests check the SQL it
@@ -20,6 +25,7 @@ produces against :func:`math.isclose` at the boundaries.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -31,6 +37,12 @@ CRITICAL_REL = 0.01  # relative difference above which a float difference is CRI
 #: audit columns that record when a row was written, not what it holds: never compared
 VOLATILE_COLUMNS = frozenset({"ingested_at", "rejected_at", "updated_at"})
 FLOAT_TYPES = frozenset({"float8", "float4", "numeric"})
+
+
+def is_difference_column(column: str) -> bool:
+    """Whether ``column`` holds differences of a series (``d1``, ``d2``, ``d1_roll``, …), whose
+    tolerance comes before the 1 % rule (see the module docstring)."""
+    return re.match(r"d[12](_|$)", column) is not None
 
 
 def severity_rank(severity: str) -> sql.Composable:
@@ -102,6 +114,9 @@ class Tolerances:
                     number = math.nan
                 if not math.isfinite(number) or number < 0:
                     raise ValueError(f"{where} {key} = {value!r}: must be a finite number ≥ 0")
+                if key == "rtol" and number > CRITICAL_REL:
+                    raise ValueError(f"{where} rtol = {value!r}: at most {CRITICAL_REL} — a difference above 1 % "
+                                     "is CRITICAL, so no tolerance may call it close")
                 values[key] = number
             return Tolerance(values["rtol"], values["atol"])
 
@@ -171,9 +186,10 @@ def bit_differs(a: sql.Composable, b: sql.Composable, kind: str) -> sql.Composab
 
 
 def cell_rule(a: sql.Composable, b: sql.Composable, kind: str, tol: Tolerance | None,
-              allowed: sql.Composable | None = None) -> CellRule:
+              allowed: sql.Composable | None = None, *, level: bool = True) -> CellRule:
     """The rules of the module docstring for one column (``kind`` "float" or "exact"), as SQL.
-    ``allowed``: a boolean expression under which a difference is INFO (the allow-list)."""
+    ``allowed``: a boolean expression under which a difference is INFO (the allow-list);
+    ``level``: a level column (the 1 % rule before the tolerance), not a difference column."""
     differs = bit_differs(a, b, kind)
     if kind == "float":
         assert tol is not None
@@ -184,9 +200,12 @@ def cell_rule(a: sql.Composable, b: sql.Composable, kind: str, tol: Tolerance | 
         # and inf - x is inf <= rtol * inf, so the arithmetic below would call them close.
         # Infinities are close only to themselves (PEP 485), and those are not "different".
         # (a scale that is not below infinity: a NaN or an infinity on either side)
+        # a level's change above 1 % is CRITICAL before the tolerance is asked (rel is NULL for
+        # +0.0 against -0.0, which then falls through to INFO)
+        first = "WHEN {rel} > {crit} THEN {critical} " if level else ""
         rank: sql.Composable = sql.SQL(
             "CASE WHEN {a} IS NULL OR {b} IS NULL THEN {critical} "
-            "WHEN NOT {sc} < 'Infinity' THEN {critical} "
+            "WHEN NOT {sc} < 'Infinity' THEN {critical} " + first +
             "WHEN {d} <= greatest({rt} * {sc}, {at}) THEN {info} "
             "WHEN {rel} <= {crit} THEN {warning} ELSE {critical} END"
         ).format(a=a, b=b, d=absd, sc=scale, rel=rel, rt=sql.Literal(tol.rtol), at=sql.Literal(tol.atol),

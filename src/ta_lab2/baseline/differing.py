@@ -16,7 +16,7 @@ from psycopg import sql
 
 from ta_lab2.baseline.comparison_utils import (
     CRITICAL, SEVERITIES, CellRule, ExpectedDiff, Tolerances, allow_list_match, allowed_for, cell_rule,
-    severity_rank,
+    is_difference_column, severity_rank,
 )
 from ta_lab2.baseline.results import ColumnStats, Difference
 from ta_lab2.baseline.table_sql import (
@@ -36,7 +36,8 @@ def cell_rules(spec: TableSpec, tolerances: Tolerances,
         tol = tolerances.for_column(spec.table, col) if kind == "float" else None
         why = (sql.SQL("CASE WHEN {m} THEN {r} END").format(m=match, r=sql.Literal(allowed[0]))
                if allowed and match is not None else sql.SQL("NULL::text"))
-        out.append((col, cell_rule(sql.Identifier("s", col), sql.Identifier("r", col), kind, tol, match), why))
+        out.append((col, cell_rule(sql.Identifier("s", col), sql.Identifier("r", col), kind, tol, match,
+                                   level=not is_difference_column(col)), why))
     return out
 
 
