@@ -28,6 +28,7 @@ from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_captu
 from ta_lab2.baseline.comparison_utils import Sampling
 from ta_lab2.baseline.naming import make_suffix, snapshot_name
 from ta_lab2.db.connect import Target, connect
+from ta_lab2.errors import UsageError
 from ta_lab2.load.synthetic import SyntheticConfig
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -576,3 +577,33 @@ def test_the_helpers_rows_take_their_types_from_every_row(pipeline: Target) -> N
                                            "FROM generate_series(1, 151) i"), {})
     assert rows.height == 151 and rows["first"].null_count() == 150
     assert rows["first"][150] == dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)
+
+
+def test_an_error_during_the_rebuild_leaves_a_capture_that_must_be_restored(
+        pipeline: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error after the truncation (not a failing child: here the rebuild's own
+    set-up raises) leaves the live tables empty: the capture FAILs, says to restore, is listed
+    as such, and `drop` refuses to remove the only copy of the rows without --force."""
+    import ta_lab2.baseline.capture as capture
+    from ta_lab2.baseline.snapshots import capture_state, drop, registry_row, restore
+
+    tables = ALL_TABLES + STATE_TABLES
+    before = _checksums(pipeline, tables)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the rebuild could not start")
+
+    monkeypatch.setattr(capture, "rebuild_config", broken)
+    result = run_capture(pipeline, CaptureOptions(ids=None, output_dir=tmp_path))
+    assert result.verdict == "FAIL"
+    assert any("baseline restore" in p for p in result.problems), result.problems
+    with connect(pipeline, autocommit=True) as conn:
+        row = registry_row(conn, result.suffix)
+        assert row["status"] == "rebuild_failed"
+        state, hint = capture_state(row, running=False)
+        assert hint is not None and "restore" in hint
+        with pytest.raises(UsageError, match="only copy"):
+            drop(conn, result.suffix)
+        restore(conn, result.suffix)
+    assert _checksums(pipeline, tables) == before
+    _drop(pipeline, result.suffix)

@@ -211,6 +211,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
     runs: list[ChildRun] = []
     rebuilt_schema = options.scratch_schema or "public"
     settling = None if options.skip_rebuild else _settle_in_background(target, snaps)
+    live_changed = False  # the live tables were (being) truncated: their rows are in the snapshot only
     # From here on nothing may escape: record, continue, report.
     try:
         if not options.skip_rebuild:
@@ -218,6 +219,7 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
                 prepare_scratch(conn, options.scratch_schema, suffix)
             else:
                 registry_update(conn, suffix, status="truncating")
+                live_changed = True
                 truncate(conn, options.tables, ids)
                 registry_update(conn, suffix, status="truncated")
             phase = "truncated"
@@ -248,7 +250,11 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         metadata["row_counts_after"] = _counts(conn, options.tables, ids, rebuilt_schema)
     except Exception as exc:  # noqa: BLE001
         problems.append(f"row counts: {redact(str(exc))}")
-    if any(not r.ok for r in runs) and not options.scratch_schema:
+    # a rebuild that failed or never ended (an error before or during it) leaves the live tables
+    # truncated or half rebuilt: recorded as rebuild_failed, which restore's hint and drop's
+    # refusal follow, whatever phase the compare reached
+    rebuild_failed = live_changed and not (runs and all(r.ok for r in runs))
+    if rebuild_failed:
         problems.append(f"the live tables now hold a failed rebuild: run `ta-lab2 baseline restore {suffix}` "
                         "to put the snapshot back")
     metadata["phase_seconds"] = seconds
@@ -262,7 +268,8 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
                            root_causes=comparison.root_causes if comparison else (),
                            charts=comparison.charts if comparison else ())
     try:
-        registry_update(conn, suffix, status=phase, verdict=result.verdict, metadata=metadata,
+        registry_update(conn, suffix, status="rebuild_failed" if rebuild_failed else phase, verdict=result.verdict,
+                        metadata=metadata,
                         message="; ".join(problems) or None)
     except Exception as exc:  # noqa: BLE001
         log.error("registry update failed: %s", redact(str(exc)))

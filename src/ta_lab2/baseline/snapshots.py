@@ -328,16 +328,18 @@ def _not_running(conn: psycopg.Connection, suffix: str) -> Iterator[None]:
 
 def drop(conn: psycopg.Connection, suffix: str, schema: str = "public", *, force: bool = False) -> int:
     """Drop a capture's snapshot tables, its auxiliary schema and its registry row. Refused for
-    a running capture, and — unless ``force`` — for an interrupted one that changed the live
-    tables (its snapshot may hold the only copy of their rows)."""
+    a running capture, and — unless ``force`` — for one that changed the live tables and was
+    interrupted or failed to rebuild them (its snapshot may hold the only copy of their rows)."""
     row = registry_row(conn, suffix, schema)
     dropped = 0
     with _not_running(conn, suffix):
         state, _ = capture_state(row, running=False)
-        if state == "interrupted" and row["status"] in CHANGED_PHASES and not row.get("scratch_schema") and not force:
+        interrupted = state == "interrupted" and row["status"] in CHANGED_PHASES
+        if (interrupted or row["status"] == "rebuild_failed") and not row.get("scratch_schema") and not force:
+            what = "was interrupted after it truncated" if interrupted else "failed to rebuild"
             raise UsageError(
-                f"capture {suffix} was interrupted after it truncated the live tables: its snapshot may be the only "
-                "copy of their rows, and dropping it would lose them",
+                f"capture {suffix} {what} the live tables: its snapshot may be the only copy of their rows, and "
+                "dropping it would lose them",
                 hint=f"run `ta-lab2 baseline restore {suffix}` first, or pass --force to drop it anyway")
         with conn.transaction():
             for table in PIPELINE_TABLES:
