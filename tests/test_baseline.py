@@ -28,7 +28,7 @@ from ta_lab2.baseline.capture import CaptureOptions, compare_existing, run_captu
 from ta_lab2.baseline.comparison_utils import Sampling
 from ta_lab2.baseline.naming import make_suffix, snapshot_name
 from ta_lab2.db.connect import Target, connect
-from ta_lab2.errors import UsageError
+from ta_lab2.errors import DatabaseError, UsageError
 from ta_lab2.load.synthetic import SyntheticConfig
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -607,3 +607,18 @@ def test_an_error_during_the_rebuild_leaves_a_capture_that_must_be_restored(
         restore(conn, result.suffix)
     assert _checksums(pipeline, tables) == before
     _drop(pipeline, result.suffix)
+
+
+def test_a_compare_waits_for_no_writer_and_lets_readers_in(pipeline: Target, tmp_path: Path) -> None:
+    """`baseline compare` reads every table in several passes: a refresh writing meanwhile could
+    make it see no single state of them. It is refused while a writer holds its locks, and
+    runs beside another reader."""
+    from ta_lab2.db.locks import BARS_LOCK, advisory_lock
+
+    with _self_check(pipeline, tmp_path) as suffix:
+        with connect(pipeline, autocommit=True) as holder:
+            with advisory_lock(holder, BARS_LOCK):  # a bar build
+                with pytest.raises(DatabaseError, match="bars"):
+                    compare_existing(pipeline, suffix, CaptureOptions(ids=None, output_dir=tmp_path))
+            with advisory_lock(holder, BARS_LOCK, shared=True):  # another compare
+                assert compare_existing(pipeline, suffix, CaptureOptions(ids=None, output_dir=tmp_path)).verdict == "PASS"

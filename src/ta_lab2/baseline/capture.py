@@ -288,7 +288,7 @@ def compare_existing(target: Target, suffix: str, options: CaptureOptions) -> Ca
 
     compared_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     writable_dir(options.output_dir, "--output-dir")
-    with connect(target, autocommit=True) as conn:
+    with connect(target, autocommit=True) as conn, writer_locks(conn, "compare", options.wait_lock):
         row = registry_row(conn, suffix)
         ids = row["ids"]
         tables = tuple(t for t in (row["tables"] or {}) if t in options.tables)

@@ -176,10 +176,12 @@ def compare_cmd(
     tolerances: TolerancesFile = None,
     expected_diffs: ExpectedDiffsFile = None,
     output_dir: OutputDir = Path(".logs/baseline"),
+    wait_lock: opt.WaitLock = 0.0,
     log_level: opt.LogLevel = "WARNING",
 ) -> None:
     """Compare an existing snapshot with the current tables (no truncate, no rebuild). Writes
-    its own report files (compare-SUFFIX-at-INSTANT.*); the capture's are never touched."""
+    its own report files (compare-SUFFIX-at-INSTANT.*); the capture's are never touched.
+    Refused while a load, build, refresh or capture writes the tables (--wait-lock waits)."""
     from ta_lab2.baseline.capture import CaptureOptions, compare_existing
     from ta_lab2.baseline.comparison_utils import Sampling
     from ta_lab2.baseline.naming import check_suffix
@@ -189,7 +191,7 @@ def compare_cmd(
     setup_logging(flags.parse_log_level(log_level), log_dir=output_dir)
     options = CaptureOptions(ids=None, sampling=Sampling(sample_beginning, sample_end, sample_random_pct, seed, full),
                              tolerances=parse_tolerances(tolerances), expected=parse_expected(expected_diffs),
-                             output_dir=output_dir)
+                             output_dir=output_dir, wait_lock=wait_lock)
     _render(compare_existing(resolve_target(db_url, database), check_suffix(suffix), options), output_dir)
 
 

@@ -38,6 +38,9 @@ WRITER_LOCKS: dict[str, tuple[tuple[str, bool], ...]] = {
     "emas": ((EMAS_LOCK, False), (BARS_LOCK, True)),
     # a baseline capture or restore rewrites everything: nobody else may write meanwhile
     "baseline": ((SOURCE_LOCK, False), (BARS_LOCK, False), (EMAS_LOCK, False)),
+    # a compare of a snapshot with the live tables reads them all: no writer meanwhile, so its
+    # passes over a table see one state of it; other readers are welcome
+    "compare": ((SOURCE_LOCK, True), (BARS_LOCK, True), (EMAS_LOCK, True)),
 }
 
 
