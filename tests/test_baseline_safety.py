@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,3 +243,28 @@ def test_drop_and_restore_of_an_unknown_capture_are_usage_errors(pipeline: Targe
     for command in (["drop", "20000101_000000", "--yes"], ["restore", "20000101_000000", "--yes"]):
         result = _ta_lab2(pipeline, tmp_path, "baseline", *command)
         assert result.returncode == 2 and "no capture with suffix" in result.stderr
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('table = "cmc_ema_multi_tf"\ncolumn = ["ema"]\nreason = "x"', "unknown key(s) column"),
+    ('table = "cmc_ema_multi_tf"\ncolumns = "ema"\nreason = "x"', "columns = 'ema' must be a non-empty list"),
+    ('table = "cmc_ema_multi_tf"\ntfs = []\nreason = "x"', "tfs = [] must be a non-empty list"),
+    ('table = "cmc_ema_multi_tf"\nids = []\nreason = "x"', "ids = [] must be a non-empty list"),
+    ('table = "cmc_ema"\nreason = "x"', "table 'cmc_ema' is not one of the 12 tables"),
+    ('table = "cmc_ema_multi_tf"\nreason = " "', "reason must say why"),
+    ('table = "cmc_ema_multi_tf"\ntfs = [7]\nreason = "x"', "tfs = 7 is not a name"),
+])
+def test_an_expected_diffs_entry_covers_exactly_what_it_says_or_is_refused(tmp_path: Path, entry: str,
+                                                                            message: str) -> None:
+    """An allow-list entry that would silently cover more (a misspelt key, an empty list) or
+    nothing (a string for a list, an unknown table) is a usage error naming it."""
+    from ta_lab2.cli.baseline_cmds import parse_expected
+    from ta_lab2.errors import UsageError
+
+    path = tmp_path / "allow.toml"
+    path.write_text(f"[[expected]]\n{entry}\n")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_expected(path)
+    path.write_text('[[expected]]\ntable = "cmc_ema_multi_tf"\ncolumns = ["ema"]\ntfs = ["7D"]\nids = [1]\nreason = "x"\n')
+    (entry_ok,) = parse_expected(path)
+    assert (entry_ok.columns, entry_ok.tfs, entry_ok.ids) == (("ema",), ("7D",), (1,))

@@ -62,20 +62,45 @@ def parse_tolerances(path: Path | None):  # type: ignore[no-untyped-def]
 
 
 def parse_expected(path: Path | None):  # type: ignore[no-untyped-def]
+    """The ``--expected-diffs`` entries, each checked so that it covers exactly what it says: a
+    known table; ``columns`` / ``tfs`` lists of names and ``ids`` a list of integer ids, each
+    left out (not empty) to cover all; no other key (a misspelt ``column`` would otherwise
+    widen the entry to every column); a reason."""
     from ta_lab2.baseline.comparison_utils import ExpectedDiff
+    from ta_lab2.db.tables import PIPELINE_TABLES
 
     data = _load_toml(path, "--expected-diffs")
+    unknown_sections = set(data) - {"expected"}
+    if unknown_sections:
+        raise UsageError(f"--expected-diffs: {path}: unknown section(s) {', '.join(sorted(unknown_sections))}; "
+                         "write entries as [[expected]]")
     out = []
     for i, item in enumerate(data.get("expected", [])):
         where = f"--expected-diffs: {path}, entry {i + 1}"
         if not isinstance(item, dict) or "table" not in item or "reason" not in item:
             raise UsageError(f"{where} needs 'table' and 'reason'")
-        ids = item.get("ids", [])
-        bad = [x for x in ids if isinstance(x, bool) or not isinstance(x, int)] if isinstance(ids, list) else [ids]
-        if bad:
-            raise UsageError(f"{where}: ids = {bad[0]!r} is not an integer id")
-        out.append(ExpectedDiff(item["table"], tuple(item.get("columns", ())), item["reason"], tuple(ids),
-                                tuple(item.get("tfs", ()))))
+        unknown = set(item) - {"table", "reason", "columns", "ids", "tfs"}
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; the keys are table, reason, "
+                             "columns, ids and tfs")
+        if item["table"] not in PIPELINE_TABLES:
+            raise UsageError(f"{where}: table {item['table']!r} is not one of the 12 tables")
+        if not isinstance(item["reason"], str) or not item["reason"].strip():
+            raise UsageError(f"{where}: reason must say why the difference is intended")
+        lists = {}
+        for key, kind in (("columns", str), ("ids", int), ("tfs", str)):
+            value = item.get(key)
+            if value is None:
+                lists[key] = ()
+                continue
+            if not isinstance(value, list) or not value:
+                raise UsageError(f"{where}: {key} = {value!r} must be a non-empty list (leave {key} out to cover all)")
+            bad = [x for x in value if isinstance(x, bool) or not isinstance(x, kind)]
+            if bad:
+                what = "an integer id" if kind is int else "a name"
+                raise UsageError(f"{where}: {key} = {bad[0]!r} is not {what}")
+            lists[key] = tuple(value)
+        out.append(ExpectedDiff(item["table"], lists["columns"], item["reason"], lists["ids"], lists["tfs"]))
     return tuple(out)
 
 
