@@ -61,8 +61,10 @@ def setup_logging(level: str = "INFO", *, log_dir: Path | None = LOG_DIR, consol
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
             fh = logging.handlers.RotatingFileHandler(log_dir / LOG_FILE, maxBytes=5_000_000, backupCount=3)
-        except OSError:
-            return  # a read-only working directory must not stop the command
+        except OSError as exc:  # a read-only working directory must not stop the command, nor pass unsaid
+            logging.getLogger("ta_lab2").warning("no log file: cannot write %s (%s)", log_dir / LOG_FILE,
+                                                 exc.strerror or exc)
+            return
         fh.setFormatter(RedactingFormatter(_FORMAT))
         fh.setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
         root.addHandler(fh)

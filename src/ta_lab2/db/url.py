@@ -31,11 +31,12 @@ CONFIG_FILE = "db_config.env"
 CONFIG_PARENTS = 4
 EMBEDDED = "embedded"
 
-# No "://" and no "user:password@" in here: redact() would mask them in the message itself.
+# No "://", no "user:password@" and no "password=" followed by a value in here: redact() would
+# mask them in the message itself.
 _URL_HINT = (
     "in a URL, percent-encode the password's special characters (@ %40, / %2F, # %23, ? %3F, "
-    "% %25, : %3A, space %20); or give a key=value string: host=… port=… dbname=… user=… "
-    "password='…'; or --db-url embedded for the embedded server"
+    "% %25, : %3A, space %20); or give a key=value string: host=… port=… dbname=… user=… and the "
+    "password in single quotes after password and =; or --db-url embedded for the embedded server"
 )
 
 
