@@ -622,3 +622,32 @@ def test_a_compare_waits_for_no_writer_and_lets_readers_in(pipeline: Target, tmp
                     compare_existing(pipeline, suffix, CaptureOptions(ids=None, output_dir=tmp_path))
             with advisory_lock(holder, BARS_LOCK, shared=True):  # another compare
                 assert compare_existing(pipeline, suffix, CaptureOptions(ids=None, output_dir=tmp_path)).verdict == "PASS"
+
+
+def test_a_column_on_one_side_only_fails_the_table_and_names_it(pipeline: Target, tmp_path: Path) -> None:
+    """The columns compared come from both sides: a column the rebuilt table has and its
+    snapshot lacks (or the reverse) fails that table, naming the column, where it was left out
+    of the comparison before."""
+    with _self_check(pipeline, tmp_path) as suffix:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE cmc_ema_multi_tf_v2 ADD COLUMN d3 double precision")
+        try:
+            result = _compare(pipeline, suffix)
+        finally:
+            with psycopg.connect(pipeline.url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE cmc_ema_multi_tf_v2 DROP COLUMN d3")
+        v2 = _by_table(result)["cmc_ema_multi_tf_v2"]
+        assert result.verdict == "FAIL" and not v2.passed
+        assert "d3 only in the rebuilt table" in (v2.error or ""), v2.error
+        assert all(t.passed for t in result.comparisons if t.table != "cmc_ema_multi_tf_v2")
+        # the reverse: a column the snapshot holds and the rebuilt table lacks was never compared
+        snap = snapshot_name("cmc_ema_multi_tf_v2", suffix)
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {snap} ADD COLUMN d3 double precision DEFAULT 1")
+        try:
+            result = _compare(pipeline, suffix)
+        finally:
+            with psycopg.connect(pipeline.url, autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE {snap} DROP COLUMN d3")
+        v2 = _by_table(result)["cmc_ema_multi_tf_v2"]
+        assert result.verdict == "FAIL" and "d3 only in the snapshot" in (v2.error or ""), v2.error

@@ -23,6 +23,7 @@ from ta_lab2.baseline.naming import aux_schema, snapshot_name
 from ta_lab2.baseline.results import RootCause, TableComparison, failed_comparison
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.tables import BAR_TABLES, BARS_1D, EMA_TABLES
+from ta_lab2.errors import DatabaseError
 from ta_lab2.redaction import redact
 from ta_lab2.emas.registry import REFRESHERS
 
@@ -65,7 +66,20 @@ def table_spec(conn: psycopg.Connection, table: str, suffix: str, rebuilt_schema
     live = sql.Identifier(schema, table)
     key = primary_key(conn, live)
     series, time_col = series_and_time(key)
-    cols = {c: k for c, k in column_kinds(conn, schema, table).items() if c not in VOLATILE_COLUMNS and c not in key}
+    # both sides' columns: one that only one side has (dropped or renamed since the snapshot,
+    # or added) would otherwise be left out of the comparison, or break it halfway
+    sides = {side: {c: k for c, k in column_kinds(conn, at, name).items() if c not in VOLATILE_COLUMNS and c not in key}
+             for side, at, name in (("snapshot", schema, snapshot_name(table, suffix)),
+                                    ("rebuilt table", rebuilt_schema, table))}
+    (snap_side, snap), (rebuilt_side, rebuilt) = sides.items()
+    if snap != rebuilt:
+        shape = [f"{c} only in the {side}" for side, cols, other in ((snap_side, snap, rebuilt), (rebuilt_side, rebuilt, snap))
+                 for c in cols if c not in other]
+        shape += [f"{c} compared as {snap[c]} in the snapshot, {rebuilt[c]} in the rebuilt table"
+                  for c in snap if c in rebuilt and snap[c] != rebuilt[c]]
+        raise DatabaseError(f"{table}: the snapshot and the rebuilt table differ in their columns ({'; '.join(shape)}), "
+                            "so their rows cannot be compared cell by cell")
+    cols = rebuilt
     return TableSpec(table, sql.Identifier(schema, snapshot_name(table, suffix)), sql.Identifier(rebuilt_schema, table),
                      key, series, time_col, cols, presorted)
 
