@@ -201,3 +201,29 @@ def test_refresher_order_names_every_refresher_once() -> None:
     from ta_lab2.runners.plan import REFRESHER_ORDER
 
     assert sorted(REFRESHER_ORDER) == sorted(REFRESHERS)
+
+
+def test_the_daily_refresh_runs_in_a_schema_of_its_own(db: Target, tmp_path: Path) -> None:
+    """`refresh --schema S`, like `bars` and `emas`: its staleness check, ids and children all
+    work on S; nothing is written to public."""
+    env = {**os.environ, "TA_LAB2_DB_URL": db.url}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ta_lab2", *args], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    def public_rows() -> dict[str, int | None]:  # None: no such table in public
+        with psycopg.connect(db.url) as conn:
+            return {t: conn.execute(f"SELECT count(*) FROM public.{t}").fetchone()[0]
+                    if conn.execute("SELECT to_regclass(%s)", (f"public.{t}",)).fetchone()[0] else None
+                    for t in BAR_TABLES}
+
+    before = public_rows()
+    loaded = run("load", "--synthetic", "1", "--days", "60", "--schema", "daily_s")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    result = run("refresh", "--all", "--schema", "daily_s", "--output-dir", str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM daily_s.cmc_ema_multi_tf").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM daily_s.cmc_price_bars_1d").fetchone()[0] == 60
+    assert public_rows() == before

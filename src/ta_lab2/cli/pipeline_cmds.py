@@ -161,6 +161,7 @@ def refresh(
     skip_stale_check: Annotated[bool, typer.Option("--skip-stale-check", help="Refresh EMAs for every id, fresh or not.")] = False,
     staleness_hours: Annotated[float, typer.Option("--staleness-hours", min=0, help="An id is stale when its last source day is this many hours before the newest source day of any id.")] = 48.0,
     tz: opt.Tz = "UTC",
+    schema: opt.Schema = "public",
     *, run: RunFlags,
 ) -> None:
     """Daily refresh: bars, then EMAs for the ids whose data is fresh (stale ids are listed)."""
@@ -170,7 +171,7 @@ def refresh(
 
     if not (bars_ or emas_ or all_):
         raise UsageError("refresh: choose --bars, --emas or --all")
-    options = run.options(ids, tz=flags.check_tz(tz))
+    options = run.options(ids, tz=flags.check_tz(tz), schema=schema)
     target = resolve_target(db_url, database)
     summary = run_daily_refresh(target, options, bars=bars_ or all_, emas=emas_ or all_,
                                 skip_stale_check=skip_stale_check, staleness_hours=staleness_hours)
@@ -182,7 +183,7 @@ def refresh(
                       f"their last source day is more than {staleness_hours:g} h before the newest day in the source "
                       f"({newest}). To include them: --skip-stale-check, or a larger --staleness-hours.",
                       highlight=False, soft_wrap=True)
-    _finish(summary, run.output_dir, run.dry_run, target)
+    _finish(summary, run.output_dir, run.dry_run, target, schema)
 
 
 def _single(fn, help_text: str) -> typer.Typer:  # type: ignore[no-untyped-def]

@@ -103,19 +103,20 @@ def run_ema_refreshes(target: Target, options: RunOptions, refreshers: Sequence[
     return run_family("run_all_ema_refreshes", target, options, ema_specs(options, refreshers), ("emas",))
 
 
-def stale_ids(target: Target, ids: Sequence[int] | None, hours: float) -> tuple[list[int], list[int], str | None]:
+def stale_ids(target: Target, ids: Sequence[int] | None, hours: float,
+              schema: str = "public") -> tuple[list[int], list[int], str | None]:
     """(fresh, stale, newest): an id is fresh when its last source day is within ``hours`` of
     the newest source day of any id (the universe, not the wall clock: a historical data set
     refreshes whole); ``newest`` is that day's instant (ISO), None without any source row."""
     from psycopg import sql
 
     with connect(target, autocommit=True) as conn:
-        id_list = resolve_ids(conn, ids)
+        id_list = resolve_ids(conn, ids, schema)
         # one index probe per asset (the primary key ends in "timestamp"), not a scan
         last = dict(conn.execute(sql.SQL(
             "SELECT a.id, m.last FROM {a} a CROSS JOIN LATERAL "
             "(SELECT max(\"timestamp\") AS last FROM {s} s WHERE s.id = a.id) m WHERE m.last IS NOT NULL").format(
-            a=sql.Identifier("public", "dim_assets"), s=sql.Identifier("public", "cmc_price_histories7"))).fetchall())
+            a=sql.Identifier(schema, "dim_assets"), s=sql.Identifier(schema, "cmc_price_histories7"))).fetchall())
     if not last:
         return list(id_list), [], None
     newest = max(last.values())
@@ -135,7 +136,7 @@ def run_daily_refresh(
         if skip_stale_check:
             ema_ids = options.ids
         else:
-            fresh, stale, newest = stale_ids(target, options.ids, staleness_hours)
+            fresh, stale, newest = stale_ids(target, options.ids, staleness_hours, options.schema)
             ema_ids = fresh
         if ema_ids is None or ema_ids:
             specs += ema_specs(replace(options, ids=ema_ids), REFRESHER_ORDER)
