@@ -67,6 +67,10 @@ def _report(tmp_path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _skip_rebuild_capture_result(target: Target, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return run_capture(target, CaptureOptions(ids=None, skip_rebuild=True, output_dir=tmp_path))
+
+
 def _skip_rebuild_capture(target: Target, tmp_path: Path, ids: list[int] | None = None) -> str:
     result = run_capture(target, CaptureOptions(ids=ids, skip_rebuild=True, output_dir=tmp_path))
     assert result.verdict == "PASS", result.summary
@@ -651,3 +655,43 @@ def test_a_column_on_one_side_only_fails_the_table_and_names_it(pipeline: Target
                 conn.execute(f"ALTER TABLE {snap} DROP COLUMN d3")
         v2 = _by_table(result)["cmc_ema_multi_tf_v2"]
         assert result.verdict == "FAIL" and "d3 only in the snapshot" in (v2.error or ""), v2.error
+
+
+def test_a_state_the_rebuild_left_otherwise_fails_the_capture(pipeline: Target, tmp_path: Path) -> None:
+    """The state tables say where the next incremental refresh resumes: a state row of the
+    rebuild that differs from the snapshot's (here one bar series' last bar number) is named,
+    and it is a problem of the capture, hence a FAIL."""
+    from ta_lab2.baseline.tables import state_differences
+
+    with _self_check(pipeline, tmp_path) as suffix:
+        with psycopg.connect(pipeline.url, autocommit=True) as conn:
+            assert state_differences(conn, suffix, ALL_TABLES, None, "public") == []
+            conn.execute("UPDATE cmc_price_bars_multi_tf_cal_us_state SET last_bar_seq = last_bar_seq + 1 "
+                         "WHERE (id, tf) = (SELECT id, tf FROM cmc_price_bars_multi_tf_cal_us_state ORDER BY id, tf "
+                         "LIMIT 1)")
+            found = state_differences(conn, suffix, ALL_TABLES, None, "public")
+            assert len(found) == 1 and found[0].startswith("cmc_price_bars_multi_tf_cal_us_state: 1 rows of the "
+                                                           "snapshot and 1 of the rebuild differ in"), found
+            assert "last_bar_seq" in found[0]
+            assert state_differences(conn, suffix, ["cmc_price_bars_multi_tf"], None, "public") == []
+
+
+
+def test_a_capture_reports_its_state_differences_and_fails(pipeline: Target, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capture runs the state comparison after the tables' and a difference found there is
+    one of its problems: FAIL, though every table passes."""
+    import ta_lab2.baseline.capture as capture
+
+    seen = []
+
+    def differing(conn, suffix, tables, ids, rebuilt_schema):  # noqa: ANN001, ANN202 - the function's own signature
+        seen.append((suffix, tuple(tables), rebuilt_schema))
+        return ["cmc_price_bars_1d_state: 1 rows of the snapshot and 1 of the rebuild differ"]
+
+    monkeypatch.setattr(capture, "state_differences", differing)
+    result = _skip_rebuild_capture_result(pipeline, tmp_path)
+    assert seen == [(result.suffix, tuple(ALL_TABLES), "public")]
+    assert all(t.passed for t in result.comparisons)
+    assert result.verdict == "FAIL" and any("_state:" in p for p in result.problems), result.problems
+    _drop(pipeline, result.suffix)

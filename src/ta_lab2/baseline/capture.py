@@ -30,7 +30,7 @@ from ta_lab2.baseline.snapshots import (
     SnapshotInfo, capture_instant, capture_lock, check_tables, registry_insert, registry_update, settle, take_snapshots,
     truncate,
 )
-from ta_lab2.baseline.tables import CompareSettings, RootChart, compare_all
+from ta_lab2.baseline.tables import CompareSettings, RootChart, compare_all, state_differences
 from ta_lab2.db.connect import Target, connect
 from ta_lab2.db.locks import advisory_lock, writer_locks
 from ta_lab2.db.schema import ensure_schema
@@ -246,6 +246,10 @@ def _phases(conn: psycopg.Connection, target: Target, options: CaptureOptions, s
         phase = "compared"
     except Exception as exc:  # noqa: BLE001
         problems.append(f"compare: {redact(str(exc))}")
+    try:
+        problems += state_differences(conn, suffix, options.tables, ids, rebuilt_schema)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"state compare: {redact(str(exc))}")
     try:
         metadata["row_counts_after"] = _counts(conn, options.tables, ids, rebuilt_schema)
     except Exception as exc:  # noqa: BLE001

@@ -100,6 +100,39 @@ def inputs_of(table: str, series: dict[str, Any]) -> list[tuple[str, dict[str, A
     return [(refresher.bar_table, {"id": series.get("id"), "tf": tf}), daily]
 
 
+def state_differences(conn: psycopg.Connection, suffix: str, tables: Sequence[str], ids: list[int] | None,
+                      rebuilt_schema: str) -> list[str]:
+    """Where the rebuild's state (what the next incremental refresh resumes from) differs from
+    the snapshot's: per state table of ``tables`` (and the 1D rejects with the 1D table), the
+    rows of either side the other lacks, over the columns that say what was built — its ends'
+    instants, bar numbers, days, counts — exactly. Not compared: the watermarks and audit
+    instants (when rows were written), and the float ends, which repeat the newest rows' values
+    that the tables' comparison checks with its tolerances. Returns one sentence per table."""
+    from ta_lab2.baseline.comparison_utils import FLOAT_TYPES
+    from ta_lab2.db.bulk import TableRef, column_types
+    from ta_lab2.db.tables import BARS_1D_REJECTS, state_table
+
+    aux = aux_schema(suffix)
+    where = sql.SQL(" WHERE id = ANY({})").format(sql.Literal(list(ids))) if ids is not None else sql.SQL("")
+    names = [state_table(t) for t in tables] + ([BARS_1D_REJECTS] if BARS_1D in tables else [])
+    out = []
+    for name in names:
+        columns = [c for c, typ in column_types(conn, TableRef(aux, name)).items()
+                   if typ not in FLOAT_TYPES and not c.startswith("watermark") and c not in VOLATILE_COLUMNS]
+        listed = sql.SQL(", ").join(map(sql.Identifier, columns))
+        sides = [sql.SQL("SELECT {c} FROM {t}").format(c=listed, t=sql.Identifier(schema, name)) + where
+                 for schema in (aux, rebuilt_schema)]
+        counts = [conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) x").format(a, b)).fetchone()[0]
+                  for a, b in (sides, sides[::-1])]
+        if any(counts):
+            example = conn.execute(sql.SQL("{} EXCEPT ALL {} LIMIT 1").format(*(sides if counts[0] else sides[::-1])))
+            row = dict(zip(columns, example.fetchone()))
+            out.append(f"{name}: {counts[0]:,} rows of the snapshot and {counts[1]:,} of the rebuild differ in "
+                       f"{', '.join(columns)} (e.g. {'the snapshot' if counts[0] else 'the rebuild'}: {row}): "
+                       "the next incremental refresh would not continue from the same state")
+    return out
+
+
 def compare_all(conn: psycopg.Connection, suffix: str, tables: Sequence[str], ids: list[int] | None,
                 settings: CompareSettings, rebuilt_schema: str, schema: str = "public",
                 target: Target | None = None, presorted: bool = False) -> Comparison:
