@@ -130,7 +130,25 @@ def _check(conn: psycopg.Connection) -> list[str]:
     build_all(conn, full=True, schema="full_ref")
     refresh_all(conn, full=True, schema="full_ref")
     return diff_schemas(conn, "public", "full_ref", [*BAR_TABLES, "cmc_price_bars_1d_rejects", *EMA_TABLES]) + \
-        _ends_problems(conn)
+        _ends_problems(conn) + _state_problems(conn)
+
+
+def _state_problems(conn: psycopg.Connection) -> list[str]:
+    """The incremental state equals a full rebuild's over what a capture compares of it: every
+    column but the watermarks, updated_at and the float ends (``_ends_problems`` holds those to
+    the rows)."""
+    problems = []
+    for table in (f"{t}_state" for t in [*BAR_TABLES, *EMA_TABLES]):
+        columns = [c for c, typ in conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()
+            if typ != "double precision" and not c.startswith("watermark") and c != "updated_at"]
+        listed = ", ".join(columns)
+        for x, y in (("public", "full_ref"), ("full_ref", "public")):
+            rows = conn.execute(f"SELECT {listed} FROM {x}.{table} EXCEPT ALL SELECT {listed} FROM {y}.{table} "
+                                "LIMIT 3").fetchall()
+            problems += [f"{table}: only in {x}: {r}" for r in rows]
+    return problems
 
 
 def _ends_problems(conn: psycopg.Connection) -> list[str]:
