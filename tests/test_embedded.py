@@ -53,9 +53,9 @@ def test_concurrent_starts_share_one_server() -> None:
         pid_file = (home / "pgdata" / "postmaster.pid").read_text().splitlines()[0]
         # one postmaster on this data directory, and the three URLs lead to it
         assert _postmasters(home / "pgdata") == [int(pid_file)]
-        with psycopg.connect(server.url()) as conn:
+        with psycopg.connect(server.url()) as conn:  # its backend lives as long as the connection
             backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        assert _parent(backend) == int(pid_file)
+            assert _parent(backend) == int(pid_file)
         # A later start finds the same postmaster running.
         again = subprocess.run([sys.executable, "-c", _START], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0
