@@ -67,12 +67,12 @@ def _report(tmp_path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _skip_rebuild_capture_result(target: Target, tmp_path: Path):  # type: ignore[no-untyped-def]
-    return run_capture(target, CaptureOptions(ids=None, skip_rebuild=True, output_dir=tmp_path))
+def _skip_rebuild_capture_result(target: Target, tmp_path: Path, ids: list[int] | None = None):  # type: ignore[no-untyped-def]
+    return run_capture(target, CaptureOptions(ids=ids, skip_rebuild=True, output_dir=tmp_path))
 
 
 def _skip_rebuild_capture(target: Target, tmp_path: Path, ids: list[int] | None = None) -> str:
-    result = run_capture(target, CaptureOptions(ids=ids, skip_rebuild=True, output_dir=tmp_path))
+    result = _skip_rebuild_capture_result(target, tmp_path, ids)
     assert result.verdict == "PASS", result.summary
     return result.suffix
 

@@ -68,18 +68,17 @@ def table_spec(conn: psycopg.Connection, table: str, suffix: str, rebuilt_schema
     series, time_col = series_and_time(key)
     # both sides' columns: one that only one side has (dropped or renamed since the snapshot,
     # or added) would otherwise be left out of the comparison, or break it halfway
-    sides = {side: {c: k for c, k in column_kinds(conn, at, name).items() if c not in VOLATILE_COLUMNS and c not in key}
-             for side, at, name in (("snapshot", schema, snapshot_name(table, suffix)),
-                                    ("rebuilt table", rebuilt_schema, table))}
-    (snap_side, snap), (rebuilt_side, rebuilt) = sides.items()
-    if snap != rebuilt:
-        shape = [f"{c} only in the {side}" for side, cols, other in ((snap_side, snap, rebuilt), (rebuilt_side, rebuilt, snap))
-                 for c in cols if c not in other]
-        shape += [f"{c} compared as {snap[c]} in the snapshot, {rebuilt[c]} in the rebuilt table"
-                  for c in snap if c in rebuilt and snap[c] != rebuilt[c]]
+    def values(at: str, name: str) -> dict[str, str]:
+        return {c: k for c, k in column_kinds(conn, at, name).items() if c not in VOLATILE_COLUMNS and c not in key}
+
+    snap, cols = values(schema, snapshot_name(table, suffix)), values(rebuilt_schema, table)
+    if snap != cols:
+        shape = [f"{c} only in the snapshot" for c in snap if c not in cols]
+        shape += [f"{c} only in the rebuilt table" for c in cols if c not in snap]
+        shape += [f"{c} compared as {snap[c]} in the snapshot, {cols[c]} in the rebuilt table"
+                  for c in snap if c in cols and snap[c] != cols[c]]
         raise DatabaseError(f"{table}: the snapshot and the rebuilt table differ in their columns ({'; '.join(shape)}), "
                             "so their rows cannot be compared cell by cell")
-    cols = rebuilt
     return TableSpec(table, sql.Identifier(schema, snapshot_name(table, suffix)), sql.Identifier(rebuilt_schema, table),
                      key, series, time_col, cols, presorted)
 
@@ -120,15 +119,17 @@ def state_differences(conn: psycopg.Connection, suffix: str, tables: Sequence[st
         columns = [c for c, typ in column_types(conn, TableRef(aux, name)).items()
                    if typ not in FLOAT_TYPES and not c.startswith("watermark") and c not in VOLATILE_COLUMNS]
         listed = sql.SQL(", ").join(map(sql.Identifier, columns))
-        sides = [sql.SQL("SELECT {c} FROM {t}").format(c=listed, t=sql.Identifier(schema, name)) + where
-                 for schema in (aux, rebuilt_schema)]
-        counts = [conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) x").format(a, b)).fetchone()[0]
-                  for a, b in (sides, sides[::-1])]
-        if any(counts):
-            example = conn.execute(sql.SQL("{} EXCEPT ALL {} LIMIT 1").format(*(sides if counts[0] else sides[::-1])))
-            row = dict(zip(columns, example.fetchone()))
-            out.append(f"{name}: {counts[0]:,} rows of the snapshot and {counts[1]:,} of the rebuild differ in "
-                       f"{', '.join(columns)} (e.g. {'the snapshot' if counts[0] else 'the rebuild'}: {row}): "
+        snap, rebuilt = (sql.SQL("SELECT {c} FROM {t}").format(c=listed, t=sql.Identifier(at, name)) + where
+                         for at in (aux, rebuilt_schema))
+        # each side's rows the other lacks, counted, and one of them shown: one statement
+        only_snap, only_rebuilt, example = conn.execute(sql.SQL(
+            "WITH s AS MATERIALIZED ({s} EXCEPT ALL {r}), r AS MATERIALIZED ({r} EXCEPT ALL {s}) "
+            "SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM r), "
+            "coalesce((SELECT to_jsonb(s) FROM s LIMIT 1), (SELECT to_jsonb(r) FROM r LIMIT 1))").format(
+                s=snap, r=rebuilt)).fetchone()
+        if only_snap or only_rebuilt:
+            out.append(f"{name}: {only_snap:,} rows of the snapshot and {only_rebuilt:,} of the rebuild differ in "
+                       f"{', '.join(columns)} (e.g. {'the snapshot' if only_snap else 'the rebuild'}: {example}): "
                        "the next incremental refresh would not continue from the same state")
     return out
 
